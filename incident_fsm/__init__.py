@@ -1,0 +1,59 @@
+"""incident_fsm: keeps a web service healthy through incidents driven by a persisted state machine.
+
+The public surface is re-exported here; everything else is internal.
+"""
+
+from .clock import Clock, ManualClock, SystemClock
+from .errors import (
+    ConcurrentUpdate,
+    GuardRejected,
+    IncidentFSMError,
+    IncidentNotFound,
+    InvalidInput,
+    InvalidTransition,
+    StoreError,
+    StoreUnavailable,
+)
+from .machine import (
+    EDGES,
+    ActionIntent,
+    Edge,
+    IncidentEngine,
+    MachinePolicy,
+    State,
+    Trigger,
+    Verdict,
+)
+from .models import ActionRun, Incident, IncidentId, Notification, OutboxMessage, Transition
+from .store import Opened, Store, Timeline
+
+__all__ = [
+    "EDGES",
+    "ActionIntent",
+    "ActionRun",
+    "Clock",
+    "ConcurrentUpdate",
+    "Edge",
+    "GuardRejected",
+    "Incident",
+    "IncidentEngine",
+    "IncidentFSMError",
+    "IncidentId",
+    "IncidentNotFound",
+    "InvalidInput",
+    "InvalidTransition",
+    "MachinePolicy",
+    "ManualClock",
+    "Notification",
+    "Opened",
+    "OutboxMessage",
+    "State",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "SystemClock",
+    "Timeline",
+    "Transition",
+    "Trigger",
+    "Verdict",
+]
