@@ -1,0 +1,226 @@
+"""The database tables: the incident's current copy and its append-only history.
+
+`incident` holds the current state of each incident (a copy, guarded by a
+version number for optimistic concurrency); `transition`, `action_run` and
+`notification` are the history and the outbox. The agent appends to history
+and never rewrites it; the only updates it makes are the incident copy, the
+outcome of an action that was recorded before it ran, and the delivery status
+of an outbox row.
+
+The tables live on their own SQLAlchemy registry (not SQLModel's global
+one) so a host application that also uses SQLModel never sees them in its own
+metadata, and the metadata carries a constraint naming convention so
+Alembic's autogenerate produces stable names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NewType
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+IncidentId = NewType("IncidentId", int)
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# Kept in sync with machine.State by a test; spelled out here so the schema
+# does not import the state machine (the CLI and migrations load this module).
+STATES = ("detected", "remediating", "verifying", "resolved", "escalated")
+OPEN_STATES = ("detected", "remediating", "verifying", "escalated")
+ACTION_OUTCOMES = ("ok", "failed", "timed_out", "interrupted", "skipped")
+NOTIFICATION_STATUSES = ("pending", "delivered", "dead", "skipped")
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime on every database.
+
+    SQLite has no time zones and hands back naive values; Postgres converts
+    to the session zone. Both are normalised to UTC here so comparisons in
+    Python never mix naive and aware values.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        # SQLite stores text; store it without an offset so lexical order is time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class _Base(SQLModel, registry=registry(metadata=metadata)):
+    pass
+
+
+_OPEN_PREDICATE = sa.text("state != 'resolved'")
+
+
+class Incident(_Base, table=True):
+    """One problem on one target, from detection to resolution (and maybe back)."""
+
+    __tablename__ = "incident"
+    __table_args__ = (
+        sa.CheckConstraint(_in("state", STATES), name="state"),
+        sa.CheckConstraint("version >= 1", name="version_positive"),
+        # Dedup: at most one open incident per fingerprint, also across replicas.
+        sa.Index(
+            "uq_incident_open_fingerprint",
+            "fingerprint",
+            unique=True,
+            postgresql_where=_OPEN_PREDICATE,
+            sqlite_where=_OPEN_PREDICATE,
+        ),
+        # The sweeper's query: open incidents whose deadline has passed.
+        sa.Index(
+            "ix_incident_open_deadline",
+            "deadline_at",
+            postgresql_where=_OPEN_PREDICATE,
+            sqlite_where=_OPEN_PREDICATE,
+        ),
+        sa.Index("ix_incident_state_opened_at", "state", "opened_at"),
+        sa.Index("ix_incident_target_opened_at", "target", "opened_at"),
+        sa.Index("ix_incident_kind_opened_at", "kind", "opened_at"),
+        sa.Index("ix_incident_fingerprint_opened_at", "fingerprint", "opened_at"),
+        sa.Index("ix_incident_opened_at", "opened_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    fingerprint: str = Field(max_length=300)
+    target: str = Field(max_length=200)
+    kind: str = Field(max_length=100)
+    severity: str = Field(max_length=20)
+    state: str = Field(max_length=20)
+    strikes: int = Field(default=0)
+    flap_count: int = Field(default=0)
+    version: int = Field(default=1)
+    summary: str = Field(default="", max_length=2000)
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    deadline_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    opened_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    @property
+    def incident_id(self) -> IncidentId:
+        if self.id is None:
+            raise ValueError("incident has not been stored yet")
+        return IncidentId(self.id)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state != "resolved"
+
+
+class Transition(_Base, table=True):
+    """One step of an incident's history; append-only."""
+
+    __tablename__ = "transition"
+    __table_args__ = (
+        sa.UniqueConstraint("incident_id", "seq"),
+        sa.Index("ix_transition_at", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id")
+    seq: int
+    trigger: str = Field(max_length=50)
+    source: str | None = Field(default=None, max_length=20)
+    dest: str = Field(max_length=20)
+    actor: str = Field(max_length=200)
+    reason: str = Field(max_length=4000)
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ActionRun(_Base, table=True):
+    """One remediation attempt: recorded before it runs, completed after."""
+
+    __tablename__ = "action_run"
+    __table_args__ = (
+        sa.UniqueConstraint("incident_id", "attempt"),
+        sa.UniqueConstraint("idempotency_key"),
+        sa.CheckConstraint(
+            f"outcome IS NULL OR {_in('outcome', ACTION_OUTCOMES)}", name="outcome"
+        ),
+        sa.Index("ix_action_run_action_started_at", "action", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id")
+    attempt: int
+    action: str = Field(max_length=100)
+    tier: str = Field(max_length=20)
+    idempotency_key: str = Field(max_length=200)
+    dry_run: bool = Field(default=False)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    outcome: str | None = Field(default=None, max_length=20)
+    # The verdict of the verification that followed: the only thing that counts as success.
+    verified: bool | None = Field(default=None)
+    output_excerpt: str = Field(default="", max_length=4000)
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+
+
+class Notification(_Base, table=True):
+    """An outbox row, written in the transaction of the transition it reports."""
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        sa.UniqueConstraint("dedupe_key"),
+        sa.CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
+        sa.Index("ix_notification_status_next_attempt_at", "status", "next_attempt_at"),
+        sa.Index("ix_notification_incident_id", "incident_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id")
+    transition_seq: int
+    channel: str = Field(max_length=50)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    dedupe_key: str = Field(max_length=200)
+    status: str = Field(default="pending", max_length=20)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str = Field(default="", max_length=2000)
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A notification to write into the outbox together with a transition."""
+
+    channel: str
+    payload: Mapping[str, Any]

@@ -1,0 +1,556 @@
+"""The store: the only code that talks to the database.
+
+Every public method is a coroutine that runs one short synchronous
+SQLAlchemy unit of work in a worker thread (`anyio.to_thread.run_sync`,
+bounded by a capacity limiter). We chose worker threads over an async
+engine because one code path then serves Postgres (psycopg 3) and SQLite
+alike, Alembic and the CLI share the same engine setup, and each unit of
+work is a few statements long -- the thread hop costs microseconds while
+the event loop never waits on the database.
+
+Invariants the store keeps:
+- one transition = one transaction: the version-checked update of the
+  incident copy, the `transition` row, the attempt it starts and its outbox
+  rows commit together or not at all;
+- `incident.version` equals the number of `transition` rows of the incident
+  (the opening row is seq 1), so the version is also the next row's seq;
+- strikes are recomputed from the incident's `action_run` rows whenever
+  those change; nothing counts them in memory;
+- history rows are only ever inserted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlmodel import Session, col, select
+
+from . import database
+from .errors import (
+    ConcurrentUpdate,
+    IncidentNotFound,
+    InvalidInput,
+    InvalidTransition,
+    StoreError,
+    StoreUnavailable,
+)
+from .machine import (
+    OPEN_TRIGGER,
+    ActionIntent,
+    State,
+    StepRequest,
+    edge_destinations,
+    triggers_from,
+)
+from .models import (
+    ActionRun,
+    Incident,
+    IncidentId,
+    Notification,
+    OutboxMessage,
+    Transition,
+)
+
+T = TypeVar("T")
+
+MAX_REASON = 4000
+MAX_ACTOR = 200
+MAX_EXCERPT = 4000
+#: How often `open_incident` retries after losing a race on the fingerprint.
+OPEN_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The result of `open_incident`: the open incident, and whether this call created it."""
+
+    incident: Incident
+    created: bool
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One incident and everything that happened to it, each list in order."""
+
+    incident: Incident
+    transitions: list[Transition]
+    actions: list[ActionRun]
+    notifications: list[Notification]
+
+
+def strike_condition() -> sa.ColumnElement[bool]:
+    """An attempt is a strike if verification said no, or it failed and was never judged."""
+    return sa.and_(
+        col(ActionRun.dry_run).is_(False),
+        sa.or_(
+            col(ActionRun.verified).is_(False),
+            sa.and_(
+                col(ActionRun.verified).is_(None),
+                col(ActionRun.outcome).in_(("failed", "timed_out")),
+            ),
+        ),
+    )
+
+
+class Store:
+    """Async access to incidents and their history. Create one per process and share it."""
+
+    def __init__(self, url: str, *, max_threads: int = 4) -> None:
+        self.url = database.resolve_url(url)
+        self.engine: Engine = database.create_engine(self.url)
+        self._limiter = anyio.CapacityLimiter(max_threads)
+
+    def __repr__(self) -> str:
+        return f"Store({database.redact(self.url)!r})"
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.engine.dispose)
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(
+            partial(self._guarded, fn, *args, **kwargs), limiter=self._limiter
+        )
+
+    def _guarded(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            # Only the driver's class name: its text can carry SQL and parameters.
+            if exc.connection_invalidated or _is_unavailable(exc):
+                raise StoreUnavailable(
+                    f"database unavailable ({type(exc.orig).__name__}); nothing was written"
+                ) from None
+            raise
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # --- incidents ---------------------------------------------------------
+
+    async def open_incident(
+        self,
+        *,
+        target: str,
+        kind: str,
+        severity: str,
+        at: datetime,
+        deadline_at: datetime | None,
+        reason: str,
+        actor: str = "agent",
+        summary: str = "",
+        details: Mapping[str, Any] | None = None,
+        notifications: Sequence[OutboxMessage] = (),
+    ) -> Opened:
+        """Open an incident for `target:kind`, or return the one already open.
+
+        Safe under races between processes: the partial unique index on open
+        fingerprints lets exactly one insert win; the losers read the winner.
+        """
+        _check_text("reason", reason, MAX_REASON)
+        _check_text("actor", actor, MAX_ACTOR)
+        _check_text("target", target, 200)
+        _check_text("kind", kind, 100)
+        payload = _json_safe("details", details or {})
+        return await self._run(
+            self._open_incident, target=target, kind=kind, severity=severity, at=at,
+            deadline_at=deadline_at, reason=reason.strip(), actor=actor.strip(),
+            summary=summary[:2000], details=payload, notifications=tuple(notifications),
+        )
+
+    def _open_incident(self, *, target: str, kind: str, severity: str, at: datetime,
+                       deadline_at: datetime | None, reason: str, actor: str, summary: str,
+                       details: dict[str, Any],
+                       notifications: tuple[OutboxMessage, ...]) -> Opened:
+        fingerprint = f"{target}:{kind}"
+        for _ in range(OPEN_RETRIES):
+            with self._session() as session:
+                existing = session.exec(_open_by_fingerprint(fingerprint)).first()
+                if existing is not None:
+                    return Opened(existing, created=False)
+                incident = Incident(
+                    fingerprint=fingerprint, target=target, kind=kind, severity=severity,
+                    state=State.DETECTED.value, version=1, summary=summary, details=details,
+                    deadline_at=deadline_at, opened_at=at, updated_at=at,
+                )
+                session.add(incident)
+                try:
+                    session.flush()
+                except IntegrityError:
+                    # Another opener committed first; read theirs on the next round.
+                    session.rollback()
+                    continue
+                session.add(Transition(
+                    incident_id=incident.incident_id, seq=1, trigger=OPEN_TRIGGER, source=None,
+                    dest=State.DETECTED.value, actor=actor, reason=reason, details=details, at=at,
+                ))
+                _add_outbox(session, incident.incident_id, 1, notifications, at)
+                session.commit()
+                return Opened(incident, created=True)
+        raise StoreError(
+            f"could neither open nor find an open incident for {fingerprint} "
+            f"after {OPEN_RETRIES} tries"
+        )
+
+    async def get_incident(self, incident_id: IncidentId) -> Incident:
+        return await self._run(self._get_incident, incident_id)
+
+    def _get_incident(self, incident_id: IncidentId) -> Incident:
+        with self._session() as session:
+            incident = session.get(Incident, incident_id)
+            if incident is None:
+                raise IncidentNotFound(incident_id)
+            return incident
+
+    async def find_open(self, fingerprint: str) -> Incident | None:
+        """The open incident for a fingerprint, if any."""
+        def work() -> Incident | None:
+            with self._session() as session:
+                found: Incident | None = session.exec(_open_by_fingerprint(fingerprint)).first()
+                return found
+        return await self._run(work)
+
+    async def last_resolved(self, fingerprint: str) -> Incident | None:
+        """The most recently resolved incident of a fingerprint (a `reopen` candidate)."""
+        def work() -> Incident | None:
+            with self._session() as session:
+                query = (
+                    select(Incident)
+                    .where(Incident.fingerprint == fingerprint,
+                           Incident.state == State.RESOLVED.value)
+                    .order_by(col(Incident.opened_at).desc(), col(Incident.id).desc())
+                    .limit(1)
+                )
+                return session.exec(query).first()
+        return await self._run(work)
+
+    async def list_incidents(
+        self,
+        *,
+        states: Iterable[str] = (),
+        kind: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Incident]:
+        """Incidents opened in [since, until), newest first, filtered by state, kind and target."""
+        wanted = tuple(states)
+        unknown = set(wanted) - {s.value for s in State}
+        if unknown:
+            raise InvalidInput(f"unknown state(s) {sorted(unknown)}; "
+                               f"states are {[s.value for s in State]}")
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+
+        def work() -> list[Incident]:
+            query = select(Incident)
+            if wanted:
+                query = query.where(col(Incident.state).in_(wanted))
+            if kind is not None:
+                query = query.where(Incident.kind == kind)
+            if target is not None:
+                query = query.where(Incident.target == target)
+            if since is not None:
+                query = query.where(Incident.opened_at >= since)
+            if until is not None:
+                query = query.where(Incident.opened_at < until)
+            query = query.order_by(col(Incident.opened_at).desc(), col(Incident.id).desc())
+            with self._session() as session:
+                return list(session.exec(query.limit(limit)).all())
+        return await self._run(work)
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[Incident]:
+        """Open incidents whose deadline has passed, most overdue first."""
+        def work() -> list[Incident]:
+            query = (
+                select(Incident)
+                .where(Incident.state != State.RESOLVED.value,
+                       col(Incident.deadline_at).is_not(None),
+                       col(Incident.deadline_at) <= now)
+                .order_by(col(Incident.deadline_at))
+                .limit(limit)
+            )
+            with self._session() as session:
+                return list(session.exec(query).all())
+        return await self._run(work)
+
+    # --- transitions -------------------------------------------------------
+
+    async def apply_transition(self, step: StepRequest) -> Incident:
+        """Persist one step in one transaction; see the module docstring.
+
+        Raises `InvalidTransition` if (trigger, source, dest) is not an edge of
+        the graph, `IncidentNotFound`, or `ConcurrentUpdate` if the incident is
+        no longer at `expected_version` in `source`. Nothing is written then.
+        """
+        if step.dest not in edge_destinations(step.trigger, step.source):
+            raise InvalidTransition(
+                incident_id=step.incident_id, state=step.source, trigger=step.trigger,
+                allowed=triggers_from(step.source),
+                detail=f"no edge leads from '{step.source}' to '{step.dest}'",
+            )
+        _check_text("reason", step.reason, MAX_REASON)
+        _check_text("actor", step.actor, MAX_ACTOR)
+        details = _json_safe("details", step.details)
+        return await self._run(self._apply_transition, step, details)
+
+    def _apply_transition(self, step: StepRequest, details: dict[str, Any]) -> Incident:
+        new_version = step.expected_version + 1
+        with self._session() as session:
+            updated = session.execute(
+                sa.update(Incident)
+                .where(col(Incident.id) == step.incident_id,
+                       col(Incident.version) == step.expected_version,
+                       col(Incident.state) == step.source)
+                .values(state=step.dest, version=new_version, deadline_at=step.deadline_at,
+                        flap_count=step.flap_count, resolved_at=step.resolved_at,
+                        updated_at=step.at)
+            )
+            if updated.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                current = session.get(Incident, step.incident_id)
+                if current is None:
+                    raise IncidentNotFound(step.incident_id)
+                raise ConcurrentUpdate(
+                    incident_id=step.incident_id, expected_version=step.expected_version,
+                    found_version=current.version, found_state=current.state,
+                )
+            session.add(Transition(
+                incident_id=step.incident_id, seq=new_version, trigger=step.trigger,
+                source=step.source, dest=step.dest, actor=step.actor, reason=step.reason,
+                details=details, at=step.at,
+            ))
+            if step.intent is not None:
+                _add_action_run(session, step.incident_id, step.intent, step.at)
+            _add_outbox(session, step.incident_id, new_version, step.notifications, step.at)
+            session.flush()
+            incident = session.get(Incident, step.incident_id, populate_existing=True)
+            session.commit()
+            assert incident is not None
+            return incident
+
+    # --- action runs -------------------------------------------------------
+
+    async def record_action(self, incident_id: IncidentId, intent: ActionIntent,
+                            *, at: datetime) -> ActionRun:
+        """Record an attempt on its own (e.g. a dry run in monitor-only mode).
+
+        Attempts that move the incident are recorded by `apply_transition`
+        in the same transaction as the `remediate`/`approve` step instead.
+        """
+        def work() -> ActionRun:
+            with self._session() as session:
+                if session.get(Incident, incident_id) is None:
+                    raise IncidentNotFound(incident_id)
+                run = _add_action_run(session, incident_id, intent, at)
+                session.commit()
+                return run
+        return await self._run(work)
+
+    async def finish_action(
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        finished_at: datetime,
+        output_excerpt: str = "",
+        evidence: Mapping[str, Any] | None = None,
+    ) -> ActionRun:
+        """Record how an attempt ended. An outcome, once written, is never overwritten."""
+        if outcome not in ("ok", "failed", "timed_out", "interrupted", "skipped"):
+            raise InvalidInput(f"unknown action outcome {outcome!r}")
+        payload = _json_safe("evidence", evidence or {})
+
+        def work() -> ActionRun:
+            with self._session() as session:
+                run = _get_run(session, run_id)
+                if run.finished_at is not None:
+                    raise InvalidInput(
+                        f"action run {run_id} already finished as '{run.outcome}'"
+                    )
+                run.outcome = outcome
+                run.finished_at = finished_at
+                run.output_excerpt = output_excerpt[:MAX_EXCERPT]
+                run.evidence = payload
+                session.add(run)
+                session.flush()
+                _refresh_strikes(session, run.incident_id)
+                session.commit()
+                return run
+        return await self._run(work)
+
+    async def judge_action(self, run_id: int, *, verified: bool) -> ActionRun:
+        """Record the verification verdict of an attempt: the only measure of its success."""
+        def work() -> ActionRun:
+            with self._session() as session:
+                run = _get_run(session, run_id)
+                if run.verified is not None and run.verified != verified:
+                    raise InvalidInput(
+                        f"action run {run_id} was already judged verified={run.verified}"
+                    )
+                run.verified = verified
+                session.add(run)
+                session.flush()
+                _refresh_strikes(session, run.incident_id)
+                session.commit()
+                return run
+        return await self._run(work)
+
+    async def count_strikes(self, incident_id: IncidentId) -> int:
+        """Strikes of an incident, counted from its persisted attempts."""
+        def work() -> int:
+            with self._session() as session:
+                return int(session.execute(_strike_count(incident_id)).scalar_one())
+        return await self._run(work)
+
+    # --- history -----------------------------------------------------------
+
+    async def timeline(self, incident_id: IncidentId) -> Timeline:
+        """An incident with its transitions, attempts and notifications, each in order."""
+        def work() -> Timeline:
+            with self._session() as session:
+                incident = session.get(Incident, incident_id)
+                if incident is None:
+                    raise IncidentNotFound(incident_id)
+                transitions = session.exec(
+                    select(Transition).where(Transition.incident_id == incident_id)
+                    .order_by(col(Transition.seq))
+                ).all()
+                actions = session.exec(
+                    select(ActionRun).where(ActionRun.incident_id == incident_id)
+                    .order_by(col(ActionRun.attempt))
+                ).all()
+                notes = session.exec(
+                    select(Notification).where(Notification.incident_id == incident_id)
+                    .order_by(col(Notification.id))
+                ).all()
+                return Timeline(incident, list(transitions), list(actions), list(notes))
+        return await self._run(work)
+
+    async def history(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        target: str | None = None,
+        kind: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[Transition, Incident]]:
+        """Transitions across incidents in [since, until), oldest first, with their incident."""
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+
+        def work() -> list[tuple[Transition, Incident]]:
+            query = select(Transition, Incident).join(
+                Incident, col(Incident.id) == col(Transition.incident_id)
+            )
+            if since is not None:
+                query = query.where(Transition.at >= since)
+            if until is not None:
+                query = query.where(Transition.at < until)
+            if target is not None:
+                query = query.where(Incident.target == target)
+            if kind is not None:
+                query = query.where(Incident.kind == kind)
+            query = query.order_by(col(Transition.at), col(Transition.id)).limit(limit)
+            with self._session() as session:
+                return [(t, i) for t, i in session.exec(query).all()]
+        return await self._run(work)
+
+
+# --- helpers (run inside a session, in the worker thread) --------------------------
+
+
+def _open_by_fingerprint(fingerprint: str) -> Any:
+    return select(Incident).where(
+        Incident.fingerprint == fingerprint, Incident.state != State.RESOLVED.value
+    )
+
+
+def _strike_count(incident_id: int) -> sa.Select[int]:
+    return (
+        sa.select(sa.func.count())
+        .select_from(ActionRun)
+        .where(col(ActionRun.incident_id) == incident_id, strike_condition())
+    )
+
+
+def _refresh_strikes(session: Session, incident_id: int) -> None:
+    session.execute(
+        sa.update(Incident)
+        .where(col(Incident.id) == incident_id)
+        .values(strikes=_strike_count(incident_id).scalar_subquery())
+    )
+
+
+def _add_action_run(session: Session, incident_id: int, intent: ActionIntent,
+                    at: datetime) -> ActionRun:
+    attempt = 1 + int(session.execute(
+        sa.select(sa.func.coalesce(sa.func.max(ActionRun.attempt), 0))
+        .where(col(ActionRun.incident_id) == incident_id)
+    ).scalar_one())
+    run = ActionRun(
+        incident_id=incident_id, attempt=attempt, action=intent.action, tier=intent.tier,
+        # Unique per attempt: a resumed attempt finds its row instead of running again.
+        idempotency_key=f"incident-{incident_id}-attempt-{attempt}-{intent.action}",
+        dry_run=intent.dry_run, started_at=at,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def _add_outbox(session: Session, incident_id: int, seq: int,
+                messages: Sequence[OutboxMessage], at: datetime) -> None:
+    for message in messages:
+        session.add(Notification(
+            incident_id=incident_id, transition_seq=seq, channel=message.channel,
+            payload=_json_safe("notification payload", message.payload),
+            dedupe_key=f"incident-{incident_id}-seq-{seq}-{message.channel}",
+            status="pending", attempts=0, next_attempt_at=at, created_at=at,
+        ))
+
+
+def _get_run(session: Session, run_id: int) -> ActionRun:
+    run = session.get(ActionRun, run_id)
+    if run is None:
+        raise InvalidInput(f"no action run with id {run_id}")
+    return run
+
+
+def _check_text(name: str, value: str, limit: int) -> None:
+    if not value or not value.strip():
+        raise InvalidInput(f"{name} must not be empty")
+    if len(value) > limit:
+        raise InvalidInput(f"{name} is {len(value)} characters long; the limit is {limit}")
+
+
+def _json_safe(name: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        text = json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{name} must be JSON-serialisable: {exc}") from None
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    name = type(exc.orig).__name__
+    return name in {"OperationalError", "InterfaceError", "QueryCanceled", "ConnectionTimeout"}

@@ -1,0 +1,42 @@
+"""Alembic environment: runs migrations against the URL the agent itself would use.
+
+The URL comes from the Alembic config (set by `incident_fsm.database`), else
+from INCIDENT_FSM_DATABASE_URL or the default SQLite file. SQLite gets batch
+mode, since it cannot ALTER most things in place.
+"""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+
+from incident_fsm import database
+from incident_fsm.models import metadata
+
+config = context.config
+
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name)
+
+
+def run_migrations() -> None:
+    url = database.resolve_url(config.get_main_option("sqlalchemy.url"))
+    engine = database.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            context.configure(
+                connection=connection,
+                target_metadata=metadata,
+                render_as_batch=connection.dialect.name == "sqlite",
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported; run against a database")
+run_migrations()
