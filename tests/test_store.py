@@ -1,0 +1,480 @@
+"""The store and the engine against real databases: history, strikes, conflicts, races."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from incident_fsm import database
+from incident_fsm.clock import ManualClock
+from incident_fsm.errors import (
+    ConcurrentUpdate,
+    GuardRejected,
+    IncidentNotFound,
+    InvalidInput,
+    InvalidTransition,
+    StoreUnavailable,
+)
+from incident_fsm.machine import ActionIntent, IncidentEngine, MachinePolicy, StepRequest, Verdict
+from incident_fsm.models import Incident, IncidentId, OutboxMessage
+from incident_fsm.store import Opened, Store, Timeline
+
+pytestmark = pytest.mark.anyio
+
+CLEANUP = ActionIntent("disk_cleanup", "safe", Verdict.AUTO, "safe tier: run automatically")
+RESTART = ActionIntent("render_restart", "major", Verdict.NOTIFY, "major tier: run and notify")
+SCALE = ActionIntent("render_scale", "major", Verdict.NOTIFY, "major tier: run and notify")
+FAILOVER_HELD = ActionIntent("failover", "approval", Verdict.HOLD, "approval tier: hold")
+
+
+async def _open(engine: IncidentEngine, target: str = "api", kind: str = "disk_high") -> Incident:
+    opened = await engine.open(target=target, kind=kind, severity="critical",
+                               reason="disk 91% > 85% on two samples", details={"disk_pct": 91.0})
+    assert opened.created
+    return opened.incident
+
+
+async def _fail_attempt(store: Store, engine: IncidentEngine, clock: ManualClock,
+                        incident_id: IncidentId) -> None:
+    """The last attempt ran, returned ok, and verification found the problem still there."""
+    run = (await store.timeline(incident_id)).actions[-1]
+    await store.finish_action(run.id or 0, outcome="ok", finished_at=clock.advance(5))
+    await engine.fire(incident_id, "action_finished", actor="agent", reason="action returned")
+    await store.judge_action(run.id or 0, verified=False)
+
+
+async def _snapshot(store: Store, incident_id: IncidentId) -> Timeline:
+    return await store.timeline(incident_id)
+
+
+def _same(a: Timeline, b: Timeline) -> bool:
+    return (
+        a.incident.model_dump() == b.incident.model_dump()
+        and [t.model_dump() for t in a.transitions] == [t.model_dump() for t in b.transitions]
+        and [r.model_dump() for r in a.actions] == [r.model_dump() for r in b.actions]
+        and [n.model_dump() for n in a.notifications] == [n.model_dump() for n in b.notifications]
+    )
+
+
+async def test_history_reads_back_in_order_with_actor_and_reason(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+    iid = incident.incident_id
+    await engine.fire(iid, "remediate", actor="agent", reason="cleanup is the best candidate",
+                      intent=CLEANUP)
+    await _fail_attempt(store, engine, clock, iid)
+    clock.advance(30)
+    await engine.fire(iid, "still_failing", actor="agent", reason="disk still 90%",
+                      intent=RESTART)
+    run = (await store.timeline(iid)).actions[-1]
+    await store.finish_action(run.id or 0, outcome="ok", finished_at=clock.advance(20),
+                              evidence={"http_status": 202})
+    await engine.fire(iid, "action_finished", actor="agent", reason="restart accepted")
+    await store.judge_action(run.id or 0, verified=True)
+    clock.advance(90)
+    final = await engine.fire(iid, "recovered", actor="agent", reason="disk 60% < 70% clear")
+
+    timeline = await store.timeline(iid)
+    path = [(t.seq, t.trigger, t.source, t.dest) for t in timeline.transitions]
+    assert path == [
+        (1, "open", None, "detected"),
+        (2, "remediate", "detected", "remediating"),
+        (3, "action_finished", "remediating", "verifying"),
+        (4, "still_failing", "verifying", "remediating"),
+        (5, "action_finished", "remediating", "verifying"),
+        (6, "recovered", "verifying", "resolved"),
+    ]
+    assert all(t.actor and t.reason for t in timeline.transitions)
+    assert [t.at for t in timeline.transitions] == sorted(t.at for t in timeline.transitions)
+    assert all(t.at.tzinfo is not None for t in timeline.transitions)
+    assert final.state == "resolved" and final.version == 6 and final.deadline_at is None
+    assert final.resolved_at == clock.now()
+    assert timeline.transitions[1].details["verdict"] == "auto"
+    assert [(r.attempt, r.action, r.verified) for r in timeline.actions] == [
+        (1, "disk_cleanup", False), (2, "render_restart", True)
+    ]
+    assert final.strikes == 1 == await store.count_strikes(iid)
+    assert timeline.actions[1].evidence == {"http_status": 202}
+
+
+async def test_deadline_is_set_on_entering_each_open_state(
+    engine: IncidentEngine, clock: ManualClock, policy: MachinePolicy
+) -> None:
+    incident = await _open(engine)
+    assert incident.deadline_at == clock.now() + timedelta(seconds=policy.detect_deadline)
+    clock.advance(10)
+    moved = await engine.fire(incident.incident_id, "remediate", actor="agent", reason="go",
+                              intent=CLEANUP)
+    assert moved.deadline_at == clock.now() + timedelta(seconds=policy.action_deadline)
+    clock.advance(10)
+    ack = await engine.fire(incident.incident_id, "acknowledge", actor="alice", reason="on it")
+    assert ack.state == "remediating" and ack.deadline_at == moved.deadline_at
+    moved = await engine.fire(incident.incident_id, "action_finished", actor="agent", reason="done")
+    assert moved.deadline_at == clock.now() + timedelta(
+        seconds=policy.verify_window + policy.verify_grace)
+
+
+@pytest.mark.parametrize("failures", [2, 3])
+async def test_three_strikes_escalate_two_do_not(
+    store: Store, engine: IncidentEngine, clock: ManualClock, failures: int
+) -> None:
+    incident = await _open(engine, kind="memory_high")
+    iid = incident.incident_id
+    plan = [RESTART, SCALE, CLEANUP, RESTART]
+    await engine.fire(iid, "remediate", actor="agent", reason="first try", intent=plan[0])
+    state = "remediating"
+    for n in range(1, failures + 1):
+        await _fail_attempt(store, engine, clock, iid)
+        moved = await engine.fire(iid, "still_failing", actor="agent", reason=f"strike {n}",
+                                  intent=plan[n])
+        state = moved.state
+        assert moved.strikes == n
+    timeline = await store.timeline(iid)
+    if failures == 3:
+        assert state == "escalated"
+        assert len(timeline.actions) == 3  # no fourth action was started
+    else:
+        assert state == "remediating"
+        assert len(timeline.actions) == 3  # the third attempt is under way
+
+
+async def test_still_failing_without_a_permitted_action_escalates(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+    await engine.fire(incident.incident_id, "remediate", actor="agent", reason="try",
+                      intent=CLEANUP)
+    await _fail_attempt(store, engine, clock, incident.incident_id)
+    moved = await engine.fire(incident.incident_id, "still_failing", actor="agent",
+                              reason="nothing left to try", intent=None)
+    assert moved.state == "escalated" and moved.strikes == 1
+
+
+async def test_forbidden_trigger_names_state_and_allowed_and_writes_nothing(
+    store: Store, engine: IncidentEngine
+) -> None:
+    incident = await _open(engine)
+    before = await _snapshot(store, incident.incident_id)
+    with pytest.raises(InvalidTransition) as info:
+        await engine.fire(incident.incident_id, "action_finished", actor="agent", reason="x")
+    message = str(info.value)
+    assert f"incident {incident.id}" in message and "'detected'" in message
+    assert "remediate" in message and "hold" in message and "timeout" in message
+    assert _same(before, await _snapshot(store, incident.incident_id))
+
+
+async def test_guard_refusal_writes_nothing(store: Store, engine: IncidentEngine) -> None:
+    incident = await _open(engine)
+    before = await _snapshot(store, incident.incident_id)
+    with pytest.raises(GuardRejected, match="action_permitted"):
+        await engine.fire(incident.incident_id, "remediate", actor="agent", reason="x",
+                          intent=FAILOVER_HELD)
+    assert _same(before, await _snapshot(store, incident.incident_id))
+
+
+@pytest.mark.parametrize(("actor", "reason"), [("agent", ""), ("agent", "   "), ("", "why")])
+async def test_missing_reason_or_actor_is_rejected(
+    store: Store, engine: IncidentEngine, actor: str, reason: str
+) -> None:
+    incident = await _open(engine)
+    before = await _snapshot(store, incident.incident_id)
+    with pytest.raises(InvalidInput):
+        await engine.fire(incident.incident_id, "escalate", actor=actor, reason=reason)
+    assert _same(before, await _snapshot(store, incident.incident_id))
+
+
+async def test_unknown_incident(store: Store, engine: IncidentEngine) -> None:
+    with pytest.raises(IncidentNotFound, match="no incident with id 999"):
+        await engine.fire(IncidentId(999), "escalate", actor="alice", reason="x")
+    with pytest.raises(IncidentNotFound):
+        await store.timeline(IncidentId(999))
+
+
+async def test_store_refuses_a_step_that_is_not_an_edge(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+    step = StepRequest(
+        incident_id=incident.incident_id, expected_version=1, trigger="remediate",
+        source="detected", dest="resolved", actor="agent", reason="shortcut", at=clock.now(),
+        deadline_at=None, flap_count=0, resolved_at=None,
+    )
+    before = await _snapshot(store, incident.incident_id)
+    with pytest.raises(InvalidTransition, match="no edge leads from 'detected' to 'resolved'"):
+        await store.apply_transition(step)
+    assert _same(before, await _snapshot(store, incident.incident_id))
+
+
+async def test_remediate_records_the_attempt_and_outbox_in_the_same_step(
+    store: Store, engine: IncidentEngine
+) -> None:
+    incident = await _open(engine)
+    iid = incident.incident_id
+    await engine.fire(iid, "remediate", actor="agent", reason="go", intent=RESTART,
+                      notifications=[OutboxMessage("pam", {"text": "🔧 restarting"}),
+                                     OutboxMessage("webhook", {"event": "action"})])
+    timeline = await store.timeline(iid)
+    (run,) = timeline.actions
+    assert run.started_at == timeline.transitions[-1].at and run.finished_at is None
+    assert run.idempotency_key == f"incident-{iid}-attempt-1-render_restart"
+    assert [(n.channel, n.transition_seq, n.status) for n in timeline.notifications] == [
+        ("pam", 2, "pending"), ("webhook", 2, "pending")]
+    assert timeline.notifications[0].dedupe_key == f"incident-{iid}-seq-2-pam"
+
+
+async def test_a_failed_write_leaves_no_partial_step(
+    store: Store, engine: IncidentEngine
+) -> None:
+    incident = await _open(engine)
+    before = await _snapshot(store, incident.incident_id)
+    # A payload the database layer cannot store: the whole step must vanish.
+    with pytest.raises(InvalidInput):
+        await engine.fire(incident.incident_id, "remediate", actor="agent", reason="go",
+                          intent=CLEANUP,
+                          notifications=[OutboxMessage("pam", {"bad": float("nan")})])
+    assert _same(before, await _snapshot(store, incident.incident_id))
+
+
+async def test_reopen_inside_window_is_the_same_incident(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+    await engine.fire(incident.incident_id, "recovered", actor="agent", reason="cleared by itself")
+    assert await store.find_open(incident.fingerprint) is None
+    last = await store.last_resolved(incident.fingerprint)
+    assert last is not None and last.id == incident.id
+    clock.advance(600)
+    again = await engine.fire(incident.incident_id, "reopen", actor="agent", reason="back")
+    assert (again.state, again.flap_count, again.resolved_at) == ("detected", 1, None)
+    await engine.fire(incident.incident_id, "recovered", actor="agent", reason="cleared again")
+    clock.advance(3601)
+    with pytest.raises(GuardRejected, match="within_reopen_window"):
+        await engine.fire(incident.incident_id, "reopen", actor="agent", reason="too late")
+
+
+async def test_overdue_lists_open_incidents_past_their_deadline(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    early = await _open(engine, target="a")
+    clock.advance(60)
+    late = await _open(engine, target="b")
+    parked = await _open(engine, target="c")
+    await engine.fire(parked.incident_id, "hold", actor="agent", reason="needs approval")
+    assert await store.overdue(clock.now()) == []
+    clock.advance(61)
+    assert [i.id for i in await store.overdue(clock.now())] == [early.id]
+    clock.advance(60)
+    assert [i.id for i in await store.overdue(clock.now())] == [early.id, late.id]
+    moved = await engine.fire(early.incident_id, "timeout", actor="sweeper",
+                              reason="no action within 120s")
+    assert moved.state == "escalated" and moved.deadline_at is None
+    assert [i.id for i in await store.overdue(clock.now())] == [late.id]
+
+
+class _LoadBarrierStore(Store):
+    """Holds every `get_incident` until `parties` callers have loaded: a forced race."""
+
+    def __init__(self, url: str, parties: int) -> None:
+        super().__init__(url)
+        self._parties = parties
+        self._loaded = 0
+        self._all_loaded = anyio.Event()
+
+    async def get_incident(self, incident_id: IncidentId) -> Incident:
+        incident = await super().get_incident(incident_id)
+        self._loaded += 1
+        if self._loaded >= self._parties:
+            self._all_loaded.set()
+        await self._all_loaded.wait()
+        return incident
+
+
+async def test_concurrent_fires_one_wins_one_conflicts(
+    store: Store, engine: IncidentEngine, db_url: str, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+    results: list[object] = []
+    async with _LoadBarrierStore(db_url, parties=2) as racing_store:
+        racing = IncidentEngine(racing_store, clock=clock)
+
+        async def fire(trigger: str, intent: ActionIntent | None) -> None:
+            try:
+                results.append(await racing.fire(incident.incident_id, trigger, actor="agent",
+                                                 reason=trigger, intent=intent))
+            except ConcurrentUpdate as exc:
+                results.append(exc)
+
+        # Both load version 1 before either writes: the store's version check decides.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fire, "hold", None)
+            tg.start_soon(fire, "remediate", CLEANUP)
+    wins = [r for r in results if isinstance(r, Incident)]
+    conflicts = [r for r in results if isinstance(r, ConcurrentUpdate)]
+    assert len(wins) == 1 and len(conflicts) == 1
+    assert "expected version 1, found version 2" in str(conflicts[0])
+    timeline = await store.timeline(incident.incident_id)
+    assert [t.seq for t in timeline.transitions] == [1, 2]
+    assert timeline.incident.version == 2 and timeline.incident.state == wins[0].state
+    assert len(timeline.actions) == (1 if wins[0].state == "remediating" else 0)
+
+
+async def test_two_appliers_with_the_same_version(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+
+    def step(trigger: str, dest: str) -> StepRequest:
+        return StepRequest(
+            incident_id=incident.incident_id, expected_version=1, trigger=trigger,
+            source="detected", dest=dest, actor="agent", reason=trigger, at=clock.now(),
+            deadline_at=None, flap_count=0, resolved_at=None,
+            notifications=[OutboxMessage("pam", {"trigger": trigger})],
+        )
+
+    outcomes: list[str] = []
+
+    async def apply(trigger: str, dest: str) -> None:
+        try:
+            await store.apply_transition(step(trigger, dest))
+            outcomes.append("ok")
+        except ConcurrentUpdate:
+            outcomes.append("conflict")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(apply, "hold", "escalated")
+        tg.start_soon(apply, "recovered", "resolved")
+    assert sorted(outcomes) == ["conflict", "ok"]
+    timeline = await store.timeline(incident.incident_id)
+    assert len(timeline.transitions) == 2 and len(timeline.notifications) == 1
+    assert timeline.notifications[0].payload["trigger"] == timeline.transitions[1].trigger
+
+
+async def test_racing_openers_of_one_fingerprint_get_one_incident(
+    store: Store, engine: IncidentEngine
+) -> None:
+    for round_ in range(10):
+        results: list[Opened] = []
+
+        async def opener(i: int, r: int = round_, results: list[Opened] = results) -> None:
+            results.append(await engine.open(target=f"t{r}", kind="memory_high",
+                                             severity="critical", reason=f"opener {i}"))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(opener, i)
+        assert len({r.incident.id for r in results}) == 1
+        assert sum(r.created for r in results) == 1
+    assert len(await store.list_incidents(limit=1000)) == 10
+
+
+async def test_opener_that_loses_the_insert_race_returns_the_winner(
+    store: Store, engine: IncidentEngine, db_url: str, clock: ManualClock
+) -> None:
+    # Another process holds an uncommitted insert of the same fingerprint; our
+    # opener must wait for it and then return that incident, not a second one.
+    other = database.create_engine(db_url)
+    conn = other.connect()
+    tx = conn.begin()
+    conn.execute(sa.insert(Incident.__table__).values(  # type: ignore[attr-defined]
+        fingerprint="api:memory_high", target="api", kind="memory_high", severity="critical",
+        state="detected", strikes=0, flap_count=0, version=1, summary="", details={},
+        opened_at=clock.now(), updated_at=clock.now()))
+    released = threading.Event()
+
+    def commit_later() -> None:
+        released.wait(0.5)
+        tx.commit()
+        conn.close()
+
+    committer = threading.Thread(target=commit_later)
+    committer.start()
+    try:
+        opened = await engine.open(target="api", kind="memory_high", severity="critical",
+                                   reason="second opener")
+    finally:
+        released.set()
+        committer.join()
+        other.dispose()
+    assert not opened.created
+    assert len(await store.list_incidents()) == 1
+
+
+async def test_strikes_come_from_persisted_attempts(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+    iid = incident.incident_id
+    dry = await store.record_action(iid, ActionIntent("disk_cleanup", "safe", Verdict.AUTO,
+                                                      "monitor-only", dry_run=True), at=clock.now())
+    await store.finish_action(dry.id or 0, outcome="failed", finished_at=clock.now())
+    assert await store.count_strikes(iid) == 0  # a dry run is never a strike
+    await engine.fire(iid, "remediate", actor="agent", reason="go", intent=CLEANUP)
+    run = (await store.timeline(iid)).actions[-1]
+    assert run.attempt == 2
+    await store.finish_action(run.id or 0, outcome="timed_out", finished_at=clock.now())
+    assert await store.count_strikes(iid) == 1
+    assert (await store.get_incident(iid)).strikes == 1
+    # The verdict is what counts: a timed-out action whose problem went away is no strike.
+    await store.judge_action(run.id or 0, verified=True)
+    assert await store.count_strikes(iid) == 0
+    with pytest.raises(InvalidInput, match="already finished"):
+        await store.finish_action(run.id or 0, outcome="ok", finished_at=clock.now())
+    with pytest.raises(InvalidInput, match="already judged"):
+        await store.judge_action(run.id or 0, verified=False)
+    with pytest.raises(InvalidInput, match="unknown action outcome"):
+        await store.finish_action(run.id or 0, outcome="great", finished_at=clock.now())
+
+
+async def test_queries_filter_and_order(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    first = await _open(engine, target="api", kind="disk_high")
+    clock.advance(3600)
+    second = await _open(engine, target="worker", kind="memory_high")
+    clock.advance(3600)
+    third = await _open(engine, target="api", kind="memory_high")
+    await engine.fire(first.incident_id, "recovered", actor="agent", reason="cleared")
+
+    ids = lambda xs: [x.id for x in xs]  # noqa: E731
+    assert ids(await store.list_incidents()) == [third.id, second.id, first.id]
+    assert ids(await store.list_incidents(states=["resolved"])) == [first.id]
+    assert ids(await store.list_incidents(target="api")) == [third.id, first.id]
+    assert ids(await store.list_incidents(kind="memory_high", target="api")) == [third.id]
+    assert ids(await store.list_incidents(since=second.opened_at)) == [third.id, second.id]
+    assert ids(await store.list_incidents(until=second.opened_at)) == [first.id]
+    assert ids(await store.list_incidents(limit=1)) == [third.id]
+    with pytest.raises(InvalidInput, match="unknown state"):
+        await store.list_incidents(states=["sleeping"])
+
+    rows = await store.history(since=second.opened_at)
+    assert [(t.incident_id, t.trigger) for t, _ in rows] == [
+        (second.id, "open"), (third.id, "open"), (first.id, "recovered")]
+    assert [t.trigger for t, _ in await store.history(kind="disk_high")] == ["open", "recovered"]
+    assert {i.target for _, i in await store.history(target="worker")} == {"worker"}
+
+
+async def test_overlong_reason_is_refused(store: Store, engine: IncidentEngine) -> None:
+    incident = await _open(engine)
+    with pytest.raises(InvalidInput, match="limit is 4000"):
+        await engine.fire(incident.incident_id, "escalate", actor="alice", reason="x" * 5000)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_unreachable_database_is_store_unavailable_without_secrets(
+    kind: str, tmp_path: Any
+) -> None:
+    if kind == "postgres":
+        url = "postgresql+psycopg://ops:s3cr3t-pw@127.0.0.1:9/incidents"
+    else:
+        url = f"sqlite:///{tmp_path}/missing-dir/x.db"
+    async with Store(url) as store:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.get_incident(IncidentId(1))
+    assert "s3cr3t" not in str(info.value) and "s3cr3t" not in repr(store)
+    assert "nothing was written" in str(info.value)
