@@ -378,40 +378,37 @@ class Store:
             raise InvalidInput(f"unknown action outcome {outcome!r}")
         payload = _json_safe("evidence", evidence or {})
 
-        def work() -> ActionRun:
-            with self._session() as session:
-                run = _get_run(session, run_id)
-                if run.finished_at is not None:
-                    raise InvalidInput(
-                        f"action run {run_id} already finished as '{run.outcome}'"
-                    )
-                run.outcome = outcome
-                run.finished_at = finished_at
-                run.output_excerpt = output_excerpt[:MAX_EXCERPT]
-                run.evidence = payload
-                session.add(run)
-                session.flush()
-                _refresh_strikes(session, run.incident_id)
-                session.commit()
-                return run
-        return await self._run(work)
+        def finish(run: ActionRun) -> None:
+            if run.finished_at is not None:
+                raise InvalidInput(f"action run {run_id} already finished as '{run.outcome}'")
+            run.outcome = outcome
+            run.finished_at = finished_at
+            run.output_excerpt = output_excerpt[:MAX_EXCERPT]
+            run.evidence = payload
+
+        return await self._run(self._update_run, run_id, finish)
 
     async def judge_action(self, run_id: int, *, verified: bool) -> ActionRun:
         """Record the verification verdict of an attempt: the only measure of its success."""
-        def work() -> ActionRun:
-            with self._session() as session:
-                run = _get_run(session, run_id)
-                if run.verified is not None and run.verified != verified:
-                    raise InvalidInput(
-                        f"action run {run_id} was already judged verified={run.verified}"
-                    )
-                run.verified = verified
-                session.add(run)
-                session.flush()
-                _refresh_strikes(session, run.incident_id)
-                session.commit()
-                return run
-        return await self._run(work)
+        def judge(run: ActionRun) -> None:
+            if run.verified is not None and run.verified != verified:
+                raise InvalidInput(
+                    f"action run {run_id} was already judged verified={run.verified}"
+                )
+            run.verified = verified
+
+        return await self._run(self._update_run, run_id, judge)
+
+    def _update_run(self, run_id: int, change: Callable[[ActionRun], None]) -> ActionRun:
+        """Change one attempt and recount its incident's strikes, in one transaction."""
+        with self._session() as session:
+            run = _get_run(session, run_id)
+            change(run)
+            session.add(run)
+            session.flush()
+            _refresh_strikes(session, run.incident_id)
+            session.commit()
+            return run
 
     async def count_strikes(self, incident_id: IncidentId) -> int:
         """Strikes of an incident, counted from its persisted attempts."""
