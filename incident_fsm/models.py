@@ -224,3 +224,30 @@ class OutboxMessage:
 
     channel: str
     payload: Mapping[str, Any]
+
+
+class HealthCheck(_Base, table=True):
+    """One probe of one target: what it read, where from, how long it took, or why it failed.
+
+    Kept for statistics (check frequency and latency) and for explaining a
+    detection afterwards. Unlike incident history these rows may be pruned
+    after a retention period.
+    """
+
+    __tablename__ = "health_check"
+    __table_args__ = (
+        sa.Index("ix_health_check_target_at", "target", "at"),
+        sa.Index("ix_health_check_at", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    target: str = Field(max_length=200)
+    at: datetime = Field(sa_type=UTCDateTime)
+    #: where the reading came from: an endpoint path, "local", or a dependency name
+    source: str = Field(max_length=200)
+    ok: bool
+    latency_ms: float
+    memory_pct: float | None = None
+    disk_pct: float | None = None
+    cpu_pct: float | None = None
+    error: str = Field(default="", max_length=1000)
