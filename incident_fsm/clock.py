@@ -1,15 +1,28 @@
-"""Time as an injected dependency, so deadlines and windows can be tested without sleeping."""
+"""Time as an injected dependency, so deadlines, windows and intervals are testable without waiting.
+
+Everything that reads the time or waits takes a `Clock`. `SystemClock` is the
+real one. `ManualClock` is virtual time for tests and compressed demos: its
+`sleep` parks the caller until the test moves the clock past the wake-up time
+(`advance`), or `run_for` jumps from one wake-up to the next, letting the
+woken tasks run until they block again.
+"""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+import anyio
+
 
 class Clock(Protocol):
-    """Anything that can tell the current time as an aware UTC datetime."""
+    """Tells the time (aware UTC) and waits."""
 
     def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
@@ -18,18 +31,56 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
 
 class ManualClock:
-    """A clock that only moves when told to: for tests and compressed-time demos."""
+    """Virtual time: moves only when told to."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start if start is not None else datetime(2026, 1, 1, tzinfo=UTC)
         if self._now.tzinfo is None:
             raise ValueError("ManualClock needs an aware datetime")
+        self._sleepers: list[tuple[datetime, int, anyio.Event]] = []
+        self._order = itertools.count()
 
     def now(self) -> datetime:
         return self._now
 
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are parked in `sleep`."""
+        return len(self._sleepers)
+
+    def next_wakeup(self) -> datetime | None:
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        event = anyio.Event()
+        heapq.heappush(
+            self._sleepers, (self._now + timedelta(seconds=seconds), next(self._order), event)
+        )
+        await event.wait()
+
     def advance(self, seconds: float) -> datetime:
+        """Move time forward and wake every sleeper that is due (they run at their next turn)."""
+        if seconds < 0:
+            raise ValueError("time does not go backwards")
         self._now += timedelta(seconds=seconds)
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            heapq.heappop(self._sleepers)[2].set()
         return self._now
+
+    async def run_for(self, seconds: float) -> None:
+        """Advance `seconds` of virtual time, stopping at each wake-up so woken tasks can run."""
+        end = self._now + timedelta(seconds=seconds)
+        await anyio.wait_all_tasks_blocked()
+        while self._sleepers and self._sleepers[0][0] <= end:
+            self.advance(max(0.0, (self._sleepers[0][0] - self._now).total_seconds()))
+            await anyio.wait_all_tasks_blocked()
+        self.advance((end - self._now).total_seconds())
+        await anyio.wait_all_tasks_blocked()
