@@ -7,10 +7,14 @@ unreachable), 2 bad usage or bad input.
 
 from __future__ import annotations
 
+import getpass
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
+import anyio
 import click
 
 from . import database
@@ -27,6 +31,45 @@ database_url_option = click.option(
 )
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class When(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """A point in time: ISO 8601 (UTC if no zone) or an age like 30m, 2h, 7d."""
+
+    name = "when"
+    _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        age = self._AGE.match(text)
+        if age:
+            unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
+            return datetime.now(UTC) - timedelta(seconds=float(age.group(1)) * unit)
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is neither ISO 8601 nor an age like 30m, 2h, 7d", param, ctx)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _with_store(url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(store)` on a fresh store for `url` and close it."""
+    from .store import Store
+
+    async def main() -> T:
+        async with Store(database.resolve_url(url)) as store:
+            return await work(store)
+
+    return anyio.run(main)
+
+
+T = TypeVar("T")
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -40,7 +83,26 @@ def _exit_code(exc: IncidentFSMError) -> int:
     return 1
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """The root group: turns known errors into one line and an exit code, here and only here."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except IncidentFSMError as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            _fail(str(exc), _exit_code(exc))
+        except Exception as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            # A driver or network error: its class only, its text may hold secrets or SQL.
+            _fail(f"unexpected {type(exc).__name__}; run again with --debug for details", 1)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -99,22 +161,140 @@ def graph(fmt: str) -> None:
     click.echo(mermaid() if fmt == "mermaid" else markdown_table())
 
 
+@cli.command()
+@database_url_option
+@click.option("--state", "states", multiple=True, metavar="STATE",
+              help="Only these states (repeatable): detected, remediating, verifying, "
+                   "resolved, escalated.")
+@click.option("--open", "only_open", is_flag=True, help="Only incidents not yet resolved.")
+@click.option("--kind", help="Only this problem kind, e.g. disk_high.")
+@click.option("--target", help="Only this target.")
+@click.option("--since", type=When(), help="Opened at or after (ISO 8601 or an age: 2h, 7d).")
+@click.option("--until", type=When(), help="Opened before (ISO 8601 or an age).")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@json_option
+def incidents(database_url: str | None, states: tuple[str, ...], only_open: bool,
+              kind: str | None, target: str | None, since: datetime | None,
+              until: datetime | None, limit: int, as_json: bool) -> None:
+    """List incidents, newest first.
+
+    Example: incident-fsm incidents --open --target api --since 24h
+    """
+    from .machine import OPEN_STATES
+    from .report import incidents_table, to_json
+
+    wanted = states or (tuple(s.value for s in OPEN_STATES) if only_open else ())
+    rows = _with_store(database_url, lambda store: store.list_incidents(
+        states=wanted, kind=kind, target=target, since=since, until=until, limit=limit))
+    click.echo(to_json(rows) if as_json else incidents_table(rows))
+
+
+@cli.command()
+@database_url_option
+@click.argument("incident_id", type=click.IntRange(min=1), metavar="ID")
+@json_option
+def show(database_url: str | None, incident_id: int, as_json: bool) -> None:
+    """Show one incident: state, strikes, deadline, and its whole timeline.
+
+    Example: incident-fsm show 3
+    """
+    from .models import IncidentId
+    from .report import timeline_text, to_json
+
+    timeline = _with_store(database_url, lambda store: store.timeline(IncidentId(incident_id)))
+    click.echo(to_json(timeline) if as_json else timeline_text(timeline))
+
+
+@cli.command()
+@database_url_option
+@click.option("--since", type=When(), default="24h", show_default=True,
+              help="From (ISO 8601 or an age).")
+@click.option("--until", type=When(), help="Until (ISO 8601 or an age).")
+@click.option("--target", help="Only this target.")
+@click.option("--kind", help="Only this problem kind.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True)
+@json_option
+def history(database_url: str | None, since: datetime, until: datetime | None,
+            target: str | None, kind: str | None, limit: int, as_json: bool) -> None:
+    """Every transition across incidents in a time range, oldest first.
+
+    Example: incident-fsm history --since 12h --target api
+    """
+    from .report import history_table, to_json
+
+    rows = _with_store(database_url, lambda store: store.history(
+        since=since, until=until, target=target, kind=kind, limit=limit))
+    if as_json:
+        click.echo(to_json([{"transition": t, "incident": i} for t, i in rows]))
+    else:
+        click.echo(history_table(rows))
+
+
+@cli.command()
+@database_url_option
+@click.argument("incident_id", type=click.IntRange(min=1), metavar="ID")
+@click.argument("trigger", type=click.Choice(["acknowledge", "approve", "resolve", "escalate"]))
+@click.option("--reason", required=True, help="Why (recorded with the transition).")
+@click.option("--actor", default=None, help="Who (default: your OS user name).")
+@click.option("--action", "action_name", default=None,
+              help="With approve: the action to run (default: the one that was held).")
+@json_option
+def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
+          actor: str | None, action_name: str | None, as_json: bool) -> None:
+    """Fire an operator transition, checked against the state graph and recorded with who and why.
+
+    Example: incident-fsm force 3 approve --reason "failover approved by on-call" --actor alice
+    """
+    from .report import to_json
+
+    who = actor if actor is not None else getpass.getuser()
+    incident = _with_store(database_url, lambda store: _force(
+        store, incident_id=incident_id, trigger=trigger, reason=reason, actor=who,
+        action_name=action_name))
+    if as_json:
+        click.echo(to_json(incident))
+    else:
+        click.echo(f"incident {incident.id} is now {incident.state} ({trigger} by {who})")
+
+
+async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, actor: str,
+                 action_name: str | None) -> Any:
+    from .clock import SystemClock
+    from .machine import ActionIntent, IncidentEngine, Verdict, triggers_from
+    from .models import IncidentId
+
+    iid = IncidentId(incident_id)
+    incident = await store.get_incident(iid)
+    allowed = triggers_from(incident.state)
+    if trigger not in allowed:
+        # Say what the graph allows before asking about a held action.
+        raise InvalidTransition(incident_id=iid, state=incident.state, trigger=trigger,
+                                allowed=allowed)
+    intent = None
+    if trigger == "approve":
+        held = await _held_action(store, iid)
+        name = action_name or (held or {}).get("action")
+        if not name:
+            raise InvalidInput(f"incident {incident_id} has no held action; name one with --action")
+        tier = (held or {}).get("tier", "approval") if name == (held or {}).get("action") else (
+            "approval")
+        intent = ActionIntent(name, str(tier), Verdict.APPROVED, f"approved by {actor}: {reason}")
+    elif action_name is not None:
+        raise InvalidInput("--action goes only with approve")
+    engine = IncidentEngine(store, clock=SystemClock())
+    return await engine.fire(iid, trigger, actor=actor, reason=reason,
+                             details={"forced": True}, intent=intent)
+
+
+async def _held_action(store: Any, incident_id: Any) -> dict[str, Any] | None:
+    """The action of the latest step that held one (its details name it), if any."""
+    timeline = await store.timeline(incident_id)
+    for step in reversed(timeline.transitions):
+        if step.details.get("verdict") == "hold" and step.details.get("action"):
+            return dict(step.details)
+    return None
+
+
 def main() -> None:
-    """Console-script entry point: run the CLI, turning known errors into one line."""
-    debug = "--debug" in sys.argv[1:]
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        _fail("aborted", 1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except IncidentFSMError as exc:
-        if debug:
-            raise
-        _fail(str(exc), _exit_code(exc))
-    except Exception as exc:
-        if debug:
-            raise
-        # A DB or network error from a driver: name its class, never its text (it may hold secrets).
-        _fail(f"unexpected {type(exc).__name__}; run again with --debug for details", 1)
+    """Console-script entry point."""
+    cli()

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import anyio
 import click
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from incident_fsm import cli, database
+from incident_fsm.clock import ManualClock
+from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
+from incident_fsm.store import Store
+
+from .conftest import TABLES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -83,3 +93,139 @@ def test_readme_edge_table_is_generated_from_the_machine() -> None:
     text = README.read_text()
     section = text.split("<!-- edges:start -->\n", 1)[1].split("\n<!-- edges:end -->", 1)[0]
     assert section == markdown_table(), "README is stale: paste `incident-fsm graph --format table`"
+
+
+# --- operator commands against a seeded database (SQLite and Postgres) -------------------
+
+
+
+def _seed(url: str) -> dict[str, int]:
+    """A: disk cleaned and resolved. B: failover held in escalated. C: just detected."""
+
+    async def work() -> dict[str, int]:
+        clock = ManualClock(datetime(2026, 11, 28, 2, 0, tzinfo=UTC))
+        async with Store(url) as store:
+            engine = IncidentEngine(store, clock=clock)
+            a = (await engine.open(target="api", kind="disk_high", severity="critical",
+                                   reason="disk 91% on two samples")).incident
+            await engine.fire(a.incident_id, "remediate", actor="agent", reason="cleanup first",
+                              intent=ActionIntent("disk_cleanup", "safe", Verdict.AUTO, "safe"))
+            run = (await store.timeline(a.incident_id)).actions[0]
+            await store.finish_action(run.id or 0, outcome="ok", finished_at=clock.advance(3),
+                                      evidence={"bytes_freed": 5_000_000})
+            await engine.fire(a.incident_id, "action_finished", actor="agent", reason="returned")
+            await store.judge_action(run.id or 0, verified=True)
+            clock.advance(90)
+            await engine.fire(a.incident_id, "recovered", actor="agent", reason="disk 60%")
+            clock.advance(600)
+            b = (await engine.open(target="worker", kind="memory_high", severity="critical",
+                                   reason="memory 93%")).incident
+            await engine.fire(b.incident_id, "hold", actor="agent",
+                              reason="failover needs approval",
+                              intent=ActionIntent("failover", "approval", Verdict.HOLD,
+                                                  "approval tier"))
+            clock.advance(600)
+            c = (await engine.open(target="api", kind="memory_high", severity="warning",
+                                   reason="memory 82%")).incident
+            return {"a": a.id or 0, "b": b.id or 0, "c": c.id or 0}
+
+    return anyio.run(work)
+
+
+def _dump(url: str) -> dict[str, list[tuple[object, ...]]]:
+    engine = database.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {t: [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {t} ORDER BY id"))]
+                    for t in TABLES}
+    finally:
+        engine.dispose()
+
+
+def _run(url: str, *args: str) -> Any:
+    return CliRunner().invoke(cli.cli, [*args, "--database-url", url])
+
+
+def test_incidents_lists_filters_and_json_matches_the_store(db_url: str) -> None:
+    ids = _seed(db_url)
+    result = _run(db_url, "incidents", "--since", "2026-11-01")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [ln.split()[0] for ln in lines[2:]] == [str(ids["c"]), str(ids["b"]), str(ids["a"])]
+    opened = _run(db_url, "incidents", "--open")
+    assert f"\n{ids['a']} " not in opened.output and "escalated" in opened.output
+    as_json = json.loads(_run(db_url, "incidents", "--state", "resolved", "--json").output)
+    assert [row["id"] for row in as_json] == [ids["a"]]
+    assert as_json[0]["fingerprint"] == "api:disk_high" and as_json[0]["state"] == "resolved"
+    assert "no incidents match" in _run(db_url, "incidents", "--target", "nope").output
+
+
+def test_show_tells_what_happened_and_why(db_url: str) -> None:
+    ids = _seed(db_url)
+    text = _run(db_url, "show", str(ids["a"])).output
+    assert "state: resolved" in text
+    assert "remediate" in text and "by agent: cleanup first" in text
+    assert "disk_cleanup [safe]  ok, verified  (bytes_freed=5000000)" in text
+    data = json.loads(_run(db_url, "show", str(ids["a"]), "--json").output)
+    assert [t["trigger"] for t in data["transitions"]] == [
+        "open", "remediate", "action_finished", "recovered"]
+    assert data["actions"][0]["verified"] is True
+
+
+def test_history_covers_a_range_and_filters(db_url: str) -> None:
+    ids = _seed(db_url)
+    rows = json.loads(_run(db_url, "history", "--since", "2026-11-28T00:00", "--json").output)
+    assert len(rows) == 4 + 2 + 1
+    assert [r["transition"]["at"] for r in rows] == sorted(r["transition"]["at"] for r in rows)
+    worker = json.loads(_run(db_url, "history", "--since", "2026-11-28", "--target", "worker",
+                             "--json").output)
+    assert {r["incident"]["id"] for r in worker} == {ids["b"]}
+    assert "no transitions" in _run(db_url, "history", "--since", "1h").output
+    bad = _run(db_url, "history", "--since", "yesterday-ish")
+    assert bad.exit_code == 2 and "neither ISO 8601 nor an age" in bad.output
+
+
+def test_force_approves_the_held_action_with_actor_and_reason(db_url: str) -> None:
+    ids = _seed(db_url)
+    result = _run(db_url, "force", str(ids["b"]), "approve", "--reason", "go ahead",
+                  "--actor", "alice")
+    assert result.exit_code == 0, result.output
+    assert "is now remediating" in result.output
+    data = json.loads(_run(db_url, "show", str(ids["b"]), "--json").output)
+    last = data["transitions"][-1]
+    assert (last["trigger"], last["actor"], last["reason"]) == ("approve", "alice", "go ahead")
+    assert last["details"]["verdict"] == "approved"
+    assert [(a["action"], a["tier"]) for a in data["actions"]] == [("failover", "approval")]
+    ack = _run(db_url, "force", str(ids["c"]), "acknowledge", "--reason", "looking")
+    assert ack.exit_code == 0 and "is now detected" in ack.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["force", "999", "resolve", "--reason", "x"], "no incident with id 999"),
+        (["force", "{a}", "escalate", "--reason", "x"], "allowed: reopen"),
+        (["force", "{c}", "approve", "--reason", "x"], "allowed: acknowledge, escalate"),
+        (["force", "{c}", "resolve", "--reason", "   "], "needs a reason"),
+        (["force", "{c}", "resolve", "--reason", "x" * 5000], "limit is 4000"),
+        (["force", "{c}", "resolve"], "Missing option '--reason'"),
+        (["force", "{c}", "timeout", "--reason", "x"], "'timeout' is not one of"),
+        (["force", "{c}", "resolve", "--reason", "x", "--action", "failover"],
+         "--action goes only with approve"),
+        (["force", "{c}'; DROP TABLE incident; --", "resolve", "--reason", "x"],
+         "Invalid value for 'ID'"),
+        (["show", "0"], "Invalid value for 'ID'"),
+        (["show", "424242"], "no incident with id 424242"),
+        (["incidents", "--state", "sleeping"], "unknown state"),
+    ],
+)
+def test_bad_operator_input_exits_2_and_changes_nothing(
+    db_url: str, args: list[str], message: str
+) -> None:
+    ids = _seed(db_url)
+    before = _dump(db_url)
+    result = _run(db_url, *[a.format(**ids) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert _dump(db_url) == before

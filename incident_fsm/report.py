@@ -1,0 +1,107 @@
+"""Turning incidents and their history into text for people and JSON for scripts.
+
+Pure formatting: no database access. The CLI calls these; a host app can
+use them for its own admin pages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from .models import ActionRun, Incident, Notification, Transition
+from .store import Timeline
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [list(r) for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)]).rstrip()
+
+
+def incidents_table(incidents: Sequence[Incident]) -> str:
+    if not incidents:
+        return "no incidents match"
+    return _table(
+        ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "OPENED (UTC)", "DEADLINE (UTC)"],
+        [[str(i.id), i.state, i.target, i.kind, i.severity, str(i.strikes), _when(i.opened_at),
+          _when(i.deadline_at)] for i in incidents],
+    )
+
+
+def timeline_text(timeline: Timeline) -> str:
+    i = timeline.incident
+    out = [
+        f"incident {i.id}  {i.fingerprint}  severity {i.severity}",
+        f"state: {i.state}   strikes: {i.strikes}   flaps: {i.flap_count}   "
+        f"deadline: {_when(i.deadline_at)}",
+        f"opened: {_when(i.opened_at)}   resolved: {_when(i.resolved_at)}",
+    ]
+    if i.summary:
+        out.append(f"summary: {i.summary}")
+    out += ["", "transitions:"]
+    out += [f"  {t.seq:>3}  {_when(t.at)}  {t.trigger:<16} {(t.source or '-'):>11} → "
+            f"{t.dest:<11}  by {t.actor}: {t.reason}" for t in timeline.transitions]
+    out += ["", "actions:"]
+    out += [_action_line(r) for r in timeline.actions] or ["  none"]
+    out += ["", "notifications:"]
+    out += [_notification_line(n) for n in timeline.notifications] or ["  none"]
+    return "\n".join(out)
+
+
+def _action_line(run: ActionRun) -> str:
+    verdict = {True: "verified", False: "not verified", None: "not judged"}[run.verified]
+    evidence = ", ".join(f"{k}={v}" for k, v in run.evidence.items())
+    dry = " (dry run)" if run.dry_run else ""
+    return (f"  #{run.attempt}  {_when(run.started_at)}  {run.action}{dry} [{run.tier}]  "
+            f"{run.outcome or 'running'}, {verdict}" + (f"  ({evidence})" if evidence else ""))
+
+
+def _notification_line(n: Notification) -> str:
+    status = n.status + (f" at {_when(n.delivered_at)}" if n.delivered_at else "")
+    error = f"  last error: {n.last_error}" if n.last_error and n.status != "delivered" else ""
+    return f"  step {n.transition_seq}  {n.channel:<8} {status}, {n.attempts} attempt(s){error}"
+
+
+def history_table(rows: Sequence[tuple[Transition, Incident]]) -> str:
+    if not rows:
+        return "no transitions in that range"
+    return _table(
+        ["AT (UTC)", "INCIDENT", "TARGET", "KIND", "TRIGGER", "FROM", "TO", "ACTOR", "REASON"],
+        [[_when(t.at), str(t.incident_id), i.target, i.kind, t.trigger, t.source or "-", t.dest,
+          t.actor, t.reason] for t, i in rows],
+    )
+
+
+def to_json(value: Any) -> str:
+    """JSON for `--json`: rows as objects, datetimes as ISO 8601 UTC."""
+    return json.dumps(_plain(value), indent=2, ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Timeline):
+        return {
+            "incident": _plain(value.incident),
+            "transitions": _plain(value.transitions),
+            "actions": _plain(value.actions),
+            "notifications": _plain(value.notifications),
+        }
+    if hasattr(value, "model_dump"):
+        return _plain(value.model_dump())
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
