@@ -251,3 +251,15 @@ class HealthCheck(_Base, table=True):
     disk_pct: float | None = None
     cpu_pct: float | None = None
     error: str = Field(default="", max_length=1000)
+
+
+class Lease(_Base, table=True):
+    """A named lease: who may act, until when. Used for leader election between replicas."""
+
+    __tablename__ = "lease"
+
+    name: str = Field(primary_key=True, max_length=100)
+    holder: str = Field(max_length=200)
+    acquired_at: datetime = Field(sa_type=UTCDateTime)
+    renewed_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)

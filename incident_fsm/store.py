@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, select
@@ -55,6 +57,7 @@ from .models import (
     ActionRun,
     Incident,
     IncidentId,
+    Lease,
     Notification,
     OutboxMessage,
     Transition,
@@ -108,6 +111,7 @@ class Store:
         self.url = database.resolve_url(url)
         self.engine: Engine = database.create_engine(self.url)
         self._limiter = anyio.CapacityLimiter(max_threads)
+        self._in_flight = 0
 
     def __repr__(self) -> str:
         return f"Store({database.redact(self.url)!r})"
@@ -121,10 +125,19 @@ class Store:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def idle(self) -> bool:
+        """No database call is in flight (lets virtual-time tests settle, see ManualClock)."""
+        return self._in_flight == 0
+
     async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        return await anyio.to_thread.run_sync(
-            partial(self._guarded, fn, *args, **kwargs), limiter=self._limiter
-        )
+        self._in_flight += 1
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(self._guarded, fn, *args, **kwargs), limiter=self._limiter
+            )
+        finally:
+            self._in_flight -= 1
 
     def _guarded(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         try:
@@ -470,6 +483,51 @@ class Store:
             with self._session() as session:
                 return [(t, i) for t, i in session.exec(query).all()]
         return await self._run(work)
+
+
+    # --- leases (leader election between replicas) ---------------------------
+
+    async def acquire_lease(self, name: str, holder: str, *, now: datetime,
+                            ttl: float) -> Lease:
+        """Take or renew lease `name` for `holder` if it is free, expired, or already theirs.
+
+        One atomic upsert, so two replicas can never both get it. Returns the
+        lease as it stands afterwards: the caller holds it iff `.holder == holder`.
+        """
+        expires = now + timedelta(seconds=ttl)
+
+        def work() -> Lease:
+            table = Lease.__table__  # type: ignore[attr-defined]
+            insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+            stmt = insert(table).values(name=name, holder=holder, acquired_at=now,
+                                        renewed_at=now, expires_at=expires)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[table.c.name],
+                set_={
+                    "holder": stmt.excluded.holder,
+                    "acquired_at": sa.case((table.c.holder == holder, table.c.acquired_at),
+                                           else_=stmt.excluded.acquired_at),
+                    "renewed_at": stmt.excluded.renewed_at,
+                    "expires_at": stmt.excluded.expires_at,
+                },
+                where=sa.or_(table.c.holder == holder, table.c.expires_at < now),
+            )
+            with self._session() as session:
+                session.execute(stmt)
+                lease = session.get(Lease, name, populate_existing=True)
+                session.commit()
+                assert lease is not None
+                return lease
+        return await self._run(work)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once (on clean shutdown), if `holder` still has it."""
+        def work() -> None:
+            with self._session() as session:
+                session.execute(sa.delete(Lease).where(col(Lease.name) == name,
+                                                       col(Lease.holder) == holder))
+                session.commit()
+        await self._run(work)
 
 
 # --- helpers (run inside a session, in the worker thread) --------------------------

@@ -28,7 +28,7 @@ ADMIN_URL = os.environ.get(
     "INCIDENT_FSM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TABLES = ("notification", "action_run", "transition", "incident", "health_check")
+TABLES = ("notification", "action_run", "transition", "incident", "health_check", "lease")
 
 
 @pytest.fixture
@@ -110,14 +110,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    async with Store(db_url) as s:
-        yield s
+def clock() -> ManualClock:
+    return ManualClock(datetime(2026, 11, 29, 3, 0, tzinfo=UTC))
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 11, 29, 3, 0, tzinfo=UTC))
+async def store(db_url: str, clock: ManualClock) -> AsyncIterator[Store]:
+    async with Store(db_url) as s:
+        clock.wait_for_idle(lambda: s.idle)
+        yield s
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ def _dump(url: str) -> dict[str, list[tuple[object, ...]]]:
     engine = database.create_engine(url)
     try:
         with engine.connect() as conn:
-            return {t: [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {t} ORDER BY id"))]
+            return {t: [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {t} ORDER BY 1"))]
                     for t in TABLES}
     finally:
         engine.dispose()

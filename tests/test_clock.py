@@ -61,3 +61,31 @@ async def test_time_never_goes_backwards_and_needs_a_zone() -> None:
 async def test_system_clock_is_aware_utc() -> None:
     assert SystemClock().now().tzinfo is UTC
     await SystemClock().sleep(0)
+
+
+async def test_run_for_waits_for_work_in_worker_threads() -> None:
+    clock = ManualClock(START)
+    busy = {"n": 0}
+    clock.wait_for_idle(lambda: busy["n"] == 0)
+    seen: list[float] = []
+
+    def slow_io() -> None:
+        import time
+
+        time.sleep(0.05)  # real work in a thread: virtual time must not move meanwhile
+
+    async def worker() -> None:
+        while True:
+            busy["n"] += 1
+            try:
+                await anyio.to_thread.run_sync(slow_io)
+            finally:
+                busy["n"] -= 1
+            seen.append((clock.now() - START).total_seconds())
+            await clock.sleep(10)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker)
+        await clock.run_for(25)
+        tg.cancel_scope.cancel()
+    assert seen == [0.0, 10.0, 20.0]

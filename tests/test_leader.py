@@ -1,0 +1,102 @@
+"""Leader election: one leader at a time, takeover after death; a cut-off leader stops first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import pytest
+
+from incident_fsm.clock import ManualClock
+from incident_fsm.errors import StoreUnavailable
+from incident_fsm.leader import LeaderElector
+from incident_fsm.models import Lease
+from incident_fsm.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+class _CuttableStore(Store):
+    """A store whose connection the test can cut, like a network partition."""
+
+    cut = False
+
+    async def acquire_lease(self, name: str, holder: str, *, now: datetime,
+                            ttl: float) -> Lease:
+        if self.cut:
+            raise StoreUnavailable("database unavailable (partition); nothing was written")
+        return await super().acquire_lease(name, holder, now=now, ttl=ttl)
+
+
+@pytest.fixture
+def start(clock: ManualClock) -> ManualClock:
+    return clock  # the shared fixture already waits for the store to be idle
+
+
+async def test_one_leader_and_takeover_after_the_leader_dies(
+    store: Store, start: ManualClock
+) -> None:
+    a = LeaderElector(store, clock=start, holder="a")
+    b = LeaderElector(store, clock=start, holder="b")
+    assert await a.try_acquire() is True
+    assert await b.try_acquire() is False
+    for _ in range(5):  # a keeps renewing, b keeps standing by
+        start.advance(5)
+        assert await a.try_acquire() is True
+        assert await b.try_acquire() is False
+    # a dies (stops renewing). b may not take over before the lease expires...
+    start.advance(14)
+    assert await b.try_acquire() is False
+    assert not a.is_leader  # a's own fence ended 2 s before the lease does
+    # ...and does right after it.
+    start.advance(1.5)
+    assert await b.try_acquire() is True
+    assert await a.try_acquire() is False
+
+
+async def test_a_partitioned_leader_stops_before_anyone_can_take_over(
+    db_url: str, store: Store, start: ManualClock
+) -> None:
+    async with _CuttableStore(db_url) as cut_store:
+        a = LeaderElector(cut_store, clock=start, holder="a")
+        b = LeaderElector(store, clock=start, holder="b")
+        assert await a.try_acquire()
+        cut_store.cut = True
+        a_stopped = b_started = None
+        for second in range(1, 40):
+            start.advance(1)
+            await a.try_acquire()
+            await b.try_acquire()
+            assert not (a.is_leader and b.is_leader), f"two leaders at +{second}s"
+            if a_stopped is None and not a.is_leader:
+                a_stopped = second
+            if b_started is None and b.is_leader:
+                b_started = second
+        assert a_stopped is not None and b_started is not None
+        assert a_stopped < b_started <= 16  # takeover well within the 30 s budget
+        # When the partition heals, the old leader finds it has lost the lease.
+        cut_store.cut = False
+        assert await a.try_acquire() is False
+
+
+async def test_run_renews_and_hands_the_lease_back_on_cancel(
+    store: Store, start: ManualClock
+) -> None:
+    a = LeaderElector(store, clock=start, holder="a", ttl=6, renew_every=2, skew_margin=1)
+    b = LeaderElector(store, clock=start, holder="b", ttl=6, renew_every=2, skew_margin=1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(a.run)
+        await start.run_for(60)  # many ttls: only renewals keep it
+        assert a.is_leader
+        assert await b.try_acquire() is False
+        tg.cancel_scope.cancel()
+    assert not a.is_leader
+    assert await b.try_acquire() is True  # released at once, no need to wait for expiry
+
+
+def test_renewal_must_fit_inside_the_lease(tmp_path: Path, start: ManualClock) -> None:
+    unused = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(ValueError, match="renew_every"):
+        LeaderElector(unused, clock=start, ttl=10, renew_every=9, skew_margin=2)
+    unused.engine.dispose()
