@@ -232,6 +232,21 @@ def history(database_url: str | None, since: datetime, until: datetime | None,
 
 @cli.command()
 @database_url_option
+@click.option("--since", type=When(), help="Only incidents opened (checks made) since then.")
+@json_option
+def stats(database_url: str | None, since: datetime | None, as_json: bool) -> None:
+    """Statistics: resolution times, escalation rate, action success, delivery, health checks.
+
+    Example: incident-fsm stats --since 7d
+    """
+    from .report import statistics_text, to_json
+
+    result = _with_store(database_url, lambda store: store.statistics(since=since))
+    click.echo(to_json(result) if as_json else statistics_text(result))
+
+
+@cli.command()
+@database_url_option
 @click.argument("incident_id", type=click.IntRange(min=1), metavar="ID")
 @click.argument("trigger", type=click.Choice(["acknowledge", "approve", "resolve", "escalate"]))
 @click.option("--reason", required=True, help="Why (recorded with the transition).")

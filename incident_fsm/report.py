@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from .models import ActionRun, Incident, Notification, Transition
-from .store import Timeline
+from .store import Statistics, Timeline
 
 
 def _when(value: datetime | None) -> str:
@@ -89,6 +89,17 @@ def to_json(value: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Statistics):
+        return {
+            "states": value.states,
+            "kinds": [dict(_plain(vars(k)), escalation_rate=k.escalation_rate)
+                      for k in value.kinds],
+            "actions": [dict(_plain(vars(a)), success_rate=a.success_rate)
+                        for a in value.actions],
+            "channels": [dict(_plain(vars(c)), delivery_rate=c.delivery_rate)
+                         for c in value.channels],
+            "checks": [_plain(vars(c)) for c in value.checks],
+        }
     if isinstance(value, Timeline):
         return {
             "incident": _plain(value.incident),
@@ -105,3 +116,41 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}s"
+
+
+def statistics_text(stats: Statistics) -> str:
+    states = ", ".join(f"{k} {v}" for k, v in sorted(stats.states.items())) or "none"
+    parts = [f"incidents by state: {states}", "", "per problem kind:"]
+    parts.append(_table(
+        ["KIND", "INCIDENTS", "OPEN", "RESOLVED", "ESCALATED", "P50 TO RESOLVE", "P95"],
+        [[k.kind, str(k.incidents), str(k.open), str(k.resolved), _pct(k.escalation_rate),
+          _secs(k.resolution_p50_s), _secs(k.resolution_p95_s)] for k in stats.kinds],
+    ) if stats.kinds else "  none")
+    parts += ["", "actions (success = verification passed afterwards):"]
+    parts.append(_table(
+        ["KIND", "ACTION", "ATTEMPTS", "VERIFIED", "FAILED", "SUCCESS", "DRY RUNS"],
+        [[a.kind, a.action, str(a.attempts), str(a.verified), str(a.failed),
+          _pct(a.success_rate), str(a.dry_runs)] for a in stats.actions],
+    ) if stats.actions else "  none")
+    parts += ["", "notifications:"]
+    parts.append(_table(
+        ["CHANNEL", "DELIVERED", "PENDING", "DEAD", "SKIPPED", "DELIVERY RATE"],
+        [[c.channel, str(c.delivered), str(c.pending), str(c.dead), str(c.skipped),
+          _pct(c.delivery_rate)] for c in stats.channels],
+    ) if stats.channels else "  none")
+    parts += ["", "health checks:"]
+    parts.append(_table(
+        ["TARGET", "CHECKS", "FAILED", "AVG LATENCY", "MAX LATENCY"],
+        [[c.target, str(c.checks), str(c.failed),
+          "-" if c.latency_avg_ms is None else f"{c.latency_avg_ms:.0f}ms",
+          "-" if c.latency_max_ms is None else f"{c.latency_max_ms:.0f}ms"] for c in stats.checks],
+    ) if stats.checks else "  none")
+    return "\n".join(parts)

@@ -185,6 +185,19 @@ def test_history_covers_a_range_and_filters(db_url: str) -> None:
     assert bad.exit_code == 2 and "neither ISO 8601 nor an age" in bad.output
 
 
+def test_stats_reports_per_kind_and_action(db_url: str) -> None:
+    _seed(db_url)
+    text = _run(db_url, "stats").output
+    assert "incidents by state: detected 1, escalated 1, resolved 1" in text
+    assert "disk_cleanup" in text and "100%" in text
+    data = json.loads(_run(db_url, "stats", "--json").output)
+    (cleanup,) = data["actions"]
+    assert (cleanup["kind"], cleanup["action"], cleanup["success_rate"]) == (
+        "disk_high", "disk_cleanup", 1.0)
+    assert {k["kind"]: k["escalation_rate"] for k in data["kinds"]} == {
+        "disk_high": 0.0, "memory_high": 0.5}
+
+
 def test_force_approves_the_held_action_with_actor_and_reason(db_url: str) -> None:
     ids = _seed(db_url)
     result = _run(db_url, "force", str(ids["b"]), "approve", "--reason", "go ahead",
