@@ -22,6 +22,7 @@ Invariants the store keeps:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -155,6 +156,15 @@ class Statistics:
     checks: list[CheckStats]
 
 
+def strike_count_of(runs: Iterable[ActionRun]) -> int:
+    """`strike_condition` for attempts held in memory (the journal's local copy)."""
+    return sum(
+        1 for r in runs
+        if not r.dry_run and (r.verified is False
+                              or (r.verified is None and r.outcome in ("failed", "timed_out")))
+    )
+
+
 def strike_condition() -> sa.ColumnElement[bool]:
     """An attempt is a strike if verification said no, or it failed and was never judged."""
     return sa.and_(
@@ -172,16 +182,24 @@ def strike_condition() -> sa.ColumnElement[bool]:
 class Store:
     """Async access to incidents and their history. Create one per process and share it."""
 
-    def __init__(self, url: str, *, max_threads: int = 4) -> None:
+    def __init__(self, url: str, *, max_threads: int = 4,
+                 call_timeout: float = database.STATEMENT_TIMEOUT + 5) -> None:
         self.url = database.resolve_url(url)
         self.engine: Engine = database.create_engine(self.url)
         self._limiter = anyio.CapacityLimiter(max_threads)
+        self.call_timeout = call_timeout
         self._in_flight = 0
+        self._threads = 0  # includes calls abandoned after `call_timeout`
+        self._threads_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Store({database.redact(self.url)!r})"
 
-    async def close(self) -> None:
+    async def close(self, *, grace: float = 5.0) -> None:
+        """Release the connections, after giving abandoned calls `grace` seconds to end."""
+        with anyio.move_on_after(grace):
+            while self._threads:  # noqa: ASYNC110 - worker threads cannot set an anyio.Event
+                await anyio.sleep(0.05)
         await anyio.to_thread.run_sync(self.engine.dispose)
 
     async def __aenter__(self) -> Store:
@@ -196,15 +214,28 @@ class Store:
         return self._in_flight == 0
 
     async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        # The server's statement_timeout cannot help when the network goes
+        # silent under an open connection: this client-side deadline does. The
+        # abandoned thread finishes (or fails) on its own once the socket does;
+        # a write it still commits is recognised by the journal's replay.
         self._in_flight += 1
         try:
-            return await anyio.to_thread.run_sync(
-                partial(self._guarded, fn, *args, **kwargs), limiter=self._limiter
-            )
+            with anyio.fail_after(self.call_timeout):
+                return await anyio.to_thread.run_sync(
+                    partial(self._guarded, fn, *args, **kwargs), limiter=self._limiter,
+                    abandon_on_cancel=True,
+                )
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"database did not answer within {self.call_timeout:g}s; "
+                "nothing is known to be written"
+            ) from None
         finally:
             self._in_flight -= 1
 
     def _guarded(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        with self._threads_lock:
+            self._threads += 1
         try:
             return fn(*args, **kwargs)
         except IntegrityError:
@@ -216,6 +247,9 @@ class Store:
                     f"database unavailable ({type(exc.orig).__name__}); nothing was written"
                 ) from None
             raise
+        finally:
+            with self._threads_lock:
+                self._threads -= 1
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
