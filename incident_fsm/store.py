@@ -484,8 +484,8 @@ class Store:
         def work() -> bool:
             with self._session() as session:
                 found = session.execute(
-                    sa.select(col(Notification.id)).where(col(Notification.incident_id) == incident_id)
-                    .limit(1)
+                    sa.select(col(Notification.id))
+                    .where(col(Notification.incident_id) == incident_id).limit(1)
                 ).first()
                 return found is not None
         return await self._run(work)
@@ -523,7 +523,8 @@ class Store:
             with self._session() as session:
                 found: datetime | None = session.exec(
                     select(sa.func.min(Notification.next_attempt_at))
-                    .where(col(Notification.channel) == channel, col(Notification.status) == "pending")
+                    .where(col(Notification.channel) == channel,
+                           col(Notification.status) == "pending")
                 ).one()
                 return found
         return await self._run(work)
@@ -542,7 +543,8 @@ class Store:
             with self._session() as session:
                 claimed = session.execute(
                     sa.update(Notification)
-                    .where(col(Notification.id).in_(list(ids)), col(Notification.status) == "pending",
+                    .where(col(Notification.id).in_(list(ids)),
+                           col(Notification.status) == "pending",
                            col(Notification.next_attempt_at) <= now)
                     .values(attempts=col(Notification.attempts) + 1, next_attempt_at=lease_until)
                     .returning(col(Notification.id))
@@ -603,15 +605,16 @@ class Store:
         if "last_error" in values:
             values["last_error"] = str(values["last_error"])[:2000]
         if uncount:
-            values["attempts"] = sa.case((col(Notification.attempts) > 0, col(Notification.attempts) - 1),
-                                         else_=0)
+            attempts = col(Notification.attempts)
+            values["attempts"] = sa.case((attempts > 0, attempts - 1), else_=0)
 
         def work() -> None:
             with self._session() as session:
                 # Only pending rows move: a final status is never rewritten.
                 session.execute(
                     sa.update(Notification)
-                    .where(col(Notification.id).in_(list(ids)), col(Notification.status) == "pending")
+                    .where(col(Notification.id).in_(list(ids)),
+                           col(Notification.status) == "pending")
                     .values(status=status, **values)
                 )
                 session.commit()
