@@ -118,7 +118,8 @@ class PamChannel:
         """The socket URL; with the default the token is redacted (for logs)."""
         base = self._settings.url.rstrip("/")
         user = quote(self._settings.user_id, safe="")
-        return f"{base}/api/v1/pam/ws/{user}?{urlencode({'token': token})}"
+        query = "token=***" if token == "***" else urlencode({"token": token})  # noqa: S105
+        return f"{base}/api/v1/pam/ws/{user}?{query}"
 
     def reconfigure(self, settings: PamSettings) -> None:
         """New settings: a failed channel tries again, a live one reconnects with them."""
