@@ -206,11 +206,15 @@ class Dispatcher:
             try:
                 delay = await self.deliver_due(channel)
                 failures = 0
-            except StoreError as exc:
+            except Exception as exc:
+                # The store is down, or something unforeseen: back off, never die, so the
+                # other channels and the agent carry on. StoreError messages are safe to
+                # show; of anything else only the class name.
                 failures += 1
-                delay = min(self._poll * 2 ** min(failures, 6), 300.0)
-                logger.warning("{} notifications: store error ({}); retrying in {:.0f} s",
-                               channel.name, exc, delay)
+                delay = min(self._poll * 2.0 ** min(failures, 6), 300.0)
+                why = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
+                logger.warning("{} notifications: {}; retrying in {:.0f} s",
+                               channel.name, why, delay)
             await self._wait(delay, wake)
 
     async def _keep_up(self, channel: Channel) -> None:

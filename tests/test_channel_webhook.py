@@ -29,7 +29,7 @@ from .logcapture import captured_logs
 pytestmark = pytest.mark.anyio
 
 URL = "https://hooks.test/incidents"
-SECRET = "whsec-very-secret-value"  # noqa: S105 - a test value
+SECRET = "whsec-very-secret-value"
 SETTINGS = WebhookSettings(url=URL, secret_env="WEBHOOK_SECRET", timeout=2.0)
 ENV = {"WEBHOOK_SECRET": SECRET}
 

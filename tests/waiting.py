@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 
+# Polling is deliberate here: the conditions are other components' state, which
+# offer no event to wait on, and the bound keeps a broken test from hanging.
 
-async def eventually(condition: Callable[[], bool], *, timeout: float = 5.0,
+
+async def eventually(condition: Callable[[], bool], *, within: float = 5.0,
                      what: str = "condition") -> None:
-    with anyio.move_on_after(timeout):
-        while not condition():
+    with anyio.move_on_after(within):
+        while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.01)
         return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {within} s waiting for {what}")
+
+
+async def eventually_true(check: Callable[[], Awaitable[bool]], *, within: float = 5.0,
+                          what: str = "condition") -> None:
+    """Like `eventually`, for a condition that has to ask something (e.g. the store)."""
+    with anyio.move_on_after(within):
+        while not await check():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out after {within} s waiting for {what}")
 
 
 async def stays(condition: Callable[[], bool], *, duration: float = 0.3,
