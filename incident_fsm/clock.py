@@ -84,3 +84,17 @@ class ManualClock:
             await anyio.wait_all_tasks_blocked()
         self.advance((end - self._now).total_seconds())
         await anyio.wait_all_tasks_blocked()
+
+
+async def sleep_or_wake(clock: Clock, seconds: float, wake: anyio.Event) -> None:
+    """Wait `seconds` through `clock`, or less if `wake` is set first."""
+    if seconds <= 0 or wake.is_set():
+        await anyio.lowlevel.checkpoint()
+        return
+    async with anyio.create_task_group() as tg:
+        async def sleep() -> None:
+            await clock.sleep(seconds)
+            tg.cancel_scope.cancel()
+        tg.start_soon(sleep)
+        await wake.wait()
+        tg.cancel_scope.cancel()

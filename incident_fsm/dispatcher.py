@@ -47,7 +47,7 @@ import httpx
 from loguru import logger
 
 from .channels.base import Channel, Outcome, Outgoing, Status
-from .clock import Clock
+from .clock import Clock, sleep_or_wake
 from .errors import StoreError
 from .models import IncidentId, Notification
 from .settings import Settings
@@ -215,7 +215,7 @@ class Dispatcher:
                 why = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
                 logger.warning("{} notifications: {}; retrying in {:.0f} s",
                                channel.name, why, delay)
-            await self._wait(delay, wake)
+            await sleep_or_wake(self._clock, delay, wake)
 
     async def _keep_up(self, channel: Channel) -> None:
         """Run the channel's upkeep; if it crashes, restart it after a growing pause."""
@@ -235,18 +235,6 @@ class Dispatcher:
         event = self._wake.get(name)
         if event is not None:
             event.set()
-
-    async def _wait(self, seconds: float, wake: anyio.Event) -> None:
-        if seconds <= 0 or wake.is_set():
-            await anyio.lowlevel.checkpoint()
-            return
-        async with anyio.create_task_group() as tg:
-            async def sleep() -> None:
-                await self._clock.sleep(seconds)
-                tg.cancel_scope.cancel()
-            tg.start_soon(sleep)
-            await wake.wait()
-            tg.cancel_scope.cancel()
 
 
 def dispatcher_from_settings(store: Store, settings: Settings, *, clock: Clock,

@@ -48,7 +48,7 @@ from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from ..clock import Clock
+from ..clock import Clock, sleep_or_wake
 from ..settings import PamSettings
 from .base import Outcome, Outgoing
 
@@ -252,14 +252,8 @@ class PamChannel:
         changed = self._changed
         if changed is None or changed.is_set():
             await self._clock.sleep(seconds)
-            return
-        async with anyio.create_task_group() as tg:
-            async def sleep() -> None:
-                await self._clock.sleep(seconds)
-                tg.cancel_scope.cancel()
-            tg.start_soon(sleep)
-            await changed.wait()
-            tg.cancel_scope.cancel()
+        else:
+            await sleep_or_wake(self._clock, seconds, changed)
 
     def _forget_old(self, times: deque[datetime]) -> None:
         cutoff = self._clock.now() - WINDOW
