@@ -166,7 +166,8 @@ class Dispatcher:
         await self._store.mark_delivered(
             [item.notification_id for item, o in zip(batch, outcomes, strict=False)
              if o.status is Status.DELIVERED], at=now)
-        pause = 0.0
+        # A channel that answers nothing at all is not allowed to make us spin.
+        pause = 0.0 if outcomes else MIN_PAUSE
         unsent: list[int] = [item.notification_id for item in batch[len(outcomes):]]
         for item, outcome in zip(batch, outcomes, strict=False):
             if outcome.status is Status.FAILED:

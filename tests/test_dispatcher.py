@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import cast
 
 import anyio
 import httpx
@@ -462,3 +463,42 @@ async def test_the_token_and_the_webhook_secret_stay_out_of_logs_and_database(
         assert TOKEN not in text
         assert SECRET not in text
 
+
+
+# --- backoff and upkeep ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("attempt", "low", "high"),
+                         [(1, 2.5, 5.0), (2, 5.0, 10.0), (4, 20.0, 40.0), (30, 300.0, 600.0)])
+def test_backoff_doubles_is_capped_and_jittered(attempt: int, low: float, high: float) -> None:
+    def make(r: float) -> Dispatcher:
+        # backoff is arithmetic: no store needed
+        return Dispatcher(cast(Store, None), [], clock=ManualClock(), random=lambda: r)
+    assert make(0.0).backoff(attempt) == low
+    assert make(1.0).backoff(attempt) == high
+    assert low < make(0.3).backoff(attempt) < high
+
+
+async def test_a_crashed_channel_upkeep_is_restarted(
+    store: Store, clock: ManualClock,
+) -> None:
+    runs: list[int] = []
+
+    class Flaky(LogChannel):
+        name = "flaky"
+
+        async def run(self, ready: Callable[[], None]) -> None:
+            runs.append(1)
+            if len(runs) == 1:
+                raise RuntimeError("https://x/?token=leak")
+            await anyio.sleep_forever()
+
+    dispatcher = Dispatcher(store, [Flaky()], clock=clock)
+    with captured_logs() as logs:
+        async with running(dispatcher):
+            await eventually(lambda: runs == [1], what="the first run")
+            await pass_time(clock, 2.0, step=1.0)
+            await eventually(lambda: runs == [1, 1], what="the restart")
+    (error,) = [line for line in logs if line.startswith("ERROR|")]
+    assert "flaky channel stopped (RuntimeError)" in error
+    assert "leak" not in error
