@@ -118,3 +118,17 @@ class ManualClock:
             await self.settle()
         self.advance((end - self._now).total_seconds())
         await self.settle()
+
+
+async def sleep_or_wake(clock: Clock, seconds: float, wake: anyio.Event) -> None:
+    """Wait `seconds` through `clock`, or less if `wake` is set first."""
+    if seconds <= 0 or wake.is_set():
+        await anyio.lowlevel.checkpoint()
+        return
+    async with anyio.create_task_group() as tg:
+        async def sleep() -> None:
+            await clock.sleep(seconds)
+            tg.cancel_scope.cancel()
+        tg.start_soon(sleep)
+        await wake.wait()
+        tg.cancel_scope.cancel()

@@ -301,7 +301,12 @@ def _policy(raw: Mapping[str, Any], actions: ActionsSettings) -> Mapping[str, tu
 
 
 def _channels(raw: Mapping[str, Any]) -> ChannelsSettings:
-    _known(raw, "channels", ("pam", "webhook"))
+    scalars = {k: v for k, v in raw.items() if k not in ("pam", "webhook")}
+    base = _simple(ChannelsSettings, scalars, "channels")
+    if base.max_attempts < 1:
+        raise ConfigError("channels.max_attempts", "must be at least 1")
+    if not 0 < base.retry_initial <= base.retry_max:
+        raise ConfigError("channels.retry_max", "need 0 < retry_initial <= retry_max")
     pam = webhook = None
     if "pam" in raw:
         pam = _simple(PamSettings, _table(raw, "pam", "channels.pam"), "channels.pam",
@@ -311,11 +316,17 @@ def _channels(raw: Mapping[str, Any]) -> ChannelsSettings:
         if not 1 <= pam.messages_per_minute <= 100:
             raise ConfigError("channels.pam.messages_per_minute",
                               "must be between 1 and 100 (PAM's own limit)")
+        if not 1 <= pam.connects_per_minute <= 5:
+            raise ConfigError("channels.pam.connects_per_minute",
+                              "must be between 1 and 5 (PAM's own limit)")
+        if not 0 < pam.reconnect_initial <= pam.reconnect_max:
+            raise ConfigError("channels.pam.reconnect_max",
+                              "need 0 < reconnect_initial <= reconnect_max")
     if "webhook" in raw:
         webhook = _simple(WebhookSettings, _table(raw, "webhook", "channels.webhook"),
                           "channels.webhook", required=("url",))
         _check_url(webhook.url, "channels.webhook.url", ("http", "https"))
-    return ChannelsSettings(pam=pam, webhook=webhook)
+    return replace(base, pam=pam, webhook=webhook)
 
 
 # --- generic helpers ---------------------------------------------------------------------
@@ -334,7 +345,7 @@ def _simple(cls: type[T], raw: Mapping[str, Any], key: str,
     """A dataclass of scalar / list fields from a TOML table, every value type-checked."""
     names = {f.name: str(f.type) for f in fields(cls)}  # type: ignore[arg-type]
     # Nested tables are parsed by their own functions before this is called.
-    nested = {"thresholds", "dependencies"}
+    nested = {"thresholds", "dependencies", "pam", "webhook"}
     _known(raw, key, tuple(n for n in names if n not in nested))
     for name in required:
         if name not in raw:

@@ -33,7 +33,7 @@ from .errors import GuardRejected, InvalidInput, InvalidTransition
 
 if TYPE_CHECKING:
     from .clock import Clock
-    from .models import Incident, IncidentId
+    from .models import Incident, IncidentId, OutboxMessage
     from .store import Opened, Store
 
 
@@ -333,6 +333,8 @@ class _Model:
     reason: str
     details: Mapping[str, Any]
     notifications: Sequence[Any]
+    notified_before: bool = False
+    written_notifications: bool = False
     result: Incident | None = None
 
     async def trigger(self, name: str, *args: Any, **kwargs: Any) -> bool:
@@ -388,13 +390,59 @@ class StepRequest:
     notifications: Sequence[Any] = ()
 
 
-class IncidentEngine:
-    """Fires triggers on persisted incidents: validate, guard, persist in one transaction."""
+@dataclass(frozen=True)
+class StepView:
+    """What a notification policy sees of one step: plain data, guards passed, not yet written.
 
-    def __init__(self, store: Store, *, clock: Clock, policy: MachinePolicy | None = None) -> None:
+    `incident_id` is None when the step opens a new incident (the row has no
+    id yet); `source` is None there too. `notified_before` says whether the
+    incident already has outbox rows (read only for steps that can resolve it).
+    """
+
+    trigger: str
+    source: str | None
+    dest: str
+    incident_id: IncidentId | None
+    target: str
+    kind: str
+    severity: str
+    actor: str
+    reason: str
+    at: datetime
+    details: Mapping[str, Any] = field(default_factory=dict)
+    flap_count: int = 0
+    strikes: int = 0
+    notified_before: bool = False
+
+
+#: Turns a step into the notifications it owes (see `incident_fsm.outbox`).
+OutboxPolicy = Callable[[StepView], "Sequence[OutboxMessage]"]
+
+
+class IncidentEngine:
+    """Fires triggers on persisted incidents: validate, guard, persist in one transaction.
+
+    With an `outbox` policy every step (and every opening) also writes the
+    notifications the policy asks for, in the same transaction; explicit
+    `notifications=` win over the policy for the channels they name (one row
+    per step and channel). `on_outbox` is called after a commit that wrote
+    outbox rows, e.g. a dispatcher's `nudge`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock,
+        policy: MachinePolicy | None = None,
+        outbox: OutboxPolicy | None = None,
+        on_outbox: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self.policy = policy or MachinePolicy()
+        self._outbox = outbox
+        self._on_outbox = on_outbox
         self._machine = AsyncMachine(
             model=None,
             states=[s.value for s in State],
@@ -420,11 +468,21 @@ class IncidentEngine:
     ) -> Opened:
         """Open an incident in `detected` with its first deadline, or return the open one."""
         now = self._clock.now()
-        return await self._store.open_incident(
+        if self._outbox is not None:
+            view = StepView(
+                trigger=OPEN_TRIGGER, source=None, dest=State.DETECTED.value, incident_id=None,
+                target=target, kind=kind, severity=severity, actor=actor, reason=reason,
+                at=now, details=dict(details or {}),
+            )
+            notifications = _merge_outbox(notifications, self._outbox(view))
+        opened = await self._store.open_incident(
             target=target, kind=kind, severity=severity, at=now,
             deadline_at=self.policy.deadline_for(State.DETECTED, now), reason=reason,
             actor=actor, summary=summary, details=details, notifications=notifications,
         )
+        if opened.created and notifications:
+            self._outbox_written()
+        return opened
 
     async def fire(
         self,
@@ -454,6 +512,12 @@ class IncidentEngine:
             raise InvalidTransition(
                 incident_id=incident_id, state=incident.state, trigger=trigger, allowed=allowed
             )
+        # Read before the step: the version check makes it still true at commit.
+        notified = (
+            self._outbox is not None
+            and State.RESOLVED.value in edge_destinations(trigger, incident.state)
+            and await self._store.has_notifications(incident_id)
+        )
         model = _Model(
             ctx=GuardContext(incident=incident, now=self._clock.now(), policy=self.policy,
                              intent=intent),
@@ -462,6 +526,7 @@ class IncidentEngine:
             reason=reason.strip(),
             details=dict(details or {}),
             notifications=tuple(notifications),
+            notified_before=notified,
         )
         self._machine.add_model(model, initial=incident.state)
         try:
@@ -485,7 +550,13 @@ class IncidentEngine:
             "incident {} {} → {} ({}) by {}: {}",
             incident_id, incident.state, result.state, trigger, model.actor, model.reason,
         )
+        if model.written_notifications:
+            self._outbox_written()
         return result
+
+    def _outbox_written(self) -> None:
+        if self._on_outbox is not None:
+            self._on_outbox()
 
     async def _persist(self, event: EventData) -> None:
         model = event.model
@@ -506,6 +577,17 @@ class IncidentEngine:
             incident.deadline_at if dest == source else self.policy.deadline_for(State(dest), now)
         )
         starts_action = dest == State.REMEDIATING and source != State.REMEDIATING
+        step_details = _with_verdict(model.details, model.ctx.intent)
+        notifications: Sequence[Any] = model.notifications
+        if self._outbox is not None:
+            view = StepView(
+                trigger=event.event.name, source=source, dest=dest,
+                incident_id=incident.incident_id, target=incident.target, kind=incident.kind,
+                severity=incident.severity, actor=model.actor, reason=model.reason, at=now,
+                details=step_details, flap_count=flap_count, strikes=incident.strikes,
+                notified_before=model.notified_before,
+            )
+            notifications = _merge_outbox(notifications, self._outbox(view))
         request = StepRequest(
             incident_id=incident.incident_id,
             expected_version=incident.version,
@@ -518,14 +600,21 @@ class IncidentEngine:
             deadline_at=deadline,
             flap_count=flap_count,
             resolved_at=resolved_at,
-            details=_with_verdict(model.details, model.ctx.intent),
+            details=step_details,
             intent=model.ctx.intent if starts_action else None,
-            notifications=model.notifications,
+            notifications=notifications,
         )
         # Shielded: once the write is on its way we want to know how it ended,
         # or the model and the database could disagree.
         with anyio.CancelScope(shield=True):
             model.result = await self._store.apply_transition(request)
+        model.written_notifications = bool(notifications)
+
+
+def _merge_outbox(explicit: Sequence[Any], policy: Sequence[Any]) -> tuple[Any, ...]:
+    # One row per step and channel (the dedupe key): an explicit message wins.
+    taken = {m.channel for m in explicit}
+    return (*explicit, *(m for m in policy if m.channel not in taken))
 
 
 def _with_verdict(details: Mapping[str, Any], intent: ActionIntent | None) -> dict[str, Any]:

@@ -164,6 +164,11 @@ class PamSettings:
     token_env: str = "PAM_TOKEN"  # noqa: S105 - the name of a variable, not a secret
     messages_per_minute: int = 100
     timeout: float = 10.0
+    #: the server's limit on new connections per user and minute
+    connects_per_minute: int = 5
+    #: reconnect backoff after a close: first delay and cap (seconds)
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,11 @@ class WebhookSettings:
 class ChannelsSettings:
     pam: PamSettings | None = None
     webhook: WebhookSettings | None = None
+    #: delivery attempts per notification before it is marked dead
+    max_attempts: int = 8
+    #: retry backoff after a failed attempt: first delay and cap (seconds), jittered
+    retry_initial: float = 5.0
+    retry_max: float = 600.0
 
 
 @dataclass(frozen=True)

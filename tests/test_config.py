@@ -40,6 +40,10 @@ def test_the_readme_example_loads_with_every_section(tmp_path: Path) -> None:
     assert settings.channels.pam is not None and settings.channels.pam.token_env == "PAM_TOKEN"
     assert settings.channels.webhook is not None
     assert settings.agent.verify_window == 90
+    tuned = _load(tmp_path, "[channels]\nmax_attempts = 3\n[channels.pam]\nurl = 'wss://p'\n"
+                            "user_id = 'ops'\nreconnect_max = 60\n")
+    assert tuned.channels.max_attempts == 3
+    assert tuned.channels.pam is not None and tuned.channels.pam.reconnect_max == 60
 
 
 def test_no_file_gives_the_defaults() -> None:
@@ -124,6 +128,11 @@ def test_environment_over_file_and_flags_over_both(tmp_path: Path) -> None:
         ("[channels.pam]\nurl = 'wss://pam'\nuser_id = 'ops'\nmessages_per_minute = 500\n",
          "channels.pam.messages_per_minute", "PAM's own limit"),
         ("[channels.slack]\nurl = 'https://x'\n", "channels.slack", "unknown key"),
+        ("[channels]\nmax_attempts = 0\n", "channels.max_attempts", "at least 1"),
+        ("[channels]\nretry_initial = 60\nretry_max = 5\n", "channels.retry_max",
+         "retry_initial <= retry_max"),
+        ("[channels.pam]\nurl = 'wss://pam'\nuser_id = 'ops'\nconnects_per_minute = 9\n",
+         "channels.pam.connects_per_minute", "PAM's own limit"),
         ("[agent\n", "config.toml", "not valid TOML"),
     ],
 )

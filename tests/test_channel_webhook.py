@@ -1,0 +1,144 @@
+"""The webhook channel: signed JSON POSTs, 2xx delivered, 429 Retry-After, failures reported."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+import respx
+
+from incident_fsm.channels.base import Outgoing, Status
+from incident_fsm.channels.webhook import (
+    DEDUPE_HEADER,
+    SIGNATURE_HEADER,
+    WebhookChannel,
+    safe_url,
+)
+from incident_fsm.clock import ManualClock
+from incident_fsm.models import IncidentId
+from incident_fsm.settings import WebhookSettings
+
+from .logcapture import captured_logs
+
+pytestmark = pytest.mark.anyio
+
+URL = "https://hooks.test/incidents"
+SECRET = "whsec-very-secret-value"
+SETTINGS = WebhookSettings(url=URL, secret_env="WEBHOOK_SECRET", timeout=2.0)
+ENV = {"WEBHOOK_SECRET": SECRET}
+
+
+def item(n: int) -> Outgoing:
+    return Outgoing(notification_id=n, incident_id=IncidentId(3), channel="webhook",
+                    dedupe_key=f"incident-3-seq-{n}-webhook", attempt=1,
+                    payload={"text": f"✅ System Recovery: note {n}", "state": "resolved"})
+
+
+def verify(request: httpx.Request) -> bool:
+    expected = "sha256=" + hmac.new(SECRET.encode(), request.content, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(request.headers[SIGNATURE_HEADER], expected)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as c:
+        yield c
+
+
+@pytest.fixture
+def channel(client: httpx.AsyncClient, clock: ManualClock) -> WebhookChannel:
+    return WebhookChannel(SETTINGS, client=client, clock=clock, environ=ENV)
+
+
+@respx.mock
+async def test_the_body_is_signed_and_a_2xx_is_delivered(channel: WebhookChannel) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(204))
+    outcomes = await channel.send([item(1)])
+    assert [o.status for o in outcomes] == [Status.DELIVERED]
+    request = route.calls.last.request
+    assert verify(request)
+    assert request.headers[DEDUPE_HEADER] == "incident-3-seq-1-webhook"
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.content) == {
+        "incident_id": 3, "dedupe_key": "incident-3-seq-1-webhook",
+        "text": "✅ System Recovery: note 1", "state": "resolved"}
+
+
+@respx.mock
+async def test_a_tampered_body_does_not_verify(channel: WebhookChannel) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(200))
+    await channel.send([item(1)])
+    request = route.calls.last.request
+    forged = httpx.Request("POST", URL, headers=request.headers,
+                           content=request.content.replace(b"note 1", b"note 2"))
+    assert not verify(forged)
+
+
+@respx.mock
+async def test_429_reports_its_retry_after_in_seconds_or_as_a_date(
+    channel: WebhookChannel, clock: ManualClock,
+) -> None:
+    when = format_datetime(clock.now() + timedelta(seconds=90), usegmt=True)
+    respx.post(URL).mock(side_effect=[
+        httpx.Response(429, headers={"Retry-After": "120"}),
+        httpx.Response(429, headers={"Retry-After": when}),
+        httpx.Response(429),
+    ])
+    for expected in (120.0, 90.0, None):
+        (outcome,) = await channel.send([item(1)])
+        assert outcome.status is Status.FAILED
+        assert outcome.retry_after == expected
+        assert outcome.error == "webhook https://hooks.test/incidents answered HTTP 429"
+
+
+@respx.mock
+async def test_the_first_failure_stops_the_batch(channel: WebhookChannel) -> None:
+    route = respx.post(URL).mock(side_effect=[httpx.Response(200), httpx.Response(500)])
+    outcomes = await channel.send([item(1), item(2), item(3)])
+    assert [o.status for o in outcomes] == [Status.DELIVERED, Status.FAILED]
+    assert outcomes[1].error.endswith("answered HTTP 500")
+    assert route.call_count == 2  # item 3 was not attempted
+
+
+@respx.mock
+async def test_timeouts_and_transport_errors_are_failures(channel: WebhookChannel) -> None:
+    respx.post(URL).mock(side_effect=[httpx.ReadTimeout("slow"), httpx.ConnectError("refused")])
+    (first,) = await channel.send([item(1)])
+    (second,) = await channel.send([item(1)])
+    assert first.status is second.status is Status.FAILED
+    assert "timed out after 2 s" in first.error
+    assert "unreachable (ConnectError)" in second.error
+
+
+@respx.mock
+async def test_a_missing_secret_keeps_rows_queued_and_is_reported_once(
+    client: httpx.AsyncClient, clock: ManualClock,
+) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(200))
+    channel = WebhookChannel(SETTINGS, client=client, clock=clock, environ={})
+    with captured_logs() as logs:
+        for _ in range(3):
+            (outcome,) = await channel.send([item(1)])
+            assert outcome.status is Status.UNAVAILABLE
+    assert route.call_count == 0  # never unsigned
+    assert len([line for line in logs if line.startswith("ERROR|")]) == 1
+
+
+@respx.mock
+async def test_without_a_secret_setting_requests_go_unsigned(
+    client: httpx.AsyncClient, clock: ManualClock,
+) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(200))
+    channel = WebhookChannel(WebhookSettings(url=URL), client=client, clock=clock, environ={})
+    assert (await channel.send([item(1)]))[0].status is Status.DELIVERED
+    assert SIGNATURE_HEADER not in route.calls.last.request.headers
+
+
+def test_urls_are_logged_without_credentials_or_query() -> None:
+    assert safe_url("https://user:pw@hooks.test:8443/in?key=abc#x") == "https://hooks.test:8443/in"
