@@ -141,6 +141,7 @@ class Monitor:
         self.detector = Detector(self._targets)
         self._latest: dict[str, Reading] = {}
         self._published = {name: anyio.Event() for name in self._targets}
+        self._polling: set[str] = set()
 
     # --- what others read --------------------------------------------------------
 
@@ -157,6 +158,16 @@ class Monitor:
             if reading is not None and reading.seq > after_seq:
                 return reading
             await self._published[target].wait()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The names of the monitored targets."""
+        return tuple(self._targets)
+
+    @property
+    def polling(self) -> frozenset[str]:
+        """The targets whose poll is under way right now (a stuck one stays here)."""
+        return frozenset(self._polling)
 
     def min_interval(self, target: str) -> float:
         """The shortest gap between polls the target's rate limit allows (seconds)."""
@@ -202,11 +213,14 @@ class Monitor:
                                 self._agent.poll_interval)
         while True:
             started = self._clock.now()
+            self._polling.add(name)
             try:
                 await self.poll(name)
             except Exception:
                 # One bad poll must not end monitoring of this target.
                 logger.bind(target=name).exception("❌ Failed to poll {}: unexpected error", name)
+            finally:
+                self._polling.discard(name)
             elapsed = (self._clock.now() - started).total_seconds()
             await self._clock.sleep(max(0.0, self.next_interval(name) - elapsed))
 

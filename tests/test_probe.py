@@ -1,4 +1,4 @@
-"""Probes: the HTTP probe against respx and against a real misbehaving server, and the local probe."""
+"""Probes: HTTP against respx and against a real misbehaving server; the local probe."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ BASE = "http://api.test"
 BOTH = ("/health/resources", "/health/system")
 
 
-async def _probe(endpoints: tuple[str, ...] = BOTH, timeout: float = 5.0,
+async def _probe(endpoints: tuple[str, ...] = BOTH, limit: float = 5.0,
                  base: str = BASE) -> HealthSnapshot | ProbeFailure:
     async with httpx.AsyncClient() as client:
-        probe = HttpProbe(base_url=base, endpoints=endpoints, client=client, timeout=timeout)
+        probe = HttpProbe(base_url=base, endpoints=endpoints, client=client, timeout=limit)
         return await probe.probe()
 
 
@@ -126,7 +126,7 @@ async def test_real_server_trickling_body_is_cut_off_by_the_total_time_limit() -
     with HealthServer() as server:
         server.mode = "trickle"
         started = anyio.current_time()
-        result = await _probe(("/health/resources",), timeout=0.5, base=server.base_url)
+        result = await _probe(("/health/resources",), limit=0.5, base=server.base_url)
         elapsed = anyio.current_time() - started
     assert isinstance(result, ProbeFailure)
     assert result.reason == "/health/resources: timed out after 0.5s"
@@ -136,7 +136,7 @@ async def test_real_server_trickling_body_is_cut_off_by_the_total_time_limit() -
 async def test_real_server_that_never_answers_times_out() -> None:
     with HealthServer() as server:
         server.mode = "hang"
-        result = await _probe(timeout=0.3, base=server.base_url)
+        result = await _probe(limit=0.3, base=server.base_url)
     assert isinstance(result, ProbeFailure)
     assert "timed out after 0.3s" in result.reason
 
@@ -155,7 +155,7 @@ async def test_real_server_50_mb_body_is_refused_after_the_cap() -> None:
 async def test_connection_refused_is_a_failure() -> None:
     with HealthServer() as server:
         base = server.base_url
-    result = await _probe(base=base, timeout=2.0)  # the server is gone: nothing listens
+    result = await _probe(base=base, limit=2.0)  # the server is gone: nothing listens
     assert isinstance(result, ProbeFailure)
     assert "ConnectError" in result.reason
 
