@@ -162,21 +162,13 @@ class Detector:
                 target, HEALTH_ENDPOINT_DOWN, "info",
                 f"health endpoint answers again ({health.source})",
                 {"source": health.source, "latency_ms": health.latency_ms}))
-        track.bad_samples += 1
-        problem = Problem(
+        failures = track.bad_samples + 1
+        return _bad(track, Problem(
             target, HEALTH_ENDPOINT_DOWN, "critical",
-            f"health endpoint failed {track.bad_samples} time(s) in a row: {health.reason}",
-            {"source": health.source, "reason": health.reason,
-             "consecutive_failures": track.bad_samples,
-             "fallback": None if observation.fallback is None else observation.fallback.source})
-        # Unlike the others this kind needs `needed` bad samples, not two.
-        if track.phase is not Phase.OPEN and track.bad_samples >= needed:
-            track.phase = Phase.OPEN
-            return [Finding(Change.CONFIRMED, problem)]
-        if track.phase is Phase.OK:
-            track.phase = Phase.SUSPECT
-            return [Finding(Change.SUSPECTED, problem)]
-        return []
+            f"health endpoint failed {failures} time(s) in a row: {health.reason}",
+            {"source": health.source, "reason": health.reason, "consecutive_failures": failures,
+             "fallback": None if observation.fallback is None else observation.fallback.source}),
+            needed=needed)
 
     def _metric(self, target: str, kind: str, metric: str, reading: HealthSnapshot,
                 limit: Threshold) -> list[Finding]:
@@ -220,15 +212,15 @@ class Detector:
         return self._tracks.setdefault((target, kind), _Track())
 
 
-def _bad(track: _Track, problem: Problem) -> list[Finding]:
-    """A bad sample: ok -> suspect, suspect -> open (confirmed), open stays open."""
+def _bad(track: _Track, problem: Problem, *, needed: int = 2) -> list[Finding]:
+    """A bad sample: the `needed`-th in a row confirms (opens); before that the kind is suspect."""
     track.bad_samples += 1
+    if track.phase is not Phase.OPEN and track.bad_samples >= needed:
+        track.phase = Phase.OPEN
+        return [Finding(Change.CONFIRMED, problem)]
     if track.phase is Phase.OK:
         track.phase = Phase.SUSPECT
         return [Finding(Change.SUSPECTED, problem)]
-    if track.phase is Phase.SUSPECT:
-        track.phase = Phase.OPEN
-        return [Finding(Change.CONFIRMED, problem)]
     return []
 
 

@@ -128,6 +128,11 @@ class Monitor:
             raise ValueError("poll intervals must be positive")
         if not 0.0 <= agent.poll_jitter < 1.0:
             raise ValueError("poll_jitter must be in [0, 1)")
+        try:
+            logger.level(agent.health_log_level)
+        except ValueError:
+            raise ValueError(f"health_log_level {agent.health_log_level!r} is not a log level"
+                             ) from None
         for t in targets:
             if t.max_requests_per_minute < 1:
                 raise ValueError(f"target {t.name!r}: max_requests_per_minute must be >= 1")
@@ -309,22 +314,17 @@ class Monitor:
         problem = finding.problem
         log = logger.bind(target=problem.target)
         incident: Incident | None = None
-        if finding.change is Change.CONFIRMED:
+        # What to do about the change, and the phase to step back to if it fails,
+        # so the next sample confirms (or clears) again and the step is retried.
+        steps = {Change.CONFIRMED: (self._open_or_reopen, Phase.SUSPECT, "open an incident for"),
+                 Change.CLEARED: (self._recover, Phase.OPEN, "recover")}
+        if finding.change in steps:
+            work, retry_phase, what = steps[finding.change]
             try:
-                incident = await self._open_or_reopen(finding)
+                incident = await work(finding)
             except Exception as exc:
-                # Step back to suspect: the next bad sample confirms again and retries.
-                self.detector.set_phase(problem.target, problem.kind, Phase.SUSPECT)
-                log.error("❌ Failed to open an incident for {}: {}: {}", problem.fingerprint,
-                          type(exc).__name__, str(exc)[:200])
-                return
-        elif finding.change is Change.CLEARED:
-            try:
-                incident = await self._recover(finding)
-            except Exception as exc:
-                # Stay open: the next good sample clears again and retries.
-                self.detector.set_phase(problem.target, problem.kind, Phase.OPEN)
-                log.error("❌ Failed to recover {}: {}: {}", problem.fingerprint,
+                self.detector.set_phase(problem.target, problem.kind, retry_phase)
+                log.error("❌ Failed to {} {}: {}: {}", what, problem.fingerprint,
                           type(exc).__name__, str(exc)[:200])
                 return
         else:

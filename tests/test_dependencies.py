@@ -24,6 +24,8 @@ from incident_fsm.dependencies import (
 )
 from incident_fsm.settings import DependencyCheck, TargetSettings
 
+from .respx_helpers import answer as respond
+
 pytestmark = pytest.mark.anyio
 
 REDIS_URL = os.environ.get("INCIDENT_FSM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -140,12 +142,7 @@ async def test_celery_with_a_dead_broker_is_down_within_bounds(
 ])
 @respx.mock
 async def test_http_dependency(answer: object, state: str, reason: str) -> None:
-    route = respx.get(f"{BASE}/health/ready")
-    if isinstance(answer, Exception):
-        route.mock(side_effect=answer)
-    else:
-        assert isinstance(answer, httpx.Response)
-        route.mock(return_value=answer)
+    respond(respx.get(f"{BASE}/health/ready"), answer)
     async with httpx.AsyncClient() as client:
         status = await HttpDependencyCheck(name="database", base_url=BASE, path="/health/ready",
                                            client=client, timeout=1).check()

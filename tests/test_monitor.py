@@ -300,6 +300,9 @@ async def test_log_lines_and_their_level(
             "(api, /health/resources)") in text
     assert "WARNING ❌ Failed to probe api: HTTP 503" in text
     assert "Memory 43.0%" not in text
+    with pytest.raises(ValueError, match="'LOUD' is not a log level"):
+        make(engine, store, clock, {"api": TargetProbes(probe)},
+             agent=AgentSettings(health_log_level="LOUD"))
 
 
 async def test_store_records_and_prunes_health_checks(store: Store, clock: ManualClock) -> None:

@@ -18,6 +18,7 @@ from incident_fsm.probe import LOCAL_SOURCE, MAX_BODY, HttpProbe, LocalProbe
 
 from . import payloads
 from .health_server import HealthServer
+from .respx_helpers import answer as respond
 
 pytestmark = pytest.mark.anyio
 
@@ -82,12 +83,7 @@ async def test_one_failing_endpoint_is_not_a_failed_target(failure: object) -> N
 ])
 @respx.mock
 async def test_failures_have_reasons(answer: object, reason: str) -> None:
-    route = respx.get(f"{BASE}/health/resources")
-    if isinstance(answer, Exception):
-        route.mock(side_effect=answer)
-    else:
-        assert isinstance(answer, httpx.Response)
-        route.mock(return_value=answer)
+    respond(respx.get(f"{BASE}/health/resources"), answer)
     result = await _probe(("/health/resources",))
     assert isinstance(result, ProbeFailure)
     assert result.reason.startswith(f"/health/resources: {reason}")
