@@ -173,6 +173,27 @@ _shaped = st.recursive(
     max_leaves=30,
 )
 
+_number_ish = st.floats(0, 100) | st.integers(0, 100) | _scalars
+# Payloads of the three real shapes whose numbers may be good or anything else
+# (missing fields come from the strategies above): these reach the success
+# path too, where the numbers must still be sound.
+_near_valid = st.one_of(
+    st.fixed_dictionaries(
+        {"stats": st.fixed_dictionaries(dict.fromkeys(
+            ("memory_pct", "disk_pct", "cpu_pct"), _number_ish))},
+        optional={"status": _scalars, "alert_details": _shaped}),
+    st.fixed_dictionaries(
+        {"checks": st.fixed_dictionaries({
+            m: st.fixed_dictionaries({"usage_percent": _number_ish},
+                                     optional={"status": _scalars})
+            for m in ("memory", "disk", "cpu")}, optional={"process": _shaped})},
+        optional={"status": _scalars, "issues": _shaped}),
+    st.fixed_dictionaries(
+        {"status": st.sampled_from(["SUCCESS", "success"]) | _scalars,
+         "data": st.fixed_dictionaries(dict.fromkeys(
+             ("memory_percent", "disk_percent", "cpu_percent"), _number_ish))}),
+)
+
 
 def _assert_sound(result: object) -> None:
     assert isinstance(result, HealthSnapshot | ProbeFailure)
@@ -185,7 +206,7 @@ def _assert_sound(result: object) -> None:
 
 
 @settings(max_examples=400, suppress_health_check=[HypothesisHealthCheck.too_slow])
-@given(st.one_of(_json, _shaped))
+@given(st.one_of(_json, _shaped, _near_valid))
 def test_any_json_value_gives_a_sound_snapshot_or_a_failure(payload: Any) -> None:
     _assert_sound(parse_payload(payload, source="/health/resources"))
     try:
@@ -199,3 +220,16 @@ def test_any_json_value_gives_a_sound_snapshot_or_a_failure(payload: Any) -> Non
 @given(st.binary(max_size=512))
 def test_any_bytes_give_a_sound_snapshot_or_a_failure(body: bytes) -> None:
     _assert_sound(parse_health(body, source="/health/resources"))
+
+
+@settings(max_examples=300)
+@given(_near_valid)
+def test_near_valid_payloads_keep_their_numbers_or_fail(payload: dict[str, Any]) -> None:
+    result = parse_payload(payload, source="/health/system")
+    _assert_sound(result)
+    if isinstance(result, HealthSnapshot):
+        given_memory = (payload.get("stats", {}).get("memory_pct")
+                        if "stats" in payload else
+                        payload["checks"]["memory"]["usage_percent"] if "checks" in payload
+                        else payload["data"]["memory_percent"])
+        assert result.memory_pct == float(given_memory)
