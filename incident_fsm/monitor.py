@@ -191,7 +191,11 @@ class Monitor:
 
     async def run(self) -> None:
         """Poll every target until cancelled."""
-        await self.resume()
+        try:
+            await self.resume()
+        except Exception as exc:
+            # Monitoring starts anyway; such incidents are then left to their deadlines.
+            logger.warning("❌ Failed to read open incidents at start: {}", type(exc).__name__)
         async with anyio.create_task_group() as tg:
             for name in self._targets:
                 tg.start_soon(self._loop, name, name=f"monitor:{name}")

@@ -318,3 +318,20 @@ async def test_store_records_and_prunes_health_checks(store: Store, clock: Manua
     assert len(rows[1].error) == 1000
     assert await store.prune_health_checks(clock.now() - timedelta(days=7)) == 1
     assert [r.ok for r in await store.health_checks()] == [False]
+
+
+async def test_monitoring_starts_and_goes_on_when_the_database_is_down(
+    clock: ManualClock,
+) -> None:
+    broken = Store("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    monitor = Monitor(targets=[target("api")], agent=QUIET,
+                      probes={"api": TargetProbes(ScriptedProbe(clock, lambda n: snap(90.0)))},
+                      engine=IncidentEngine(broken, clock=clock), store=broken, clock=clock,
+                      random=lambda: 0.0)
+    async with running(monitor):
+        await run_virtual(clock, monitor, 25)
+    reading = monitor.latest("api")
+    assert reading is not None and reading.seq == 3  # polled at 0, 10 and 20 all the same
+    # Opening failed each time, so the detector stepped back and retried.
+    assert monitor.detector.phase("api", "memory_high") is Phase.SUSPECT
+    await broken.close()
