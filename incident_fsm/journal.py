@@ -233,16 +233,15 @@ class JournalingStore(Store):
             runs[run_id] = run
             return ActionRun(**run.model_dump())
 
-    async def record_health_check(self, row: HealthCheck) -> None:
+    async def record_health_check(self, *checks: HealthCheck) -> None:
         """Health-check rows are statistics: dropped (and counted) while offline."""
-        parent = getattr(super(), "record_health_check", None)
-        if parent is None or self.offline:
-            self.dropped_health_checks += parent is not None
+        if self.offline:
+            self.dropped_health_checks += len(checks)
             return
         try:
-            await parent(row)
+            await super().record_health_check(*checks)
         except StoreUnavailable:
-            self.dropped_health_checks += 1
+            self.dropped_health_checks += len(checks)
 
     # --- replay -------------------------------------------------------------------
 

@@ -91,6 +91,12 @@ class AgentSettings:
     pam_integration: bool = True
     poll_interval: float = 30.0
     fast_poll_interval: float = 10.0
+    #: polls come up to this fraction of the interval early, so targets drift out of lock-step
+    poll_jitter: float = 0.1
+    #: the level of the per-check `📊 Health check` line (DEBUG silences it at INFO)
+    health_log_level: str = "INFO"
+    #: health_check rows older than this many seconds are pruned (0 keeps them forever)
+    health_check_retention: float = 7 * 86400.0
     verify_window: float = 90.0
     max_strikes: int = 3
     detect_deadline: float = 120.0
