@@ -61,3 +61,16 @@ async def test_time_never_goes_backwards_and_needs_a_zone() -> None:
 async def test_system_clock_is_aware_utc() -> None:
     assert SystemClock().now().tzinfo is UTC
     await SystemClock().sleep(0)
+
+
+async def test_a_cancelled_sleep_is_forgotten() -> None:
+    clock = ManualClock(START)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(clock.sleep, 60)
+        tg.start_soon(clock.sleep, 30)
+        await anyio.wait_all_tasks_blocked()
+        assert clock.wakeups() == [START + timedelta(seconds=30), START + timedelta(seconds=60)]
+        tg.cancel_scope.cancel()
+    assert clock.sleepers == 0
+    assert clock.wakeups() == []
+    assert clock.next_wakeup() is None
