@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,7 +42,7 @@ async def advance_when_waiting(clock: ManualClock, seconds: float, *,
     """
     due = clock.now() + timedelta(seconds=seconds)
     with anyio.fail_after(real_limit):
-        while due not in clock.wakeups():
+        while due not in clock.wakeups():  # noqa: ASYNC110 - polling real progress
             await anyio.sleep(0.002)
     clock.advance(seconds)
 
@@ -49,5 +50,14 @@ async def advance_when_waiting(clock: ManualClock, seconds: float, *,
 async def wait_until(predicate: Any, *, real_limit: float = 20.0) -> None:
     """Wait (real time, briefly) until `predicate()` holds."""
     with anyio.fail_after(real_limit):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polling real progress
             await anyio.sleep(0.002)
+
+
+def alive(pid: int | str) -> bool:
+    """Running (a zombie waiting for its reaper counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")

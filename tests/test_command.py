@@ -1,4 +1,4 @@
-"""Allow-listed commands: real processes, exit codes, output, timeouts that kill, no shell strings."""
+"""Allow-listed commands: real processes, exit codes, output, killing timeouts, no shell strings."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from incident_fsm.clock import ManualClock
 from incident_fsm.errors import InvalidInput
 from incident_fsm.settings import CommandSettings
 
-from .support import NOW, context, wait_until
+from .support import NOW, alive, context, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -23,15 +23,6 @@ def command(*argv: str, timeout: float = 60.0, secrets: tuple[str, ...] = ()) ->
     return CommandAction(CommandSettings(name="restart_workers", argv=argv, timeout=timeout,
                                          kinds=("service_down:celery",)),
                          secrets=lambda: secrets)
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper counts as dead)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 async def test_a_command_runs_and_reports_exit_code_and_output() -> None:
