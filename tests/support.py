@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -12,6 +13,7 @@ from incident_fsm.actions.base import ActionContext
 from incident_fsm.clock import Clock, ManualClock
 from incident_fsm.models import Incident
 
+T = TypeVar("T")
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
 
@@ -61,3 +63,18 @@ def alive(pid: int | str) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+async def run_with_waits(clock: ManualClock, call: Callable[[], Awaitable[T]],
+                         waits: Sequence[float]) -> T:
+    """Await `call()`, moving virtual time over each expected wait once it is being waited."""
+    result: list[T] = []
+
+    async def go() -> None:
+        result.append(await call())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(go)
+        for seconds in waits:
+            await advance_when_waiting(clock, seconds)
+    return result[0]

@@ -20,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 import respx
@@ -39,7 +38,7 @@ from incident_fsm.settings import (
 )
 from incident_fsm.store import Store
 
-from .support import advance_when_waiting
+from .support import run_with_waits
 
 pytestmark = pytest.mark.anyio
 
@@ -148,17 +147,11 @@ async def test_a_disk_incident_is_resolved_by_a_real_cleanup(
                                        details={"disk_pct": detected})
             remediator = Remediator(engine=engine, store=store, clock=clock, actions=catalog,
                                     verifier=verifier)
-            result: list[Incident] = []
-
-            async def go() -> None:
-                result.append(await remediator.drive(opened.incident.incident_id))
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(go)
-                await advance_when_waiting(clock, engine.policy.verify_window)
+            incident = await run_with_waits(
+                clock, lambda: remediator.drive(opened.incident.incident_id),
+                [engine.policy.verify_window])
             after_pct = await verifier.read()
 
-    incident = result[0]
     assert incident.state == "resolved"
     assert after_pct < 70.0
     assert os.listdir(disk) == ["app.log"]
@@ -205,17 +198,10 @@ async def test_a_memory_incident_walks_restart_verify_scale_verify_then_escalate
                                    reason="memory 91% > 80%")
         remediator = Remediator(engine=engine, store=store, clock=clock, actions=catalog,
                                 verifier=verifier)
-        result: list[Incident] = []
+        incident = await run_with_waits(
+            clock, lambda: remediator.drive(opened.incident.incident_id),
+            [engine.policy.verify_window] * 2)
 
-        async def go() -> None:
-            result.append(await remediator.drive(opened.incident.incident_id))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(go)
-            await advance_when_waiting(clock, engine.policy.verify_window)
-            await advance_when_waiting(clock, engine.policy.verify_window)
-
-    incident = result[0]
     assert incident.state == "escalated"
     assert (restart.call_count, read.call_count, scale.call_count, health.call_count) == (
         1, 1, 1, 2)

@@ -27,7 +27,7 @@ from incident_fsm.settings import CommandSettings, FailoverSettings, RenderSetti
 from incident_fsm.store import Store, Timeline
 from incident_fsm.sweeper import DeadlineSweeper
 
-from .support import advance_when_waiting, alive, wait_until
+from .support import advance_when_waiting, alive, run_with_waits, wait_until
 
 pytestmark = pytest.mark.anyio
 VERIFY = 90.0
@@ -86,17 +86,16 @@ async def open_incident(engine: IncidentEngine, *, target: str = "api",
 
 async def drive(rem: Remediator, clock: ManualClock, iid: IncidentId,
                 waits: Sequence[float] = ()) -> Incident:
-    """Drive the incident, moving virtual time over each expected wait when it is waited."""
-    result: list[Incident] = []
+    return await run_with_waits(clock, lambda: rem.drive(iid), waits)
 
-    async def go() -> None:
-        result.append(await rem.drive(iid))
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(go)
-        for seconds in waits:
-            await advance_when_waiting(clock, seconds)
-    return result[0]
+def sleeper(name: str, pid_file: Path, *, timeout: float) -> CommandAction:
+    """A real command that writes its pid and then sleeps for ten minutes."""
+    return CommandAction(CommandSettings(
+        name=name, argv=(sys.executable, "-c",
+                         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid()));"
+                         " time.sleep(600)"),
+        timeout=timeout, kinds=("disk_high",)))
 
 
 def path(timeline: Timeline) -> list[tuple[str, str]]:
@@ -155,11 +154,7 @@ async def test_a_hung_action_is_killed_at_its_timeout_and_is_a_strike(
     store: Store, engine: IncidentEngine, clock: ManualClock, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "pid"
-    hang = CommandAction(CommandSettings(
-        name="hang", argv=(sys.executable, "-c",
-                           f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid()));"
-                           " time.sleep(600)"),
-        timeout=20, kinds=("disk_high",)))
+    hang = sleeper("hang", pid_file, timeout=20)
     rem = remediator(engine, store, clock, {"hang": hang}, ScriptedVerifier())
     iid = await open_incident(engine)
 
@@ -454,11 +449,7 @@ async def test_stopping_the_agent_mid_action_kills_it_and_a_restart_judges_it_wi
     store: Store, engine: IncidentEngine, clock: ManualClock, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "pid"
-    slow = CommandAction(CommandSettings(
-        name="slow", argv=(sys.executable, "-c",
-                           f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid()));"
-                           " time.sleep(600)"),
-        timeout=900, kinds=("disk_high",)))
+    slow = sleeper("slow", pid_file, timeout=900)
     rem = remediator(engine, store, clock, {"slow": slow}, ScriptedVerifier(True))
     iid = await open_incident(engine)
     async with anyio.create_task_group() as tg:

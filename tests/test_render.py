@@ -15,7 +15,6 @@ from datetime import timedelta
 from email.utils import format_datetime
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 import respx
@@ -29,7 +28,7 @@ from incident_fsm.clock import ManualClock
 from incident_fsm.errors import InvalidInput
 from incident_fsm.settings import FailoverSettings, RenderSettings
 
-from .support import NOW, advance_when_waiting, context
+from .support import NOW, context, run_with_waits
 
 pytestmark = pytest.mark.anyio
 
@@ -84,17 +83,7 @@ def clean(outcome: Outcome) -> Outcome:
 
 async def run_in_virtual_time(clock: ManualClock, action: Any, ctx: Any,
                               waits: list[float]) -> Outcome:
-    """Run the action, moving the clock over each expected wait once it is being waited."""
-    result: list[Outcome] = []
-
-    async def go() -> None:
-        result.append(await action.run(ctx))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(go)
-        for seconds in waits:
-            await advance_when_waiting(clock, seconds)
-    return result[0]
+    return await run_with_waits(clock, lambda: action.run(ctx), waits)
 
 
 async def test_restart_success_sends_the_key_only_in_the_header(
