@@ -45,7 +45,7 @@ from .ranking import Ranked, rank
 from .store import Store
 from .timebox import within
 
-#: Extra time an action gets past its own timeout to report a timeout itself, with evidence.
+#: Extra seconds an action gets past its limit to report its own timeout, with evidence.
 GRACE: Final = 5.0
 MAX_REASON: Final = 1000
 #: Seconds a dry run's preview (e.g. scanning the cleanup roots) may take.
@@ -239,7 +239,9 @@ class Remediator:
         """Run `action` within its limit; exceptions, garbage and overruns become outcomes."""
         if action is None:
             return Outcome.failed(f"{name} is not available for {ctx.incident.target}")
-        limit = min(action.timeout + GRACE, ctx.remaining())
+        # The grace lets an action that watches its own limit (all of ours do) report the
+        # timeout itself, with its evidence; the cut-off here is for those that hang.
+        limit = min(action.timeout, ctx.remaining()) + GRACE
 
         async def guarded() -> Outcome:
             try:
@@ -349,6 +351,9 @@ class Remediator:
                             deadline=self._clock.now() + timedelta(seconds=PREVIEW_LIMIT),
                             clock=self._clock, dry_run=True)
         preview = await self._run(action, intent.action, ctx)
+        # The verdict would otherwise be lost: a dry run moves the incident nowhere.
+        preview = replace(preview, evidence={**preview.evidence, "verdict": intent.verdict.value,
+                                             "verdict_reason": intent.why})
         await self._finish(run, preview, status="skipped")
         _log(incident).info("monitor-only: would run {} for {}: {}", intent.action,
                             incident.fingerprint, preview.summary)

@@ -194,6 +194,31 @@ async def test_an_action_still_running_at_the_action_deadline_escalates_the_inci
     assert clock.now() - timeline.transitions[1].at == timedelta(seconds=300)
 
 
+async def test_render_failing_until_the_deadline_escalates_the_incident_at_the_deadline(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    async with respx.mock() as router, httpx.AsyncClient() as http:
+        route = router.post("https://api.render.test/v1/services/srv-web/restart").mock(
+            return_value=httpx.Response(503))
+        api = RenderApi(RenderSettings(api_url="https://api.render.test/v1"), http=http,
+                        environ={"RENDER_API_KEY": "k" * 20})
+        rem = remediator(engine, store, clock,
+                         {"render_restart": RenderRestart(api, service_id="srv-web", kinds=())},
+                         ScriptedVerifier())
+        iid = await open_incident(engine, kind="health_endpoint_down")
+        # Back-off 1, 2, 4, 8, 16, then 30 s eight times (t = 271 s), then the last 29 s.
+        final = await drive(rem, clock, iid, [1, 2, 4, 8, 16, *[30] * 8, 29])
+    assert final.state == "escalated"
+    timeline = await store.timeline(iid)
+    assert path(timeline)[-1] == ("timeout", "escalated")
+    assert timeline.transitions[-1].at - timeline.transitions[1].at == timedelta(seconds=300)
+    [run] = timeline.actions
+    assert (run.outcome, run.evidence["attempts"], run.evidence["http_status"]) == (
+        "timed_out", 14, 503)
+    assert route.call_count == 14
+    assert final.strikes == 1
+
+
 class Stuck:
     """An action that ignores cancellation until released: it never finishes on its own."""
 
@@ -304,6 +329,8 @@ async def test_monitor_only_runs_nothing_records_the_would_be_action_and_escalat
     assert (run.action, run.dry_run, run.outcome) == ("restart_celery_workers", True, "skipped")
     assert run.evidence["summary"].startswith("would run ")
     assert run.evidence["dry_run"] is True
+    assert run.evidence["verdict"] == "auto"
+    assert "DryRunWhenAutoRemediationOff" in run.evidence["verdict_reason"]
     assert path(timeline) == [("open", "detected")]
     assert (await store.count_strikes(iid)) == 0
 

@@ -140,15 +140,18 @@ async def test_429_waits_as_long_as_retry_after_says(
     assert any("rate limited (429)" in line for line in captured)
 
 
-async def test_a_retry_after_past_the_deadline_gives_up_without_waiting(
+async def test_a_retry_after_past_the_deadline_is_honoured_until_the_deadline(
     api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
 ) -> None:
-    router.post("/services/srv-web/restart").mock(
+    route = router.post("/services/srv-web/restart").mock(
         return_value=httpx.Response(429, headers={"Retry-After": "600"}))
-    outcome = clean(await restart(api).run(context(clock, seconds=300)))
+    outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock, seconds=300),
+                                              [300]))
     assert outcome.status is OutcomeStatus.TIMED_OUT
-    assert "would start after the deadline" in outcome.summary
-    assert clock.now() == NOW
+    assert outcome.summary == ("restart of srv-web failed: rate limited (429); still failing at "
+                               "the deadline")
+    assert route.call_count == 1
+    assert clock.now() == NOW + timedelta(seconds=300)
 
 
 async def test_503_is_retried_with_backoff_then_succeeds(
@@ -166,14 +169,15 @@ async def test_timeouts_are_retried_until_the_deadline_then_it_times_out(
 ) -> None:
     route = router.post("/services/srv-web/restart").mock(
         side_effect=httpx.ReadTimeout("timed out"))
-    # Waits 1, 2, 4, 8, 16 s; then 30 s more would pass the 60 s deadline.
+    # Waits 1, 2, 4, 8, 16 s; then 30 s more would pass the 60 s deadline: wait it out.
     outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock, seconds=60),
-                                              [1, 2, 4, 8, 16]))
+                                              [1, 2, 4, 8, 16, 29]))
     assert outcome.status is OutcomeStatus.TIMED_OUT
     assert outcome.http_status is None
-    assert "request timed out" in outcome.summary
+    assert outcome.summary == ("restart of srv-web failed: request timed out; still failing at "
+                               "the deadline")
     assert route.call_count == 6
-    assert clock.now() == NOW + timedelta(seconds=31)
+    assert clock.now() == NOW + timedelta(seconds=60)
 
 
 async def test_connection_errors_count_like_timeouts(

@@ -2,9 +2,11 @@
 
 The retry rules the remote actions share: 2xx is success; 429 waits as long
 as `Retry-After` says; 5xx, timeouts and connection errors back off
-exponentially (1 s, 2 s, 4 s ... capped); any other status fails at once
-(401/403 bad key, 404 unknown service: retrying cannot help). Every wait
-goes through the injected clock, and no try starts after the deadline.
+exponentially (1 s, 2 s, 4 s ... capped at 30 s); any other status fails at
+once (401/403 bad key, 404 unknown service: retrying cannot help). Retrying
+goes on until the deadline (the incident's), and the reply is then
+`timed_out`, so the incident escalates; no try starts after it. Every wait
+goes through the injected clock.
 Nothing here logs or returns request headers, so credentials stay out of
 logs and outcomes.
 """
@@ -131,17 +133,18 @@ async def send_with_retry(
                                  problem=_final_problem(last_status), body=body)
         remaining = (deadline - clock.now()).total_seconds()
         if wait >= remaining:
-            return HttpReply(
-                OutcomeStatus.TIMED_OUT, last_status, attempt,
-                problem=f"{problem}; the next try (in {wait:g} s) would start after the deadline",
-            )
+            # No try fits before the deadline; the incident escalates when it passes.
+            logger.warning("{}: {} (attempt {}); no retry fits before the deadline", label,
+                           problem, attempt)
+            await clock.sleep(remaining)
+            break
         logger.warning("{}: {} (attempt {}), retrying in {:g} s", label, problem, attempt, wait)
         await clock.sleep(wait)
     if attempt >= MAX_ATTEMPTS:
         return HttpReply(OutcomeStatus.FAILED, last_status, attempt,
                          problem=f"{problem}; gave up after {attempt} attempts")
     return HttpReply(OutcomeStatus.TIMED_OUT, last_status, attempt,
-                     problem=f"{problem}; the deadline passed")
+                     problem=f"{problem}; still failing at the deadline")
 
 
 def _final_problem(status: int) -> str:
