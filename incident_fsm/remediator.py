@@ -34,7 +34,7 @@ from typing import Any, Final, Protocol
 import anyio
 from loguru import logger
 
-from .actions.base import Action, ActionContext, Outcome, OutcomeStatus
+from .actions.base import Action, ActionContext, Outcome, OutcomeStatus, Tier
 from .actions.redaction import redact
 from .clock import Clock
 from .errors import ConcurrentUpdate, InvalidInput, InvalidTransition
@@ -145,7 +145,7 @@ class Remediator:
         first_held: ActionIntent | None = None
         for place, ranked in enumerate(ranking, start=1):
             situation = Situation(incident=incident, action=ranked.action,
-                                  tier=available[ranked.action].tier, recent_actions=recent,
+                                  tier=_tier_of(available[ranked.action]), recent_actions=recent,
                                   recent_reopenings=reopenings)
             intent = decide(situation, self.limits, self._rules)
             intent = replace(intent, why=(
@@ -363,6 +363,14 @@ class Remediator:
                     details: Mapping[str, Any] | None = None) -> Incident:
         return await self._engine.fire(incident.incident_id, trigger, actor=ACTOR,
                                        reason=_short(reason), details=details, intent=intent)
+
+
+def _tier_of(action: Action) -> Tier:
+    """The action's tier; a plug-in's unknown tier is treated as needing approval."""
+    try:
+        return Tier(action.tier)
+    except ValueError:
+        return Tier.APPROVAL
 
 
 def _last_real(attempts: Sequence[ActionRun]) -> ActionRun | None:

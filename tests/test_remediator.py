@@ -425,6 +425,34 @@ async def test_an_approval_tier_action_is_held_for_an_operator(
     assert not (tmp_path / "failed-over").exists()
 
 
+class PlainTier:
+    """A plug-in whose tier is a plain string, one of them unknown."""
+
+    kinds, timeout = frozenset({"disk_high"}), 10.0
+
+    def __init__(self, name: str, tier: str) -> None:
+        self.name, self.tier = name, tier
+        self.ran = False
+
+    async def run(self, ctx: ActionContext) -> Outcome:
+        self.ran = True
+        return Outcome.ok("ran")
+
+
+@pytest.mark.parametrize("tier", ["approval", "whatever"])
+async def test_plug_in_tiers_given_as_text_are_honoured_and_unknown_ones_held(
+    store: Store, engine: IncidentEngine, clock: ManualClock, tier: str
+) -> None:
+    action = PlainTier("custom", tier)
+    rem = remediator(engine, store, clock, {"custom": action}, ScriptedVerifier())
+    iid = await open_incident(engine)
+    held = await rem.drive(iid)
+    assert held.state == "escalated"
+    assert not action.ran
+    assert "HoldApprovalTierActions" in (await store.timeline(iid)).transitions[-1].details[
+        "verdict_reason"]
+
+
 async def test_no_candidate_means_hold(
     store: Store, engine: IncidentEngine, clock: ManualClock
 ) -> None:

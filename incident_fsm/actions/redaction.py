@@ -20,7 +20,7 @@ EXCERPT_LIMIT: Final = 2000
 _PATTERNS: Final = (
     re.compile(r"(?i)(\bbearer\s+)[^\s'\"]+"),
     re.compile(
-        r"(?i)(\b(?:api[_-]?key|token|secret|password|passwd|authorization|x_internal_secret)"
+        r"(?i)(\b(?:api[_-]?key|key|token|secret|password|passwd|authorization|x_internal_secret)"
         r"\b[\"']?\s*[=:]\s*[\"']?)[^\s'\"&,;]+"
     ),
 )
