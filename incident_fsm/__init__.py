@@ -3,6 +3,7 @@
 The public surface is re-exported here; everything else is internal.
 """
 
+from .actions import Action, ActionContext, Outcome, OutcomeStatus, Tier
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
     ConcurrentUpdate,
@@ -29,6 +30,8 @@ from .store import Opened, Store, Timeline
 
 __all__ = [
     "EDGES",
+    "Action",
+    "ActionContext",
     "ActionIntent",
     "ActionRun",
     "Clock",
@@ -47,11 +50,14 @@ __all__ = [
     "Notification",
     "Opened",
     "OutboxMessage",
+    "Outcome",
+    "OutcomeStatus",
     "State",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "SystemClock",
+    "Tier",
     "Timeline",
     "Transition",
     "Trigger",

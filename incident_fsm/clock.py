@@ -79,15 +79,25 @@ class ManualClock:
     def next_wakeup(self) -> datetime | None:
         return self._sleepers[0][0] if self._sleepers else None
 
+    def wakeups(self) -> list[datetime]:
+        """The wake-up times of every parked sleeper, earliest first."""
+        return sorted(when for when, _, _ in self._sleepers)
+
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
             return
         event = anyio.Event()
-        heapq.heappush(
-            self._sleepers, (self._now + timedelta(seconds=seconds), next(self._order), event)
-        )
-        await event.wait()
+        entry = (self._now + timedelta(seconds=seconds), next(self._order), event)
+        heapq.heappush(self._sleepers, entry)
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():
+                # Cancelled before its time: forget it, or `sleepers` and `run_for`
+                # would keep counting (and jumping to) a wake-up nobody waits for.
+                self._sleepers.remove(entry)
+                heapq.heapify(self._sleepers)
 
     def advance(self, seconds: float) -> datetime:
         """Move time forward and wake every sleeper that is due (they run at their next turn)."""

@@ -241,6 +241,8 @@ def _actions(raw: Mapping[str, Any]) -> ActionsSettings:
         _check_cleanup_root(root, f"actions.disk_cleanup.roots[{i}]")
     if cleanup.max_age_days < 0:
         raise ConfigError("actions.disk_cleanup.max_age_days", "must not be negative")
+    if cleanup.litter_min_age < 0:
+        raise ConfigError("actions.disk_cleanup.litter_min_age", "must not be negative")
     if cleanup.compress_over_mb <= 0:
         raise ConfigError("actions.disk_cleanup.compress_over_mb", "must be greater than 0")
     render = _simple(RenderSettings, _table(raw, "render", "actions.render"), "actions.render")
@@ -281,6 +283,8 @@ def _actions(raw: Mapping[str, Any]) -> ActionsSettings:
         if failover.argv is not None:
             _check_argv(failover.argv, "actions.failover.argv")
         _check_tier(failover.tier, "actions.failover.tier")
+        for i, kind in enumerate(failover.kinds):
+            _check_kind(kind, f"actions.failover.kinds[{i}]")
     return ActionsSettings(disk_cleanup=cleanup, render=render,
                            commands=MappingProxyType(commands), failover=failover)
 

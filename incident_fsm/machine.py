@@ -323,7 +323,10 @@ def mermaid(*, visited: Sequence[str] = ()) -> str:
 # --- the engine ----------------------------------------------------------------
 
 
-@dataclass
+# eq=False: the machine finds its models by identity. Two concurrent fires on the same
+# incident build equal-looking models, and equality made add_model skip the second one
+# and remove_model drop the wrong one.
+@dataclass(eq=False)
 class _Model:
     """The transient model one `fire` hands to the shared machine."""
 

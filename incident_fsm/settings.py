@@ -119,6 +119,8 @@ class DiskCleanupSettings:
     litter_patterns: tuple[str, ...] = (
         "__pycache__", "*.pyc", ".pytest_cache", "htmlcov", ".coverage*", "*.tmp", "*.temp",
     )
+    #: litter younger than this (seconds) is left alone: it may be in use right now
+    litter_min_age: float = 3600.0
     timeout: float = 120.0
 
 
@@ -151,6 +153,8 @@ class FailoverSettings:
     argv: tuple[str, ...] | None = None
     tier: str = "approval"
     timeout: float = 60.0
+    #: problem kinds it is a candidate for (after the default policy's own candidates)
+    kinds: tuple[str, ...] = (HEALTH_ENDPOINT_DOWN,)
 
 
 @dataclass(frozen=True)

@@ -833,6 +833,63 @@ class Store:
                 return int(result.rowcount)  # type: ignore[attr-defined]
         return await self._run(work)
 
+    # --- remediation: attempts, the learned record, guardrail counts --------------
+    # Read-only queries for the remediator (incident_fsm/remediator.py). Success and
+    # failure are defined exactly like strikes (`strike_condition`), so the ranking
+    # and the three-strike rule can never disagree about what failed.
+
+    async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
+        """The incident's action runs (dry runs included), in attempt order."""
+        def work() -> list[ActionRun]:
+            with self._session() as session:
+                return list(session.exec(
+                    select(ActionRun).where(ActionRun.incident_id == incident_id)
+                    .order_by(col(ActionRun.attempt))
+                ).all())
+        return await self._run(work)
+
+    async def action_record(self, kind: str) -> dict[str, ActionTally]:
+        """Per action, verified successes and failures on incidents of `kind` (no dry runs)."""
+        success = sa.case((col(ActionRun.verified).is_(True), 1), else_=0)
+        failure = sa.case((strike_condition(), 1), else_=0)
+        query = (
+            sa.select(col(ActionRun.action), sa.func.sum(success), sa.func.sum(failure))
+            .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
+            .where(col(Incident.kind) == kind, col(ActionRun.dry_run).is_(False))
+            .group_by(col(ActionRun.action))
+        )
+
+        def work() -> dict[str, ActionTally]:
+            with self._session() as session:
+                return {
+                    str(name): ActionTally(int(wins or 0), int(losses or 0))
+                    for name, wins, losses in session.execute(query).all()
+                }
+        return await self._run(work)
+
+    async def count_actions(self, *, target: str, since: datetime) -> int:
+        """Real (not dry-run) attempts on `target` started at or after `since`, all incidents."""
+        query = (
+            sa.select(sa.func.count()).select_from(ActionRun)
+            .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
+            .where(col(Incident.target) == target, col(ActionRun.dry_run).is_(False),
+                   col(ActionRun.started_at) >= since)
+        )
+        return await self._run(self._count, query)
+
+    async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int:
+        """`reopen` transitions of `fingerprint` at or after `since`."""
+        query = (
+            sa.select(sa.func.count()).select_from(Transition)
+            .join(Incident, col(Incident.id) == col(Transition.incident_id))
+            .where(col(Incident.fingerprint) == fingerprint,
+                   col(Transition.trigger) == "reopen", col(Transition.at) >= since)
+        )
+        return await self._run(self._count, query)
+
+    def _count(self, query: sa.Select[Any]) -> int:
+        with self._session() as session:
+            return int(session.execute(query).scalar_one())
 
 
 # --- helpers (run inside a session, in the worker thread) --------------------------
@@ -1005,3 +1062,13 @@ def _clipped_check(check: HealthCheck) -> HealthCheck:
         latency_ms=check.latency_ms, memory_pct=check.memory_pct, disk_pct=check.disk_pct,
         cpu_pct=check.cpu_pct, error=check.error[:1000],
     )
+
+# --- remediation helpers -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionTally:
+    """Verified successes and failures of one action for one problem kind."""
+
+    successes: int
+    failures: int

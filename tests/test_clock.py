@@ -89,3 +89,16 @@ async def test_run_for_waits_for_work_in_worker_threads() -> None:
         await clock.run_for(25)
         tg.cancel_scope.cancel()
     assert seen == [0.0, 10.0, 20.0]
+
+
+async def test_a_cancelled_sleep_is_forgotten() -> None:
+    clock = ManualClock(START)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(clock.sleep, 60)
+        tg.start_soon(clock.sleep, 30)
+        await anyio.wait_all_tasks_blocked()
+        assert clock.wakeups() == [START + timedelta(seconds=30), START + timedelta(seconds=60)]
+        tg.cancel_scope.cancel()
+    assert clock.sleepers == 0
+    assert clock.wakeups() == []
+    assert clock.next_wakeup() is None

@@ -13,6 +13,8 @@ INTENDED = {
     "InvalidInput", "InvalidTransition", "MachinePolicy", "ManualClock", "Notification", "Opened",
     "OutboxMessage", "State", "Store", "StoreError", "StoreUnavailable", "SystemClock",
     "Timeline", "Transition", "Trigger", "Verdict",
+    # the remediation plug-in interface, for host apps that bring their own actions
+    "Action", "ActionContext", "Outcome", "OutcomeStatus", "Tier",
 }
 
 

@@ -1,0 +1,312 @@
+"""Render restart and scale (and the failover webhook) against a respx-mocked API.
+
+Every test also checks that the API key never shows up in what we log
+(loguru and the standard logging httpx uses) or report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from loguru import logger
+
+from incident_fsm.actions.base import Outcome, OutcomeStatus, Tier
+from incident_fsm.actions.failover import SIGNATURE_HEADER, Failover
+from incident_fsm.actions.http_retry import backoff, retry_after
+from incident_fsm.actions.render import RenderApi, RenderRestart, RenderScale
+from incident_fsm.clock import ManualClock
+from incident_fsm.errors import InvalidInput
+from incident_fsm.settings import FailoverSettings, RenderSettings
+
+from .support import NOW, context, run_with_waits
+
+pytestmark = pytest.mark.anyio
+
+API = "https://api.render.test/v1"
+KEY = "rnd_Sup3rS3cretRenderKey"
+SETTINGS = RenderSettings(api_url=API, api_key_env="RENDER_API_KEY", min_instances=1,
+                          max_instances=3, timeout=10.0)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOW)
+
+
+@pytest.fixture
+def captured(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Everything logged during the test; asserts afterwards that the key is not in it."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG",
+                      format="{level} {message} {extra} {exception}")
+    caplog.set_level(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
+    assert KEY not in "\n".join(lines)
+    assert KEY not in caplog.text
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[respx.MockRouter]:
+    async with respx.mock(base_url=API, assert_all_called=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[RenderApi]:
+    async with httpx.AsyncClient() as http:
+        yield RenderApi(SETTINGS, http=http, environ={"RENDER_API_KEY": KEY})
+
+
+def restart(api: RenderApi, service_id: str = "srv-web") -> RenderRestart:
+    return RenderRestart(api, service_id=service_id, kinds={"memory_high"})
+
+
+def clean(outcome: Outcome) -> Outcome:
+    """The outcome, after checking the key is nowhere in it."""
+    assert KEY not in repr(outcome)
+    assert KEY not in json.dumps(outcome.record())
+    return outcome
+
+
+async def run_in_virtual_time(clock: ManualClock, action: Any, ctx: Any,
+                              waits: list[float]) -> Outcome:
+    return await run_with_waits(clock, lambda: action.run(ctx), waits)
+
+
+async def test_restart_success_sends_the_key_only_in_the_header(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(return_value=httpx.Response(202))
+    outcome = clean(await restart(api).run(context(clock)))
+    assert outcome.status is OutcomeStatus.OK
+    assert outcome.http_status == 202
+    assert outcome.evidence == {"service_id": "srv-web", "attempts": 1}
+    assert route.calls.last.request.headers["Authorization"] == f"Bearer {KEY}"
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_fails_at_once(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str],
+    status: int
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(
+        return_value=httpx.Response(status, json={"message": f"invalid key {KEY}"}))
+    outcome = clean(await restart(api).run(context(clock)))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert outcome.http_status == status
+    assert f"the API key was refused ({status})" in outcome.summary
+    assert "invalid key ***" in outcome.output_excerpt  # the echoed key is masked
+    assert route.call_count == 1
+
+
+async def test_an_unknown_service_fails_at_once(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-gone/restart").mock(return_value=httpx.Response(404))
+    outcome = clean(await restart(api, "srv-gone").run(context(clock)))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert outcome.summary == "restart of srv-gone failed: not found (404)"
+    assert route.call_count == 1
+
+
+async def test_429_waits_as_long_as_retry_after_says(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(side_effect=[
+        httpx.Response(429, headers={"Retry-After": "7"}),
+        httpx.Response(429, headers={
+            "Retry-After": format_datetime(NOW + timedelta(seconds=7 + 20), usegmt=True)}),
+        httpx.Response(202),
+    ])
+    outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock), [7, 20]))
+    assert outcome.status is OutcomeStatus.OK
+    assert outcome.evidence["attempts"] == 3
+    assert route.call_count == 3
+    assert clock.now() == NOW + timedelta(seconds=27)
+    assert any("rate limited (429)" in line for line in captured)
+
+
+async def test_a_retry_after_past_the_deadline_is_honoured_until_the_deadline(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": "600"}))
+    outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock, seconds=300),
+                                              [300]))
+    assert outcome.status is OutcomeStatus.TIMED_OUT
+    assert outcome.summary == ("restart of srv-web failed: rate limited (429); still failing at "
+                               "the deadline")
+    assert route.call_count == 1
+    assert clock.now() == NOW + timedelta(seconds=300)
+
+
+async def test_503_is_retried_with_backoff_then_succeeds(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(side_effect=[
+        httpx.Response(503), httpx.Response(502), httpx.Response(202)])
+    outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock), [1, 2]))
+    assert outcome.status is OutcomeStatus.OK
+    assert route.call_count == 3
+
+
+async def test_timeouts_are_retried_until_the_deadline_then_it_times_out(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(
+        side_effect=httpx.ReadTimeout("timed out"))
+    # Waits 1, 2, 4, 8, 16 s; then 30 s more would pass the 60 s deadline: wait it out.
+    outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock, seconds=60),
+                                              [1, 2, 4, 8, 16, 29]))
+    assert outcome.status is OutcomeStatus.TIMED_OUT
+    assert outcome.http_status is None
+    assert outcome.summary == ("restart of srv-web failed: request timed out; still failing at "
+                               "the deadline")
+    assert route.call_count == 6
+    assert clock.now() == NOW + timedelta(seconds=60)
+
+
+async def test_connection_errors_count_like_timeouts(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    router.post("/services/srv-web/restart").mock(side_effect=[
+        httpx.ConnectError("refused"), httpx.Response(202)])
+    outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock), [1]))
+    assert outcome.status is OutcomeStatus.OK
+
+
+async def test_a_missing_key_fails_without_a_request(
+    router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    async with httpx.AsyncClient() as http:
+        api = RenderApi(SETTINGS, http=http, environ={})
+        outcome = await restart(api).run(context(clock))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert "env RENDER_API_KEY is not set" in outcome.summary
+    assert router.calls.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted"), [(1, 2), (2, 3), (0, 1)],
+)
+async def test_scale_adds_one_instance_within_bounds(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str],
+    current: int, wanted: int
+) -> None:
+    router.get("/services/srv-web").mock(return_value=httpx.Response(
+        200, json={"id": "srv-web", "serviceDetails": {"numInstances": current}}))
+    scale = router.post("/services/srv-web/scale").mock(return_value=httpx.Response(202))
+    outcome = clean(await RenderScale(api, service_id="srv-web", kinds=()).run(context(clock)))
+    assert outcome.status is OutcomeStatus.OK
+    assert json.loads(scale.calls.last.request.content) == {"numInstances": wanted}
+    assert outcome.evidence["from_instances"] == current
+    assert outcome.evidence["to_instances"] == wanted
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        ({"serviceDetails": {"numInstances": 3}}, "already runs 3 instances (max_instances 3)"),
+        ({"serviceDetails": {"numInstances": 5}}, "already runs 5 instances"),
+        ({"serviceDetails": {"numInstances": 1, "autoscaling": {"enabled": True}}},
+         "autoscales"),
+        ({"serviceDetails": {}}, "has no instance count"),
+    ],
+)
+async def test_scale_never_goes_past_max_or_down_or_against_autoscaling(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str],
+    service: dict[str, Any], message: str
+) -> None:
+    router.get("/services/srv-web").mock(return_value=httpx.Response(200, json=service))
+    scale = router.post("/services/srv-web/scale").mock(return_value=httpx.Response(202))
+    outcome = clean(await RenderScale(api, service_id="srv-web", kinds=()).run(context(clock)))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert message in outcome.summary
+    assert scale.call_count == 0
+
+
+async def test_dry_runs_send_nothing(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    for action in (restart(api), RenderScale(api, service_id="srv-web", kinds=())):
+        outcome = await action.run(context(clock, dry_run=True))
+        assert outcome.status is OutcomeStatus.OK
+        assert outcome.evidence["dry_run"] is True
+    assert router.calls.call_count == 0
+
+
+def test_service_ids_and_bounds_are_checked() -> None:
+    http = httpx.AsyncClient()
+    api = RenderApi(SETTINGS, http=http, environ={})
+    with pytest.raises(InvalidInput, match="not a Render service id"):
+        RenderRestart(api, service_id="srv/../../owner", kinds=())
+    bad = RenderApi(RenderSettings(min_instances=3, max_instances=2), http=http, environ={})
+    with pytest.raises(InvalidInput, match="min_instances"):
+        RenderScale(bad, service_id="srv-web", kinds=())
+
+
+def test_retry_after_and_backoff() -> None:
+    def answer(value: str) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": value})
+
+    assert retry_after(answer("12"), NOW) == 12.0
+    assert retry_after(answer(format_datetime(NOW + timedelta(seconds=90), usegmt=True)),
+                       NOW) == 90.0
+    assert retry_after(answer("-5"), NOW) == 0.0
+    assert retry_after(answer("soon"), NOW) is None
+    assert retry_after(httpx.Response(429), NOW) is None
+    assert [backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+async def test_failover_webhook_is_signed_and_carries_the_idempotency_key(
+    clock: ManualClock, captured: list[str]
+) -> None:
+    secret = "whsec-failover-0123456789"
+    settings = FailoverSettings(url="https://hooks.example.test/failover",
+                                secret_env="FAILOVER_SECRET")
+    async with respx.mock() as mock, httpx.AsyncClient() as http:
+        route = mock.post("https://hooks.example.test/failover").mock(
+            return_value=httpx.Response(200))
+        action = Failover(settings, http=http, environ={"FAILOVER_SECRET": secret})
+        assert action.tier is Tier.APPROVAL
+        outcome = await action.run(context(clock, kind="health_endpoint_down"))
+    assert outcome.status is OutcomeStatus.OK
+    request = route.calls.last.request
+    body = request.content
+    assert json.loads(body)["idempotency_key"] == "incident-7-attempt-1"
+    assert request.headers["Idempotency-Key"] == "incident-7-attempt-1"
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    assert request.headers[SIGNATURE_HEADER] == f"sha256={expected}"
+    assert secret not in repr(outcome) and secret not in "\n".join(captured)
+
+
+def test_failover_needs_exactly_one_of_url_and_argv() -> None:
+    http = httpx.AsyncClient()
+    with pytest.raises(InvalidInput, match="exactly one"):
+        Failover(FailoverSettings(), http=http, environ={})
+    with pytest.raises(InvalidInput, match="exactly one"):
+        Failover(FailoverSettings(url="https://x.test", argv=("/bin/true",)), http=http,
+                 environ={})
+
+
+async def test_failover_command_runs_the_configured_argv(clock: ManualClock) -> None:
+    async with httpx.AsyncClient() as http:
+        action = Failover(FailoverSettings(argv=("/bin/echo", "promoted standby")), http=http,
+                          environ={})
+        outcome = await action.run(context(clock))
+    assert outcome.status is OutcomeStatus.OK
+    assert outcome.output_excerpt == "promoted standby"
