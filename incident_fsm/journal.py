@@ -4,9 +4,10 @@
 back to a local copy when the database is unreachable (`StoreUnavailable`):
 
 - every write the agent makes while offline (opening an incident, a
-  transition with its attempt and outbox rows, an attempt's outcome or
-  verdict, a dry-run record) is applied to the local copy and appended to
-  a JSON-lines journal file, flushed and fsynced before the call returns;
+  transition with its attempt and outbox rows, the claim that starts an
+  attempt, an attempt's outcome or verdict, a dry-run record) is applied to
+  the local copy and appended to a JSON-lines journal file, flushed and
+  fsynced before the call returns;
 - an incident first touched while offline is journaled as a `base` entry
   (its row and attempts as last read), so the local copy can be rebuilt
   from the journal alone after a restart during the outage;
@@ -210,6 +211,25 @@ class JournalingStore(Store):
             run_id, "judge", {"verified": verified},
             lambda: super(JournalingStore, self).judge_action(run_id, verified=verified))
 
+    async def claim_attempt(self, run_id: int, *, at: datetime) -> bool:
+        if run_id > 0 and not self.offline:
+            try:
+                return await super().claim_attempt(run_id, at=at)
+            except StoreUnavailable:
+                pass
+        async with self._lock:
+            run = self._find_run(run_id)
+            if run is None:
+                raise StoreUnavailable(
+                    f"database unavailable and action run {run_id} is not in the local copy")
+            if run.executing_at is not None or run.finished_at is not None:
+                return False
+            entries = self._base_entries(run.incident_id)
+            entries.append({"op": "claim", "run_id": run_id, "at": at.isoformat()})
+            await self._append(entries)
+            run.executing_at = at
+            return True
+
     async def record_action(self, incident_id: IncidentId, intent: ActionIntent,
                             *, at: datetime) -> ActionRun:
         if incident_id > 0 and not self.offline:
@@ -307,6 +327,10 @@ class JournalingStore(Store):
             run = existing[0] if existing else await super().record_action(
                 IncidentId(incident_id), _decode_intent(entry["intent"]), at=at)
             ids[entry["run_id"]] = run.id or 0
+        elif op == "claim":
+            # False means it was claimed already (an earlier, interrupted replay): fine.
+            await super().claim_attempt(real(entry["run_id"]),
+                                        at=datetime.fromisoformat(entry["at"]))
         elif op in ("finish", "judge"):
             run_id = real(entry["run_id"])
             try:
@@ -392,6 +416,10 @@ class JournalingStore(Store):
                 self._add_local_run(entry["incident_id"], entry["run_id"],
                                     _decode_intent(entry["intent"]),
                                     datetime.fromisoformat(entry["at"]))
+            elif op == "claim":
+                run = self._find_run(entry["run_id"])
+                if run is not None:
+                    run.executing_at = datetime.fromisoformat(entry["at"])
             elif op in ("finish", "judge"):
                 run = self._find_run(entry["run_id"])
                 if run is not None and op == "finish":
@@ -489,7 +517,7 @@ def _encode_row(row: Incident | ActionRun) -> dict[str, Any]:
 
 
 _TIME_FIELDS = {"opened_at", "updated_at", "resolved_at", "deadline_at", "started_at",
-                "finished_at", "at"}
+                "executing_at", "finished_at", "at"}
 
 
 def _decode_row(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -185,6 +185,9 @@ class ActionRun(_Base, table=True):
     idempotency_key: str = Field(max_length=200)
     dry_run: bool = Field(default=False)
     started_at: datetime = Field(sa_type=UTCDateTime)
+    #: set (once, atomically) when an agent actually begins running the attempt;
+    #: unset on an unfinished attempt means it never ran (e.g. approved, not yet started)
+    executing_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     outcome: str | None = Field(default=None, max_length=20)
     # The verdict of the verification that followed: the only thing that counts as success.

@@ -203,8 +203,11 @@ class Remediator:
         run = _last_real(await self._store.attempts(incident.incident_id))
         if run is None or run.finished_at is not None:
             return await self._resume(incident)
-        action = self._actions.for_target(incident.target).get(run.action)
         now = self._clock.now()
+        if run.id is None or not await self._store.claim_attempt(run.id, at=now):
+            # Someone (maybe us, before a crash) already started it: never run it twice.
+            return await self._resume(incident)
+        action = self._actions.for_target(incident.target).get(run.action)
         deadline = incident.deadline_at or now + timedelta(
             seconds=self._engine.policy.action_deadline)
         ctx = ActionContext(incident=incident, idempotency_key=run.idempotency_key,
@@ -270,8 +273,15 @@ class Remediator:
         return True
 
     async def _resume(self, incident: Incident) -> Incident:
-        """An incident found in `remediating`: its attempt ran (or died) elsewhere; judge it."""
+        """An incident found in `remediating`: run its attempt if it never started, else judge it.
+
+        Never started (no claim): an operator approved it, or the agent stopped
+        between recording it and running it. Started but unfinished: the agent
+        stopped while it ran, so it is marked interrupted and not run again.
+        """
         run = _last_real(await self._store.attempts(incident.incident_id))
+        if run is not None and run.finished_at is None and run.executing_at is None:
+            return await self._attempt(incident)
         reason = "resuming: the attempt had finished"
         if run is not None and run.finished_at is None:
             await self._finish(run, Outcome.failed(

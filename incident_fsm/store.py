@@ -522,6 +522,25 @@ class Store:
             session.commit()
             return run
 
+    async def claim_attempt(self, run_id: int, *, at: datetime) -> bool:
+        """Mark an attempt as being run now; True for exactly one caller, ever.
+
+        The claim is what tells, after a crash, an attempt that never ran (an
+        approval not yet acted on: run it) from one that was running (judge it,
+        never run it twice), whichever process or replica looks.
+        """
+        def work() -> bool:
+            with self._session() as session:
+                claimed = session.execute(
+                    sa.update(ActionRun)
+                    .where(col(ActionRun.id) == run_id, col(ActionRun.executing_at).is_(None),
+                           col(ActionRun.finished_at).is_(None))
+                    .values(executing_at=at)
+                )
+                session.commit()
+                return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+        return await self._run(work)
+
     async def count_strikes(self, incident_id: IncidentId) -> int:
         """Strikes of an incident, counted from its persisted attempts."""
         def work() -> int:

@@ -78,6 +78,8 @@ async def test_outage_mid_incident_is_journaled_and_replayed_in_order(
     engine = IncidentEngine(store, clock=clock)
     assert (await store.get_incident(iid)).state == "remediating"
     scale_run = (await store.timeline(iid)).actions[-1]
+    assert await store.claim_attempt(scale_run.id or 0, at=clock.now())
+    assert not await store.claim_attempt(scale_run.id or 0, at=clock.now())
     await store.finish_action(scale_run.id or 0, outcome="ok", finished_at=clock.advance(10))
     await engine.fire(iid, "action_finished", actor="agent", reason="scaled to 2")
 
@@ -95,6 +97,7 @@ async def test_outage_mid_incident_is_journaled_and_replayed_in_order(
             (5, "action_finished")]
         assert [(r.attempt, r.action, r.outcome, r.verified) for r in timeline.actions] == [
             (1, "render_restart", "ok", False), (2, "render_scale", "ok", None)]
+        assert timeline.actions[1].executing_at is not None
         assert timeline.incident.strikes == 1 and timeline.incident.version == 5
         (other,) = await direct.list_incidents(target="worker")
         assert other.id is not None and other.id > 0 and other.state == "escalated"

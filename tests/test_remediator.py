@@ -470,15 +470,41 @@ async def test_an_attempt_left_unfinished_by_a_crash_is_judged_not_run_again(
     rem = remediator(engine, store, clock, {"cleanup": touch(tmp_path, "cleanup")},
                      ScriptedVerifier(True))
     iid = await open_incident(engine)
-    # A previous process recorded the attempt, then died before it finished.
+    # A previous process recorded the attempt, began running it, and died before it finished.
     await engine.fire(iid, "remediate", actor="agent", reason="before the crash",
                       intent=ActionIntent("cleanup", "safe", Verdict.AUTO, "safe tier"))
+    (started,) = (await store.timeline(iid)).actions
+    assert await store.claim_attempt(started.id or 0, at=clock.now())
     final = await drive(rem, clock, iid, [VERIFY])
     assert final.state == "resolved"
     timeline = await store.timeline(iid)
     assert [(r.outcome, r.verified) for r in timeline.actions] == [("interrupted", True)]
     assert "cleanup was interrupted and is not run again" in timeline.transitions[2].reason
     assert runs(tmp_path, "cleanup") == 0
+
+
+async def test_an_approved_attempt_that_never_started_runs_exactly_once(
+    store: Store, engine: IncidentEngine, clock: ManualClock, tmp_path: Path
+) -> None:
+    rem = remediator(engine, store, clock, {"cleanup": touch(tmp_path, "cleanup")},
+                     ScriptedVerifier(True))
+    iid = await open_incident(engine)
+    await engine.fire(iid, "hold", actor="agent", reason="needs approval",
+                      intent=ActionIntent("cleanup", "approval", Verdict.HOLD, "approval tier"))
+    # An operator approves from the CLI: the attempt is recorded, nothing runs it yet.
+    await engine.fire(iid, "approve", actor="alice", reason="go",
+                      intent=ActionIntent("cleanup", "approval", Verdict.APPROVED, "approved"))
+    assert runs(tmp_path, "cleanup") == 0
+    final = await drive(rem, clock, iid, [VERIFY])
+    assert final.state == "resolved"
+    (run,) = (await store.timeline(iid)).actions
+    assert (run.outcome, run.verified) == ("ok", True)
+    assert run.executing_at is not None
+    assert runs(tmp_path, "cleanup") == 1
+    # Driving again (a second replica, a restart) never runs it a second time.
+    assert not await store.claim_attempt(run.id or 0, at=clock.now())
+    await rem.drive(iid)
+    assert runs(tmp_path, "cleanup") == 1
 
 
 async def test_concurrent_sweepers_escalate_once(
