@@ -38,7 +38,7 @@ configured nor held are marked `skipped` at start, with the reason.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -239,12 +239,14 @@ class Dispatcher:
 
 
 def dispatcher_from_settings(store: Store, settings: Settings, *, clock: Clock,
-                             http: httpx.AsyncClient) -> Dispatcher:
+                             http: httpx.AsyncClient,
+                             environ: Mapping[str, str] | None = None) -> Dispatcher:
     """The configured channels (log always; PAM and webhook when set), PAM held when
     `pam_integration` is off."""
     from .channels import channels_from_settings
 
-    channels = channels_from_settings(settings.channels, clock=clock, http=http)
+    channels = channels_from_settings(settings.channels, clock=clock, http=http,
+                                      environ=environ)
     held = () if settings.agent.pam_integration else ("pam",)
     c = settings.channels
     return Dispatcher(store, channels, clock=clock, held=held, max_attempts=c.max_attempts,

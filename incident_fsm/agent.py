@@ -1,0 +1,366 @@
+"""The agent: the one place where probes, incidents, actions and notifications meet.
+
+`Agent(settings)` wires the parts together and runs them in one anyio task
+group:
+
+- the **monitor** polls every target and opens, reopens and recovers incidents;
+- the **supervisor** keeps one driver task per active incident (detected,
+  remediating, verifying): each runs `Remediator.drive` — choose, record,
+  claim, run, verify with fresh samples, judge — sequential per incident,
+  parallel across incidents, bounded by `max_concurrent_incidents`;
+- the **sweeper** fires `timeout` for every overdue deadline (deadlines are
+  columns, so ones set before a crash still fire);
+- the **dispatcher** delivers the outbox;
+- with Postgres, a **leader lease** decides which replica does all of the
+  above; the others stand by and take over within `ttl + renew` seconds. With
+  SQLite the agent is one process and always acts;
+- with a journaling store, a **replayer** writes back what was journaled
+  while the database was away.
+
+Embedded: `async with Agent(settings) as agent:` (or `lifespan(settings)` for
+FastAPI). Standalone: `incident-fsm run`. Cancelling the agent stops it: a
+running action is stopped and recorded as interrupted (a restart judges it,
+never reruns it), and everything written before is durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random as _random
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup, TaskStatus
+from loguru import logger
+from sqlalchemy.engine import make_url
+
+from . import database
+from .actions.catalog import Catalog
+from .clock import Clock, SystemClock, sleep_or_wake
+from .config import load_settings
+from .detector import METRIC_KINDS, Change, Observation
+from .dispatcher import Dispatcher, dispatcher_from_settings
+from .errors import StoreError
+from .health import HealthSnapshot
+from .journal import JournalingStore
+from .leader import LeaderElector
+from .machine import AUTOMATED_STATES, IncidentEngine, MachinePolicy
+from .models import Incident, IncidentId
+from .monitor import Monitor, ProblemEvent, TargetProbes, default_probes
+from .outbox import policy_from_settings
+from .policy import Limits
+from .remediator import Remediator, Verification
+from .settings import HEALTH_ENDPOINT_DOWN, SERVICE_DOWN_PREFIX, Settings, TargetSettings
+from .status import AgentStatus, ASGIApp, TargetStatus, status_app
+from .store import Store
+from .sweeper import DeadlineSweeper
+
+ACTIVE: Final = tuple(s.value for s in AUTOMATED_STATES)
+
+
+class MonitorVerifier:
+    """Judges an incident on the target's next poll, taken after the verify window."""
+
+    def __init__(self, monitor: Monitor, targets: Mapping[str, TargetSettings]) -> None:
+        self._monitor = monitor
+        self._targets = targets
+
+    async def verify(self, incident: Incident) -> Verification:
+        latest = self._monitor.latest(incident.target)
+        reading = await self._monitor.wait_for_reading(
+            incident.target, after_seq=latest.seq if latest is not None else 0)
+        return judge(incident.kind, reading.observation, self._targets[incident.target])
+
+
+def judge(kind: str, observation: Observation, target: TargetSettings) -> Verification:
+    """Is `kind` cleared in this observation? Metric kinds need the value under `clear`."""
+    for metric, metric_kind in METRIC_KINDS.items():
+        if kind == metric_kind:
+            reading = observation.reading
+            if reading is None:
+                return Verification(False, f"no {metric} reading", {"source": "none"})
+            value = reading.value(metric)
+            clear = getattr(target.thresholds, metric).clear
+            return Verification(value < clear, f"{metric} {value:.1f}% (clear below {clear:g}%)",
+                                {f"{metric}_pct": value, "clear": clear,
+                                 "source": reading.source})
+    if kind == HEALTH_ENDPOINT_DOWN:
+        answered = isinstance(observation.health, HealthSnapshot)
+        why = "the health endpoint answers" if answered else (
+            f"the health endpoint still fails: {getattr(observation.health, 'reason', '')}")
+        return Verification(answered, why, {})
+    if kind.startswith(SERVICE_DOWN_PREFIX):
+        name = kind[len(SERVICE_DOWN_PREFIX):]
+        status = next((d for d in observation.dependencies if d.name == name), None)
+        if status is None:
+            return Verification(False, f"{name} was not checked", {})
+        return Verification(status.state == "up", f"{name} is {status.state}: {status.reason}",
+                            {"dependency": name, "state": status.state})
+    return Verification(False, f"no way to verify {kind}", {})
+
+
+class Agent:
+    """The running agent; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        http: httpx.AsyncClient | None = None,
+        probes: Mapping[str, TargetProbes] | None = None,
+        journal_path: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        random: Callable[[], float] = _random.random,
+        replica: str | None = None,
+        leader_ttl: float = 15.0,
+        leader_renew: float = 5.0,
+        max_concurrent_incidents: int = 256,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        url = database.resolve_url(settings.agent.database_url)
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0),
+                                              follow_redirects=False)
+        self.store = store or JournalingStore(url, journal_path=journal_path or _journal_for(url))
+        agent = settings.agent
+        self.dispatcher: Dispatcher = dispatcher_from_settings(
+            self.store, settings, clock=self.clock, http=self.http, environ=environ)
+        self.engine = IncidentEngine(
+            self.store, clock=self.clock,
+            policy=MachinePolicy(max_strikes=agent.max_strikes,
+                                 detect_deadline=agent.detect_deadline,
+                                 action_deadline=agent.action_deadline,
+                                 verify_window=agent.verify_window,
+                                 reopen_window=agent.reopen_window),
+            outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge)
+        targets = {t.name: t for t in settings.targets}
+        self.monitor = Monitor(
+            targets=settings.targets, agent=agent,
+            probes=probes or {t.name: default_probes(t, client=self.http)
+                              for t in settings.targets},
+            engine=self.engine, store=self.store, clock=self.clock, random=random,
+            on_problem=self._on_problem)
+        self.remediator = Remediator(
+            engine=self.engine, store=self.store, clock=self.clock,
+            actions=Catalog.from_settings(settings, http=self.http, environ=environ),
+            verifier=MonitorVerifier(self.monitor, targets),
+            limits=Limits.from_settings(agent), policy=settings.policy or None,
+            verify_timeout=max(30.0, 3 * agent.fast_poll_interval))
+        self.sweeper = DeadlineSweeper(engine=self.engine, store=self.store, clock=self.clock)
+        self.elector = None if database.is_sqlite(url) else LeaderElector(
+            self.store, clock=self.clock, holder=replica, ttl=leader_ttl,
+            renew_every=leader_renew)
+        self.replica = self.elector.holder if self.elector else f"{os.getpid()}"
+        self.running = False
+        self.started_at: datetime | None = None
+        self._drivers: set[int] = set()
+        self._parked: dict[int, int] = {}
+        self._limit = anyio.CapacityLimiter(max_concurrent_incidents)
+        self._wake = anyio.Event()
+        self._driver_group: TaskGroup | None = None
+        self._exit: AsyncExitStack | None = None
+
+    # --- embedding ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Agent:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(group.cancel_scope.cancel)  # runs first on exit: stop the agent
+            await group.start(self.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._exit is not None:
+            stack, self._exit = self._exit, None
+            await stack.aclose()
+
+    def status(self) -> AgentStatus:
+        targets = []
+        for name in self.monitor.targets:
+            reading = self.monitor.latest(name)
+            health = reading.observation.health if reading else None
+            targets.append(TargetStatus(
+                name, reading.at if reading else None,
+                None if reading is None else isinstance(health, HealthSnapshot),
+                getattr(health, "reason", "") if reading else ""))
+        role = "single" if self.elector is None else (
+            "leader" if self.elector.is_leader else "standby")
+        journaled = isinstance(self.store, JournalingStore) and self.store.offline
+        return AgentStatus(running=self.running, role=role, replica=self.replica,
+                           started_at=self.started_at, targets=tuple(targets),
+                           queues={"incident_drivers": len(self._drivers),
+                                   "store_journal": int(journaled)})
+
+    def status_app(self) -> ASGIApp:
+        """The read-only status endpoints (see `incident_fsm.status`), to mount in a host app."""
+        return status_app(self, self.store, clock=self.clock)
+
+    # --- running ------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (returns at once if the agent is disabled)."""
+        if not self.settings.agent.enabled:
+            logger.warning("AUTONOMOUS_MONITORING_ENABLED is false: the agent does not start")
+            task_status.started()
+            return
+        self.started_at = self.clock.now()
+        logger.info("🤖 Technical Monitoring Agent initialized at {}", self.started_at.isoformat())
+        self.running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                if self.elector is not None:
+                    await tg.start(self.elector.run)
+                if isinstance(self.store, JournalingStore):
+                    tg.start_soon(self._replay_journal, name="agent:journal")
+                tg.start_soon(self._lead, name="agent:lead")
+                task_status.started()
+        finally:
+            self.running = False
+            with anyio.CancelScope(shield=True):
+                await self._close()
+            logger.info("agent stopped")
+
+    async def _close(self) -> None:
+        with anyio.move_on_after(10):
+            if self._own_http:
+                await self.http.aclose()
+            await self.store.close(grace=2.0)
+
+    async def _lead(self) -> None:
+        """Act while this replica leads; stop acting the moment it does not."""
+        while True:
+            await self._until_leader()
+            async with anyio.create_task_group() as acting:
+                acting.start_soon(self.monitor.run, name="agent:monitor")
+                acting.start_soon(self.dispatcher.run, name="agent:dispatcher")
+                acting.start_soon(self._sweep, name="agent:sweeper")
+                acting.start_soon(self._supervise, name="agent:supervisor")
+                await self._while_leader()
+                logger.warning("leadership lost: this replica stops acting")
+                acting.cancel_scope.cancel()
+
+    async def _until_leader(self) -> None:
+        while self.elector is not None and not self.elector.is_leader:
+            await sleep_or_wake(self.clock, self.elector.renew_every, self.elector.changed)
+
+    async def _while_leader(self) -> None:
+        if self.elector is None:
+            await anyio.sleep_forever()
+        while self.elector is not None:
+            until = self.elector.valid_until
+            if until is None:
+                return
+            await sleep_or_wake(self.clock, (until - self.clock.now()).total_seconds(),
+                                self.elector.changed)
+
+    async def _supervise(self) -> None:
+        interval = max(1.0, self.settings.agent.fast_poll_interval)
+        async with anyio.create_task_group() as drivers:
+            self._driver_group = drivers
+            try:
+                while True:
+                    wake = self._wake
+                    try:
+                        active = await self.store.list_incidents(states=ACTIVE, limit=10000)
+                    except StoreError as exc:
+                        logger.warning("❌ Failed to list incidents: {}", exc)
+                        active = []
+                    for incident in active:
+                        if self._parked.get(incident.incident_id) != incident.version:
+                            self._start_driver(incident.incident_id)
+                    await sleep_or_wake(self.clock, interval, wake)
+            finally:
+                self._driver_group = None
+
+    def _start_driver(self, incident_id: int) -> None:
+        if incident_id in self._drivers or self._driver_group is None:
+            return
+        self._drivers.add(incident_id)
+        self._driver_group.start_soon(self._drive, incident_id, name=f"incident:{incident_id}")
+
+    async def _drive(self, incident_id: int) -> None:
+        try:
+            async with self._limit:
+                incident = await self.remediator.drive(IncidentId(incident_id))
+            if incident.state in ACTIVE:
+                # Waiting on the world (monitor-only, a held action): drive again on change.
+                self._parked[incident_id] = incident.version
+            else:
+                self._parked.pop(incident_id, None)
+        except StoreError as exc:
+            logger.bind(incident_id=incident_id).warning(
+                "incident {}: store unavailable ({}); retried at the next scan", incident_id, exc)
+        except Exception:
+            # One incident's bug must never stop the others or the agent.
+            logger.bind(incident_id=incident_id).exception("driver of incident {} failed",
+                                                           incident_id)
+        finally:
+            self._drivers.discard(incident_id)
+
+    async def _on_problem(self, event: ProblemEvent) -> None:
+        if event.incident is not None and event.finding.change is Change.CONFIRMED:
+            self._parked.pop(event.incident.incident_id, None)
+            self._start_driver(event.incident.incident_id)
+
+    async def _sweep(self) -> None:
+        interval = min(5.0, max(0.05, self.settings.agent.fast_poll_interval / 2))
+        while True:
+            try:
+                await self.sweeper.sweep()
+            except StoreError as exc:
+                logger.warning("❌ Failed to sweep deadlines: {}", exc)
+            await self.clock.sleep(interval)
+
+    async def _replay_journal(self) -> None:
+        assert isinstance(self.store, JournalingStore)
+        while True:
+            if self.store.offline:
+                with contextlib.suppress(StoreError):
+                    await self.store.replay()
+                    self._wake.set()
+                    self._wake = anyio.Event()
+            await self.clock.sleep(5.0)
+
+
+def _journal_for(url: str) -> Path:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return Path(f"{parsed.database}.journal")
+    return Path("incident_fsm.journal")
+
+
+def lifespan(
+    settings: Settings | str | Path | None = None, **agent_options: Any
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A lifespan for FastAPI / Starlette: `FastAPI(lifespan=incident_fsm.lifespan("agent.toml"))`.
+
+    The configuration is loaded when the host starts, so an invalid one stops
+    the host's startup with a `ConfigError` naming the key. The running agent
+    is put on `app.state.incident_agent` when the app has a `state`.
+    """
+
+    @asynccontextmanager
+    async def _lifespan(app: Any) -> AsyncIterator[None]:
+        loaded = settings if isinstance(settings, Settings) else load_settings(settings)
+        async with Agent(loaded, **agent_options) as agent:
+            state = getattr(app, "state", None)
+            if state is not None:
+                state.incident_agent = agent
+            yield
+
+    return _lifespan

@@ -1,0 +1,89 @@
+"""The agent end to end against the loopback simulator: the PRD's four scenarios, unattended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from incident_fsm.agent import Agent
+from incident_fsm.simulator import ServiceState, Simulator
+from incident_fsm.store import Store
+
+from .pam_server import FakePam
+from .scenario import ENV, PAM_TOKEN, incident_state, old_logs, sim_settings, until
+
+pytestmark = pytest.mark.anyio
+
+
+async def _resolved(store: Store, fingerprint: str) -> bool:
+    return await incident_state(store, fingerprint) == "resolved"
+
+
+async def test_memory_pressure_is_remediated_and_recovers(db_url: str, tmp_path: Path) -> None:
+    state = ServiceState(leaked_memory_pct=50.0, load_memory_pct=40.0)  # 90 %
+    async with Simulator(state) as sim:
+        settings = sim_settings(sim, db_url)
+        async with Agent(settings, environ=ENV, journal_path=tmp_path / "j") as agent:
+            await until(lambda: _resolved(agent.store, "api:memory_high"))
+            (incident,) = await agent.store.list_incidents(kind="memory_high")
+            timeline = await agent.store.timeline(incident.incident_id)
+    assert [t.trigger for t in timeline.transitions] == [
+        "open", "remediate", "action_finished", "recovered"]
+    (run,) = timeline.actions
+    assert (run.action, run.outcome, run.verified) == ("render_restart", "ok", True)
+    assert state.requests["POST /v1/services/srv-web/restart"] == 1  # acted once, really
+    assert state.memory_pct() == 40.0
+
+
+async def test_disk_spike_is_cleaned_with_real_files(db_url: str, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    written = old_logs(logs, files=9, size=100_000)
+    state = ServiceState(disk_dir=logs, disk_capacity_bytes=1_000_000)  # 90 %
+    async with Simulator(state) as sim:
+        settings = sim_settings(sim, db_url, cleanup_root=logs)
+        async with Agent(settings, environ=ENV, journal_path=tmp_path / "j") as agent:
+            await until(lambda: _resolved(agent.store, "api:disk_high"))
+            (incident,) = await agent.store.list_incidents(kind="disk_high")
+            timeline = await agent.store.timeline(incident.incident_id)
+    (run,) = timeline.actions
+    assert (run.action, run.outcome, run.verified) == ("disk_cleanup", "ok", True)
+    assert run.evidence.get("bytes_freed") == written
+    assert list(logs.iterdir()) == []
+    assert incident.severity == "critical"
+
+
+async def test_dead_worker_is_restarted(db_url: str, tmp_path: Path) -> None:
+    state = ServiceState(worker_alive=False)
+    async with Simulator(state) as sim:
+        settings = sim_settings(sim, db_url)
+        async with Agent(settings, environ=ENV, journal_path=tmp_path / "j") as agent:
+            await until(lambda: _resolved(agent.store, "api:service_down:celery"))
+            (incident,) = await agent.store.list_incidents(kind="service_down:celery")
+            timeline = await agent.store.timeline(incident.incident_id)
+    assert [r.action for r in timeline.actions] == ["restart_celery_workers"]
+    assert state.worker_alive
+    assert state.requests["POST /v1/services/srv-worker/restart"] == 1
+
+
+async def test_pam_down_the_agent_works_on_and_delivers_later(db_url: str,
+                                                              tmp_path: Path) -> None:
+    state = ServiceState(leaked_memory_pct=50.0, load_memory_pct=40.0)
+    pam = FakePam(token=PAM_TOKEN)  # not started: PAM refuses connections
+    async with Simulator(state) as sim:
+        settings = sim_settings(sim, db_url, pam_url=pam.url)
+        async with Agent(settings, environ=ENV, journal_path=tmp_path / "j") as agent:
+            await until(lambda: _resolved(agent.store, "api:memory_high"))
+            assert pam.received == []
+            async with pam:
+                await until(lambda: _delivered(pam, 3))
+            (incident,) = await agent.store.list_incidents(kind="memory_high")
+            timeline = await agent.store.timeline(incident.incident_id)
+    texts = [m["message"] for m in pam.system_messages]
+    assert [t.split(" ", 1)[0] for t in texts] == ["⚠️", "🔧", "✅"]
+    assert len({m["metadata"]["dedupe_key"] for m in pam.system_messages}) == 3
+    assert all(n.status == "delivered" for n in timeline.notifications if n.channel == "pam")
+
+
+async def _delivered(pam: FakePam, count: int) -> bool:
+    return len(pam.system_messages) >= count
