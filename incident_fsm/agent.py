@@ -120,8 +120,6 @@ class Agent:
         environ: Mapping[str, str] | None = None,
         random: Callable[[], float] = _random.random,
         replica: str | None = None,
-        leader_ttl: float = 15.0,
-        leader_renew: float = 5.0,
         max_concurrent_incidents: int = 256,
     ) -> None:
         self.settings = settings
@@ -130,7 +128,8 @@ class Agent:
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0),
                                               follow_redirects=False)
-        self.store = store or JournalingStore(url, journal_path=journal_path or _journal_for(url))
+        self.store = store or JournalingStore(
+            url, journal_path=journal_path or settings.agent.journal_path or _journal_for(url))
         agent = settings.agent
         self.dispatcher: Dispatcher = dispatcher_from_settings(
             self.store, settings, clock=self.clock, http=self.http, environ=environ)
@@ -156,9 +155,10 @@ class Agent:
             limits=Limits.from_settings(agent), policy=settings.policy or None,
             verify_timeout=max(30.0, 3 * agent.fast_poll_interval))
         self.sweeper = DeadlineSweeper(engine=self.engine, store=self.store, clock=self.clock)
+        # Clocks of replicas must agree within the margin (NTP); see incident_fsm.leader.
         self.elector = None if database.is_sqlite(url) else LeaderElector(
-            self.store, clock=self.clock, holder=replica, ttl=leader_ttl,
-            renew_every=leader_renew)
+            self.store, clock=self.clock, holder=replica, ttl=agent.leader_ttl,
+            renew_every=agent.leader_renew, skew_margin=min(2.0, agent.leader_ttl / 4))
         self.replica = self.elector.holder if self.elector else f"{os.getpid()}"
         self.running = False
         self.started_at: datetime | None = None

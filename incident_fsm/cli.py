@@ -149,6 +149,68 @@ def db_current(database_url: str | None) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              envvar="INCIDENT_FSM_CONFIG", help="TOML configuration (env INCIDENT_FSM_CONFIG).")
+@database_url_option
+@click.option("--poll-interval", type=float, default=None, help="Seconds between checks.")
+@click.option("--fast-poll-interval", type=float, default=None,
+              help="Seconds between checks while something is suspect or open.")
+@click.option("--auto-remediation/--no-auto-remediation", default=None,
+              help="Act, or only record what would be done.")
+@click.option("--pam/--no-pam", "pam_integration", default=None, help="Deliver to PAM or not.")
+@click.option("--migrate/--no-migrate", default=None,
+              help="Apply database migrations first (default: yes for SQLite, no for Postgres).")
+def run(config_path: str | None, database_url: str | None, poll_interval: float | None,
+        fast_poll_interval: float | None, auto_remediation: bool | None,
+        pam_integration: bool | None, migrate: bool | None) -> None:
+    """Run the agent until SIGTERM or Ctrl-C (then stop cleanly and exit 0).
+
+    Example: incident-fsm run --config /etc/incident-fsm/agent.toml
+    """
+    from .config import load_settings
+
+    settings = load_settings(config_path, overrides={
+        "database_url": database_url, "poll_interval": poll_interval,
+        "fast_poll_interval": fast_poll_interval, "auto_remediation": auto_remediation,
+        "pam_integration": pam_integration})
+    url = database.resolve_url(settings.agent.database_url)
+    current, head = database.current_revision(url), database.head_revision()
+    if current != head:
+        if migrate if migrate is not None else database.is_sqlite(url):
+            database.upgrade(url)
+        else:
+            raise InvalidInput(f"database {database.redact(url)} is at revision "
+                               f"{current or 'empty'}, the agent needs {head}: "
+                               "run `incident-fsm db upgrade` (or pass --migrate)")
+    if not settings.targets:
+        click.echo("warning: no [[targets]] configured: nothing will be monitored", err=True)
+    anyio.run(_serve, settings)
+
+
+async def _serve(settings: Any) -> None:
+    """Run the agent; the first SIGTERM or SIGINT stops it cleanly."""
+    import signal
+
+    from loguru import logger
+
+    from .agent import Agent
+
+    agent = Agent(settings)
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for received in signals:
+                    logger.info("received {}: stopping", received.name)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(stop_on_signal)
+        await agent.run()
+        tg.cancel_scope.cancel()  # the agent returned by itself (disabled)
+
+
+@cli.command()
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "table"]), default="mermaid",
               show_default=True, help="Mermaid diagram, or the edge table as Markdown.")
 def graph(fmt: str) -> None:

@@ -151,6 +151,9 @@ def _check_agent(agent: AgentSettings, key: str) -> None:
     if agent.fast_poll_interval > agent.poll_interval:
         raise ConfigError(f"{key}.fast_poll_interval",
                           f"must not exceed poll_interval ({agent.poll_interval})")
+    if not 0 < agent.leader_renew < agent.leader_ttl / 2:
+        raise ConfigError(f"{key}.leader_renew",
+                          f"must be above 0 and below half of leader_ttl ({agent.leader_ttl})")
     for name in ("max_strikes", "action_budget", "flap_threshold"):
         if getattr(agent, name) < 1:
             raise ConfigError(f"{key}.{name}", "must be at least 1")

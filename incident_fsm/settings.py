@@ -108,6 +108,12 @@ class AgentSettings:
     #: flapping: this many reopenings inside the window pause automatic action
     flap_threshold: int = 3
     flap_window: float = 3600.0
+    #: Postgres only: the leader lease between replicas, and how often it is renewed
+    leader_ttl: float = 15.0
+    leader_renew: float = 5.0
+    #: where writes are journaled while the database is unreachable
+    #: (default: beside a SQLite file, else ./incident_fsm.journal)
+    journal_path: str | None = None
 
 
 @dataclass(frozen=True)
