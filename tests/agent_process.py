@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,7 +75,5 @@ def agent_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
 def kill_leftovers(marker: Path) -> None:
     """Orphans of a killed agent (its running command) are ended by the test."""
     for pid in executions(marker):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
