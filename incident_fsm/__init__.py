@@ -4,6 +4,7 @@ The public surface is re-exported here; everything else is internal.
 """
 
 from .actions import Action, ActionContext, Outcome, OutcomeStatus, Tier
+from .agent import Agent, lifespan
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
     ConcurrentUpdate,
@@ -34,6 +35,7 @@ __all__ = [
     "ActionContext",
     "ActionIntent",
     "ActionRun",
+    "Agent",
     "Clock",
     "ConcurrentUpdate",
     "Edge",
@@ -62,4 +64,5 @@ __all__ = [
     "Transition",
     "Trigger",
     "Verdict",
+    "lifespan",
 ]

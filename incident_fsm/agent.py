@@ -12,8 +12,11 @@ group:
   columns, so ones set before a crash still fire);
 - the **dispatcher** delivers the outbox;
 - with Postgres, a **leader lease** decides which replica does all of the
-  above; the others stand by and take over within `ttl + renew` seconds. With
-  SQLite the agent is one process and always acts;
+  above; the others stand by and take over within `ttl + renew` seconds. A
+  leader that cannot renew stops acting before anyone could take over, so
+  replicas are never both acting, at the price of pausing during a database
+  outage. With SQLite, or `leader_election = false` (exactly one agent on the
+  database), the agent always acts, through outages too, from its journal;
 - with a journaling store, a **replayer** writes back what was journaled
   while the database was away.
 
@@ -156,7 +159,8 @@ class Agent:
             verify_timeout=max(30.0, 3 * agent.fast_poll_interval))
         self.sweeper = DeadlineSweeper(engine=self.engine, store=self.store, clock=self.clock)
         # Clocks of replicas must agree within the margin (NTP); see incident_fsm.leader.
-        self.elector = None if database.is_sqlite(url) else LeaderElector(
+        elect = agent.leader_election and not database.is_sqlite(url)
+        self.elector = None if not elect else LeaderElector(
             self.store, clock=self.clock, holder=replica, ttl=agent.leader_ttl,
             renew_every=agent.leader_renew, skew_margin=min(2.0, agent.leader_ttl / 4))
         self.replica = self.elector.holder if self.elector else f"{os.getpid()}"

@@ -21,7 +21,10 @@ back to a local copy when the database is unreachable (`StoreUnavailable`):
 
 Not journaled: health-check rows (statistics only; they are dropped while
 offline and counted in `dropped_health_checks`), and reads other than the
-working set (history, statistics: they wait for the database). Outbox rows
+working set (history, statistics: they wait for the database). Offline, the
+remediator's queries answer from the local copy: no learned ranking (policy
+order decides), guardrail counts from the actions known locally, and a
+returning problem opens a new incident rather than reopening one. Outbox rows
 written offline are delivered after the replay. A replayed step that
 conflicts with a change someone else made meanwhile is not forced: it is
 logged at error level and kept in `<journal>.rejected` for a human.
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +54,7 @@ from .machine import (
     triggers_from,
 )
 from .models import ActionRun, HealthCheck, Incident, IncidentId, OutboxMessage
-from .store import Opened, Store, Timeline, strike_count_of
+from .store import ActionTally, Opened, Store, Timeline, strike_count_of
 
 
 class JournalingStore(Store):
@@ -133,6 +136,92 @@ class JournalingStore(Store):
             except StoreUnavailable:
                 pass
         return strike_count_of(self._runs.get(incident_id, {}).values())
+
+    # --- working-set queries of the remediator, supervisor and sweeper -------------
+    # Offline these answer from the local copy: degraded but safe answers (no
+    # learned ranking, guardrail counts from the actions known locally).
+
+    async def list_incidents(self, *, states: Iterable[str] = (), kind: str | None = None,
+                             target: str | None = None, since: datetime | None = None,
+                             until: datetime | None = None, limit: int = 100) -> list[Incident]:
+        wanted = tuple(states)
+        if not self.offline:
+            try:
+                return await super().list_incidents(states=wanted, kind=kind, target=target,
+                                                     since=since, until=until, limit=limit)
+            except StoreUnavailable:
+                pass
+        rows = [_copy(i) for i in self._incidents.values()
+                if (not wanted or i.state in wanted) and kind in (None, i.kind)
+                and target in (None, i.target) and (since is None or i.opened_at >= since)
+                and (until is None or i.opened_at < until)]
+        return sorted(rows, key=lambda i: i.opened_at, reverse=True)[:limit]
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[Incident]:
+        if not self.offline:
+            try:
+                return await super().overdue(now, limit=limit)
+            except StoreUnavailable:
+                pass
+        due = [_copy(i) for i in self._incidents.values()
+               if i.is_open and i.deadline_at is not None and i.deadline_at <= now]
+        return sorted(due, key=lambda i: i.deadline_at or now)[:limit]
+
+    async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
+        if incident_id > 0 and not self.offline:
+            try:
+                found = await super().attempts(incident_id)
+                if incident_id in self._incidents:
+                    self._runs[incident_id] = {r.id or 0: r for r in found}
+                return found
+            except StoreUnavailable:
+                pass
+        self._local(incident_id)
+        runs = sorted(self._runs.get(incident_id, {}).values(), key=lambda r: r.attempt)
+        return [ActionRun(**r.model_dump()) for r in runs]
+
+    async def action_record(self, kind: str) -> dict[str, ActionTally]:
+        if not self.offline:
+            try:
+                return await super().action_record(kind)
+            except StoreUnavailable:
+                pass
+        return {}  # no learned ranking while offline: policy order decides
+
+    async def count_actions(self, *, target: str, since: datetime) -> int:
+        if not self.offline:
+            try:
+                return await super().count_actions(target=target, since=since)
+            except StoreUnavailable:
+                pass
+        return sum(1 for iid, runs in self._runs.items()
+                   if iid in self._incidents and self._incidents[iid].target == target
+                   for r in runs.values() if not r.dry_run and r.started_at >= since)
+
+    async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int:
+        if not self.offline:
+            try:
+                return await super().count_reopenings(fingerprint=fingerprint, since=since)
+            except StoreUnavailable:
+                pass
+        return sum(i.flap_count for i in self._incidents.values()
+                   if i.fingerprint == fingerprint and i.updated_at >= since)
+
+    async def has_notifications(self, incident_id: IncidentId) -> bool:
+        if incident_id > 0 and not self.offline:
+            try:
+                return await super().has_notifications(incident_id)
+            except StoreUnavailable:
+                pass
+        return True  # unknown offline: rather one resolution notice too many than none
+
+    async def last_resolved(self, fingerprint: str) -> Incident | None:
+        if not self.offline:
+            try:
+                return await super().last_resolved(fingerprint)
+            except StoreUnavailable:
+                pass
+        return None  # offline a returning problem opens a new incident
 
     # --- writes -------------------------------------------------------------------
 

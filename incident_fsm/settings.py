@@ -108,6 +108,9 @@ class AgentSettings:
     #: flapping: this many reopenings inside the window pause automatic action
     flap_threshold: int = 3
     flap_window: float = 3600.0
+    #: Postgres only: elect one acting replica. Set false only when exactly one
+    #: agent uses the database; then it also keeps acting through a database outage.
+    leader_election: bool = True
     #: Postgres only: the leader lease between replicas, and how often it is renewed
     leader_ttl: float = 15.0
     leader_renew: float = 5.0

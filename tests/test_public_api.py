@@ -8,6 +8,7 @@ import sys
 import incident_fsm
 
 INTENDED = {
+    "Agent", "lifespan",
     "EDGES", "ActionIntent", "ActionRun", "Clock", "ConcurrentUpdate", "Edge", "GuardRejected",
     "Incident", "IncidentEngine", "IncidentFSMError", "IncidentId", "IncidentNotFound",
     "InvalidInput", "InvalidTransition", "MachinePolicy", "ManualClock", "Notification", "Opened",
@@ -25,11 +26,12 @@ def test_exported_names_are_exactly_the_intended_ones() -> None:
 
 
 def test_importing_the_library_leaves_cli_migration_and_diagram_code_out() -> None:
-    # transitions' own package init imports its pure-Python diagram module; the
-    # drawing backends (graphviz) and our CLI and migration stack must stay out.
+    # transitions' own package init imports its pure-Python diagram module, and
+    # httpx imports click whenever click is installed (its optional CLI); the
+    # drawing backends (graphviz), celery, and our CLI and migration stack must stay out.
     probe = (
         "import sys, incident_fsm; "
-        "print(','.join(m for m in ('alembic', 'click', 'graphviz', 'pygraphviz', "
+        "print(','.join(m for m in ('alembic', 'graphviz', 'pygraphviz', 'celery', "
         "'incident_fsm.cli') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
