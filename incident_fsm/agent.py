@@ -287,6 +287,10 @@ class Agent:
                     for incident in active:
                         if self._parked.get(incident.incident_id) != incident.version:
                             self._start_driver(incident.incident_id)
+                    # Forget incidents that left the active states (memory stays flat).
+                    still = {i.incident_id for i in active}
+                    for gone in set(self._parked) - still:
+                        del self._parked[gone]
                     await sleep_or_wake(self.clock, interval, wake)
             finally:
                 self._driver_group = None
