@@ -211,6 +211,46 @@ async def _serve(settings: Any) -> None:
 
 
 @cli.command()
+@database_url_option
+@click.option("--verbose", is_flag=True, help="Also show the agent's own log lines.")
+def demo(database_url: str | None, verbose: bool) -> None:
+    """Play the four PRD scenarios against the built-in simulator (SQLite, no setup needed).
+
+    Example: incident-fsm demo && incident-fsm incidents --database-url sqlite:///incident_fsm_demo.db
+    """
+    import tempfile
+    from pathlib import Path
+
+    from loguru import logger
+
+    from .demo import run_demo, summary_table
+
+    if database_url is None:
+        path = Path("incident_fsm_demo.db").resolve()
+        for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.journal")):
+            stale.unlink(missing_ok=True)  # the demo's own file: start fresh
+        database_url = f"sqlite:///{path}"
+    url = database.resolve_url(database_url)
+    database.upgrade(url)
+    if not verbose:
+        logger.remove()
+        logger.add(sys.stderr, level="ERROR")
+    click.echo(f"database: {database.redact(url)}")
+    with tempfile.TemporaryDirectory(prefix="incident-fsm-demo-") as workdir:
+        results = anyio.run(lambda: run_demo(url, workdir=Path(workdir), echo=click.echo))
+    click.echo("\n" + summary_table(results))
+    held = next((r for r in results if r.outcome.startswith("escalated")), None)
+    click.echo(f"\nexplore it:\n  export {database.ENV_DATABASE_URL}={database.redact(url)}\n"
+               "  incident-fsm incidents\n  incident-fsm show 1\n  incident-fsm stats\n"
+               "  incident-fsm graph")
+    if held is not None and held.incident_id is not None:
+        click.echo(f"  incident-fsm force {held.incident_id} approve --reason \"failover approved\""
+                   "   # the held failover")
+    if any(r.incident_id is None for r in results):
+        raise click.ClickException("a scenario did not finish in time (see above)")
+
+
+@cli.command()
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "table"]), default="mermaid",
               show_default=True, help="Mermaid diagram, or the edge table as Markdown.")
 def graph(fmt: str) -> None:
@@ -315,19 +355,27 @@ def stats(database_url: str | None, since: datetime | None, as_json: bool) -> No
 @click.option("--actor", default=None, help="Who (default: your OS user name).")
 @click.option("--action", "action_name", default=None,
               help="With approve: the action to run (default: the one that was held).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              envvar="INCIDENT_FSM_CONFIG",
+              help="The agent's TOML, so the step notifies its channels like any other.")
 @json_option
 def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
-          actor: str | None, action_name: str | None, as_json: bool) -> None:
+          actor: str | None, action_name: str | None, config_path: str | None,
+          as_json: bool) -> None:
     """Fire an operator transition, checked against the state graph and recorded with who and why.
 
     Example: incident-fsm force 3 approve --reason "failover approved by on-call" --actor alice
     """
     from .report import to_json
 
+    from .config import load_settings
+    from .outbox import policy_from_settings
+
     who = actor if actor is not None else getpass.getuser()
+    outbox = policy_from_settings(load_settings(config_path))
     incident = _with_store(database_url, lambda store: _force(
         store, incident_id=incident_id, trigger=trigger, reason=reason, actor=who,
-        action_name=action_name))
+        action_name=action_name, outbox=outbox))
     if as_json:
         click.echo(to_json(incident))
     else:
@@ -335,7 +383,7 @@ def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
 
 
 async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, actor: str,
-                 action_name: str | None) -> Any:
+                 action_name: str | None, outbox: Any) -> Any:
     from .clock import SystemClock
     from .machine import ActionIntent, IncidentEngine, Verdict, triggers_from
     from .models import IncidentId
@@ -358,7 +406,7 @@ async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, act
         intent = ActionIntent(name, str(tier), Verdict.APPROVED, f"approved by {actor}: {reason}")
     elif action_name is not None:
         raise InvalidInput("--action goes only with approve")
-    engine = IncidentEngine(store, clock=SystemClock())
+    engine = IncidentEngine(store, clock=SystemClock(), outbox=outbox)
     return await engine.fire(iid, trigger, actor=actor, reason=reason,
                              details={"forced": True}, intent=intent)
 

@@ -20,6 +20,9 @@ can be switched on per endpoint: `error` (200 with `"status": "ERROR"`),
 `500`, `garbage` (not JSON), `hang` (never answers), `close` (drops the
 connection). It is a minimal HTTP/1.1 server on asyncio streams: loopback
 only, one request per connection.
+
+`PamSimulator` is the PAM side: a WebSocket endpoint that behaves like the
+assistant's notification socket, for the demo and for delivery tests.
 """
 
 from __future__ import annotations
@@ -28,11 +31,18 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 MAX_REQUEST = 64 * 1024
 
@@ -45,7 +55,8 @@ class ServiceState:
     leaked_memory_pct: float = 0.0
     #: memory pressure that no restart clears (spread across instances when scaled)
     load_memory_pct: float = 40.0
-    cpu_pct: float = 12.5
+    #: cpu load; spread across instances when scaled
+    cpu_load_pct: float = 12.5
     #: bytes counted as used on the disk besides the directory's content
     disk_base_bytes: int = 0
     disk_capacity_bytes: int = 10 * 1024**3
@@ -64,6 +75,9 @@ class ServiceState:
 
     def memory_pct(self) -> float:
         return min(100.0, self.leaked_memory_pct + self.load_memory_pct / max(1, self.instances))
+
+    def cpu_pct(self) -> float:
+        return min(100.0, self.cpu_load_pct / max(1, self.instances))
 
     def disk_pct(self) -> float:
         used = self.disk_base_bytes + (_tree_bytes(self.disk_dir) if self.disk_dir else 0)
@@ -88,7 +102,7 @@ def _level(value: float, warning: float, critical: float) -> str | None:
 def resources_payload(state: ServiceState) -> dict[str, Any]:
     """`/health/resources` as the reference service builds it, quirks included."""
     stats = {"memory_pct": round(state.memory_pct(), 1), "disk_pct": round(state.disk_pct(), 1),
-             "cpu_pct": round(state.cpu_pct, 1)}
+             "cpu_pct": round(state.cpu_pct(), 1)}
     limits = {"memory": (65.0, 80.0), "disk": (75.0, 85.0), "cpu": (85.0, 95.0)}
     alerts = []
     for component, (warning, critical) in limits.items():
@@ -109,7 +123,7 @@ def resources_payload(state: ServiceState) -> dict[str, Any]:
 
 def system_payload(state: ServiceState) -> dict[str, Any]:
     """`/health/system`, in the current schema or the older `SUCCESS`/`data` one."""
-    memory, disk, cpu = state.memory_pct(), state.disk_pct(), state.cpu_pct
+    memory, disk, cpu = state.memory_pct(), state.disk_pct(), state.cpu_pct()
     if state.system_schema == "legacy":
         return {"status": "SUCCESS", "data": {"memory_percent": memory, "disk_percent": disk,
                                               "cpu_percent": cpu},
@@ -270,3 +284,125 @@ async def _read_request(
     length = min(int(headers.get("content-length", "0") or 0), MAX_REQUEST)
     body = await reader.readexactly(length) if length else b""
     return method, path, headers, body
+
+
+# --- PAM ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PamSimulator:
+    """A loopback WebSocket server that behaves like PAM's notification socket (REFERENCE.md).
+
+    It sends the `connection` message, pings every `ping_interval` seconds and
+    closes (1001) a client that has not answered with a pong within
+    `pong_timeout`, checks the token, and records what clients send. Knobs:
+    `mode = "refuse"` answers the handshake with HTTP 503, `mode = "auth"`
+    accepts and closes with 4001; `freeze()` stops reading the open connections
+    (frames pile up unread, pings go unanswered) and `kill_connections()` then
+    resets them; `stop()` / `start()` take the port down and up again.
+    """
+
+    def __init__(self, *, token: str, user_id: str = "ops", port: int | None = None,
+                 ping_interval: float = 0.2, pong_timeout: float = 0.5) -> None:
+        self.token = token
+        self.user_id = user_id
+        self.port = port or free_port()
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.mode = "up"
+        self.received: list[dict[str, Any]] = []
+        self.connections = 0
+        self.refused = 0
+        self.pings = 0
+        self.pongs = 0
+        self.closed_for_no_pong = 0
+        self.paths: list[str] = []
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def system_messages(self) -> list[dict[str, Any]]:
+        return [m for m in self.received if m.get("type") == "system_message"]
+
+    async def start(self) -> PamSimulator:
+        self._server = await serve(self._handle, "127.0.0.1", self.port,
+                                   process_request=self._process_request, ping_interval=None)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> PamSimulator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def freeze(self) -> None:
+        assert self._server is not None
+        for connection in self._server.connections:
+            connection.transport.pause_reading()
+
+    def kill_connections(self) -> None:
+        assert self._server is not None
+        for connection in self._server.connections:
+            connection.transport.abort()
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.mode == "refuse":
+            self.refused += 1
+            return Response(503, "Service Unavailable", Headers(), b"down\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        assert ws.request is not None
+        parts = urlsplit(ws.request.path)
+        self.paths.append(parts.path)
+        token = parse_qs(parts.query).get("token")
+        if (self.mode == "auth" or token != [self.token]
+                or parts.path != f"/api/v1/pam/ws/{self.user_id}"):
+            await ws.close(4001, "unauthorized")
+            return
+        await ws.send(json.dumps({"type": "connection", "status": "connected",
+                                  "user_id": self.user_id}))
+        pinger = asyncio.create_task(self._ping(ws))
+        try:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message.get("type") == "pong":
+                    self.pongs += 1
+                else:
+                    self.received.append(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+
+    async def _ping(self, ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(self.ping_interval)
+                before = self.pongs
+                self.pings += 1
+                await ws.send(json.dumps({"type": "ping"}))
+                await asyncio.sleep(self.pong_timeout)
+                if self.pongs == before:
+                    self.closed_for_no_pong += 1
+                    await ws.close(1001, "no pong")
+                    return

@@ -242,3 +242,16 @@ def test_bad_operator_input_exits_2_and_changes_nothing(
     assert message in result.output
     assert "Traceback" not in result.output
     assert _dump(db_url) == before
+
+
+def test_forced_approval_notifies_the_configured_channels(db_url: str, tmp_path: Path) -> None:
+    ids = _seed(db_url)
+    config = tmp_path / "agent.toml"
+    config.write_text("[channels.pam]\nurl = 'wss://pam.example'\nuser_id = 'ops'\n")
+    result = _run(db_url, "force", str(ids["b"]), "approve", "--reason", "go",
+                  "--actor", "alice", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    data = json.loads(_run(db_url, "show", str(ids["b"]), "--json").output)
+    approval = data["transitions"][-1]["seq"]
+    sent = {(n["channel"], n["transition_seq"]) for n in data["notifications"]}
+    assert {("pam", approval), ("log", approval)} <= sent
