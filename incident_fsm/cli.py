@@ -366,10 +366,9 @@ def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
 
     Example: incident-fsm force 3 approve --reason "failover approved by on-call" --actor alice
     """
-    from .report import to_json
-
     from .config import load_settings
     from .outbox import policy_from_settings
+    from .report import to_json
 
     who = actor if actor is not None else getpass.getuser()
     outbox = policy_from_settings(load_settings(config_path))
