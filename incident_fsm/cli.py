@@ -8,6 +8,7 @@ unreachable), 2 bad usage or bad input.
 from __future__ import annotations
 
 import getpass
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -253,14 +254,31 @@ def demo(database_url: str | None, verbose: bool) -> None:
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "table"]), default="mermaid",
               show_default=True, help="Mermaid diagram, or the edge table as Markdown.")
-def graph(fmt: str) -> None:
+@click.option("--incident", "incident_id", type=click.IntRange(min=1), default=None,
+              help="Highlight the states this incident went through.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write SVG or PNG (by the suffix) instead; needs Graphviz installed.")
+@database_url_option
+def graph(fmt: str, incident_id: int | None, output: str | None,
+          database_url: str | None) -> None:
     """Print the incident state graph, drawn from the machine's table.
 
-    Example: incident-fsm graph > states.mmd
+    Example: incident-fsm graph --incident 3 > incident-3.mmd
     """
-    from .machine import markdown_table, mermaid
+    from .machine import markdown_table, mermaid, render_image
+    from .models import IncidentId
 
-    click.echo(mermaid() if fmt == "mermaid" else markdown_table())
+    visited: list[str] = []
+    if incident_id is not None:
+        timeline = _with_store(database_url,
+                               lambda store: store.timeline(IncidentId(incident_id)))
+        visited = [t.dest for t in timeline.transitions]
+        click.echo(f"%% incident {incident_id}: " + " → ".join(visited))
+    if output is not None:
+        render_image(output, visited=visited)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(mermaid(visited=visited) if fmt == "mermaid" else markdown_table())
 
 
 @cli.command()
@@ -341,10 +359,20 @@ def stats(database_url: str | None, since: datetime | None, as_json: bool) -> No
 
     Example: incident-fsm stats --since 7d
     """
+    from .ranking import learned_rankings
     from .report import statistics_text, to_json
 
-    result = _with_store(database_url, lambda store: store.statistics(since=since))
-    click.echo(to_json(result) if as_json else statistics_text(result))
+    async def work(store: Any) -> Any:
+        result = await store.statistics(since=since)
+        return result, await learned_rankings(store, [k.kind for k in result.kinds])
+
+    result, rankings = _with_store(database_url, work)
+    if as_json:
+        data = json.loads(to_json(result))
+        data["ranking"] = {k: [r.as_dict() for r in ranked] for k, ranked in rankings.items()}
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        click.echo(statistics_text(result, rankings))
 
 
 @cli.command()

@@ -320,6 +320,33 @@ def mermaid(*, visited: Sequence[str] = ()) -> str:
     return text
 
 
+def render_image(path: str, *, visited: Sequence[str] = ()) -> None:
+    """Draw the graph to an SVG or PNG file with Graphviz (`dot` and its Python package)."""
+    import shutil
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in ("svg", "png"):
+        raise InvalidInput(f"--output must end in .svg or .png, not {path!r}")
+    from importlib.util import find_spec
+
+    if find_spec("graphviz") is None or shutil.which("dot") is None:
+        raise InvalidInput("SVG/PNG needs Graphviz (the `dot` program and the `graphviz` "
+                           "Python package); the Mermaid text (the default) needs neither")
+    from transitions.extensions.diagrams import GraphMachine
+
+    drawing = type("_Drawing", (), {name: (lambda self: True) for name in GUARDS})()
+    machine = GraphMachine(model=drawing, states=[s.value for s in State],
+                           transitions=transition_table(), initial=State.DETECTED.value,
+                           auto_transitions=False, graph_engine="graphviz",
+                           show_conditions=True, title="incident")
+    styles = machine.model_graphs[id(drawing)]
+    for state in dict.fromkeys(visited):
+        if state in set(State):
+            styles.set_node_style(state, "previous")
+    machine.get_graph().draw(path, format=suffix, prog="dot")
+
+
 # --- the engine ----------------------------------------------------------------
 
 

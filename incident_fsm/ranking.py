@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 class Tally(Protocol):
@@ -25,6 +28,7 @@ class Tally(Protocol):
 
     @property
     def failures(self) -> int: ...
+
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,21 @@ def rank(candidates: Sequence[str], record: Mapping[str, Tally], *,
         wins, losses = (tally.successes, tally.failures) if tally is not None else (0, 0)
         ranked.append(Ranked(name, score(wins, losses), wins, losses, position))
     return sorted(ranked, key=lambda r: (-r.score, r.policy_rank))
+
+
+async def learned_rankings(store: Store, kinds: Iterable[str], *,
+                           override: Mapping[str, Sequence[str]] | None = None,
+                           ) -> dict[str, list[Ranked]]:
+    """Per problem kind, the candidates as the agent would rank them now (for `stats`).
+
+    The candidates are the policy's list for the kind plus every action with
+    history for it; which of them a given target has is not considered here.
+    """
+    from .policy import DEFAULT_POLICY
+
+    result: dict[str, list[Ranked]] = {}
+    for kind in kinds:
+        record = await store.action_record(kind)
+        listed = (override or {}).get(kind) or DEFAULT_POLICY.get(kind, ())
+        result[kind] = rank([*listed, *sorted(record)], record)
+    return result

@@ -7,11 +7,12 @@ use them for its own admin pages.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from .models import ActionRun, Incident, Notification, Transition
+from .ranking import Ranked
 from .store import Statistics, Timeline
 
 
@@ -126,7 +127,8 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}s"
 
 
-def statistics_text(stats: Statistics) -> str:
+def statistics_text(stats: Statistics,
+                    rankings: Mapping[str, Sequence[Ranked]] | None = None) -> str:
     states = ", ".join(f"{k} {v}" for k, v in sorted(stats.states.items())) or "none"
     parts = [f"incidents by state: {states}", "", "per problem kind:"]
     parts.append(_table(
@@ -140,6 +142,12 @@ def statistics_text(stats: Statistics) -> str:
         [[a.kind, a.action, str(a.attempts), str(a.verified), str(a.failed),
           _pct(a.success_rate), str(a.dry_runs)] for a in stats.actions],
     ) if stats.actions else "  none")
+    if rankings:
+        parts += ["", "learned ranking (the order the agent would try them now, best first):"]
+        for kind, ranked in sorted(rankings.items()):
+            order = ", ".join(f"{r.action} {r.score:.2f} ({r.successes}✓ {r.failures}✗)"
+                              for r in ranked) or "no candidates"
+            parts.append(f"  {kind}: {order}")
     parts += ["", "notifications:"]
     parts.append(_table(
         ["CHANNEL", "DELIVERED", "PENDING", "DEAD", "SKIPPED", "DELIVERY RATE"],

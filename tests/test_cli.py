@@ -255,3 +255,38 @@ def test_forced_approval_notifies_the_configured_channels(db_url: str, tmp_path:
     approval = data["transitions"][-1]["seq"]
     sent = {(n["channel"], n["transition_seq"]) for n in data["notifications"]}
     assert {("pam", approval), ("log", approval)} <= sent
+
+
+def test_graph_highlights_one_incidents_path(db_url: str) -> None:
+    ids = _seed(db_url)
+    result = _run(db_url, "graph", "--incident", str(ids["a"]))
+    assert result.exit_code == 0, result.output
+    assert "%% incident 1: detected → remediating → verifying → resolved" in result.output
+    assert "class detected,remediating,verifying,resolved visited" in result.output
+    assert _run(db_url, "graph", "--incident", "999").exit_code == 2
+
+
+def test_graph_to_an_image_file(tmp_path: Path) -> None:
+    import shutil
+    from importlib.util import find_spec
+
+    bad = CliRunner().invoke(cli.cli, ["graph", "--output", str(tmp_path / "g.gif")])
+    assert bad.exit_code == 2 and "must end in .svg or .png" in bad.output
+    result = CliRunner().invoke(cli.cli, ["graph", "--output", str(tmp_path / "g.svg")])
+    if find_spec("graphviz") is None or shutil.which("dot") is None:
+        assert result.exit_code == 2 and "needs Graphviz" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    svg = (tmp_path / "g.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "still_failing" in svg
+
+
+def test_stats_shows_the_learned_ranking(db_url: str) -> None:
+    _seed(db_url)
+    text = _run(db_url, "stats").output
+    assert "learned ranking" in text
+    assert "disk_high: disk_cleanup 0.67 (1✓ 0✗)" in text
+    data = json.loads(_run(db_url, "stats", "--json").output)
+    memory = [r["action"] for r in data["ranking"]["memory_high"]]
+    # failover has no record (held, never run): policy order for memory_high, then history.
+    assert memory[:3] == ["restart_celery_workers", "render_restart", "render_scale"]
