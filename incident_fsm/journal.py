@@ -32,13 +32,14 @@ logged at error level and kept in `<journal>.rejected` for a human.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import anyio
 from loguru import logger
@@ -55,6 +56,17 @@ from .machine import (
 )
 from .models import ActionRun, HealthCheck, Incident, IncidentId, OutboxMessage
 from .store import ActionTally, Opened, Store, Timeline, strike_count_of
+
+T = TypeVar("T")
+
+
+class _Offline(enum.Enum):
+    """The marker `_try_online` returns when the answer must come from the local copy."""
+
+    LOCAL = "local"
+
+
+LOCAL: Final = _Offline.LOCAL
 
 
 class JournalingStore(Store):
@@ -79,6 +91,17 @@ class JournalingStore(Store):
     def offline(self) -> bool:
         """True while journal entries wait to be replayed (then every call stays local)."""
         return self._pending
+
+    async def _try_online(self, call: Callable[[], Awaitable[T]], *,
+                          local_id: int | None = None) -> T | _Offline:
+        """The database's answer, or LOCAL when offline (journal pending, database away, or
+        `local_id` is a provisional id the database does not know)."""
+        if self.offline or (local_id is not None and local_id < 0):
+            return LOCAL
+        try:
+            return await call()
+        except StoreUnavailable:
+            return LOCAL
 
     def _remember(self, incident: Incident, runs: Sequence[ActionRun] | None = None) -> Incident:
         self._incidents[incident.incident_id] = incident
@@ -109,11 +132,9 @@ class JournalingStore(Store):
             return _copy(self._local(incident_id))
 
     async def find_open(self, fingerprint: str) -> Incident | None:
-        if not self.offline:
-            try:
-                return await super().find_open(fingerprint)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(lambda: super(JournalingStore, self).find_open(fingerprint))
+        if found is not LOCAL:
+            return found
         return next((_copy(i) for i in self._incidents.values()
                      if i.fingerprint == fingerprint and i.is_open), None)
 
@@ -130,11 +151,10 @@ class JournalingStore(Store):
         return Timeline(_copy(incident), [], [ActionRun(**r.model_dump()) for r in runs], [])
 
     async def count_strikes(self, incident_id: IncidentId) -> int:
-        if incident_id > 0 and not self.offline:
-            try:
-                return await super().count_strikes(incident_id)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(
+            lambda: super(JournalingStore, self).count_strikes(incident_id), local_id=incident_id)
+        if found is not LOCAL:
+            return found
         return strike_count_of(self._runs.get(incident_id, {}).values())
 
     # --- working-set queries of the remediator, supervisor and sweeper -------------
@@ -145,12 +165,10 @@ class JournalingStore(Store):
                              target: str | None = None, since: datetime | None = None,
                              until: datetime | None = None, limit: int = 100) -> list[Incident]:
         wanted = tuple(states)
-        if not self.offline:
-            try:
-                return await super().list_incidents(states=wanted, kind=kind, target=target,
-                                                     since=since, until=until, limit=limit)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(lambda: super(JournalingStore, self).list_incidents(
+            states=wanted, kind=kind, target=target, since=since, until=until, limit=limit))
+        if found is not LOCAL:
+            return found
         rows = [_copy(i) for i in self._incidents.values()
                 if (not wanted or i.state in wanted) and kind in (None, i.kind)
                 and target in (None, i.target) and (since is None or i.opened_at >= since)
@@ -158,69 +176,61 @@ class JournalingStore(Store):
         return sorted(rows, key=lambda i: i.opened_at, reverse=True)[:limit]
 
     async def overdue(self, now: datetime, *, limit: int = 100) -> list[Incident]:
-        if not self.offline:
-            try:
-                return await super().overdue(now, limit=limit)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(
+            lambda: super(JournalingStore, self).overdue(now, limit=limit))
+        if found is not LOCAL:
+            return found
         due = [_copy(i) for i in self._incidents.values()
                if i.is_open and i.deadline_at is not None and i.deadline_at <= now]
         return sorted(due, key=lambda i: i.deadline_at or now)[:limit]
 
     async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
-        if incident_id > 0 and not self.offline:
-            try:
-                found = await super().attempts(incident_id)
-                if incident_id in self._incidents:
-                    self._runs[incident_id] = {r.id or 0: r for r in found}
-                return found
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(
+            lambda: super(JournalingStore, self).attempts(incident_id), local_id=incident_id)
+        if found is not LOCAL:
+            if incident_id in self._incidents:
+                self._runs[incident_id] = {r.id or 0: r for r in found}
+            return found
         self._local(incident_id)
         runs = sorted(self._runs.get(incident_id, {}).values(), key=lambda r: r.attempt)
         return [ActionRun(**r.model_dump()) for r in runs]
 
     async def action_record(self, kind: str) -> dict[str, ActionTally]:
-        if not self.offline:
-            try:
-                return await super().action_record(kind)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(lambda: super(JournalingStore, self).action_record(kind))
+        if found is not LOCAL:
+            return found
         return {}  # no learned ranking while offline: policy order decides
 
     async def count_actions(self, *, target: str, since: datetime) -> int:
-        if not self.offline:
-            try:
-                return await super().count_actions(target=target, since=since)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(
+            lambda: super(JournalingStore, self).count_actions(target=target, since=since))
+        if found is not LOCAL:
+            return found
         return sum(1 for iid, runs in self._runs.items()
                    if iid in self._incidents and self._incidents[iid].target == target
                    for r in runs.values() if not r.dry_run and r.started_at >= since)
 
     async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int:
-        if not self.offline:
-            try:
-                return await super().count_reopenings(fingerprint=fingerprint, since=since)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(lambda: super(JournalingStore, self).count_reopenings(
+            fingerprint=fingerprint, since=since))
+        if found is not LOCAL:
+            return found
         return sum(i.flap_count for i in self._incidents.values()
                    if i.fingerprint == fingerprint and i.updated_at >= since)
 
     async def has_notifications(self, incident_id: IncidentId) -> bool:
-        if incident_id > 0 and not self.offline:
-            try:
-                return await super().has_notifications(incident_id)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(
+            lambda: super(JournalingStore, self).has_notifications(incident_id),
+            local_id=incident_id)
+        if found is not LOCAL:
+            return found
         return True  # unknown offline: rather one resolution notice too many than none
 
     async def last_resolved(self, fingerprint: str) -> Incident | None:
-        if not self.offline:
-            try:
-                return await super().last_resolved(fingerprint)
-            except StoreUnavailable:
-                pass
+        found = await self._try_online(
+            lambda: super(JournalingStore, self).last_resolved(fingerprint))
+        if found is not LOCAL:
+            return found
         return None  # offline a returning problem opens a new incident
 
     # --- writes -------------------------------------------------------------------
@@ -301,11 +311,10 @@ class JournalingStore(Store):
             lambda: super(JournalingStore, self).judge_action(run_id, verified=verified))
 
     async def claim_attempt(self, run_id: int, *, at: datetime) -> bool:
-        if run_id > 0 and not self.offline:
-            try:
-                return await super().claim_attempt(run_id, at=at)
-            except StoreUnavailable:
-                pass
+        claimed = await self._try_online(
+            lambda: super(JournalingStore, self).claim_attempt(run_id, at=at), local_id=run_id)
+        if claimed is not LOCAL:
+            return claimed
         async with self._lock:
             run = self._find_run(run_id)
             if run is None:
@@ -321,11 +330,11 @@ class JournalingStore(Store):
 
     async def record_action(self, incident_id: IncidentId, intent: ActionIntent,
                             *, at: datetime) -> ActionRun:
-        if incident_id > 0 and not self.offline:
-            try:
-                return await super().record_action(incident_id, intent, at=at)
-            except StoreUnavailable:
-                pass
+        recorded = await self._try_online(
+            lambda: super(JournalingStore, self).record_action(incident_id, intent, at=at),
+            local_id=incident_id)
+        if recorded is not LOCAL:
+            return recorded
         async with self._lock:
             self._local(incident_id)
             run_id = self._take_provisional()
@@ -563,13 +572,10 @@ class JournalingStore(Store):
             raise InvalidInput("a transition needs an actor and a reason")
 
     async def _update_run_offline(self, run_id: int, op: str, args: Mapping[str, Any],
-                                  online: Any) -> ActionRun:
-        if run_id > 0 and not self.offline:
-            try:
-                result: ActionRun = await online()
-                return result
-            except StoreUnavailable:
-                pass
+                                  online: Callable[[], Awaitable[ActionRun]]) -> ActionRun:
+        result = await self._try_online(online, local_id=run_id)
+        if result is not LOCAL:
+            return result
         async with self._lock:
             run = self._find_run(run_id)
             if run is None:
