@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random as _random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -230,7 +230,8 @@ class Agent:
                 if self.elector is not None:
                     await tg.start(self.elector.run)
                 if isinstance(self.store, JournalingStore):
-                    tg.start_soon(self._replay_journal, name="agent:journal")
+                    tg.start_soon(self._keep_running, "journal", self._replay_journal,
+                                  name="agent:journal")
                 tg.start_soon(self._lead, name="agent:lead")
                 task_status.started()
         finally:
@@ -250,13 +251,31 @@ class Agent:
         while True:
             await self._until_leader()
             async with anyio.create_task_group() as acting:
-                acting.start_soon(self.monitor.run, name="agent:monitor")
-                acting.start_soon(self.dispatcher.run, name="agent:dispatcher")
-                acting.start_soon(self._sweep, name="agent:sweeper")
-                acting.start_soon(self._supervise, name="agent:supervisor")
+                for name, part in (("monitor", self.monitor.run),
+                                   ("dispatcher", self.dispatcher.run),
+                                   ("sweeper", self._sweep),
+                                   ("supervisor", self._supervise)):
+                    acting.start_soon(self._keep_running, name, part, name=f"agent:{name}")
                 await self._while_leader()
                 logger.warning("leadership lost: this replica stops acting")
                 acting.cancel_scope.cancel()
+
+    async def _keep_running(self, name: str, part: Callable[[], Awaitable[None]]) -> None:
+        """Run one part; if it fails, log it and start it again after a growing pause.
+
+        A bug in one part must not stop the others (nor a host app embedding
+        us); the pause (1 s doubling to 60 s) keeps a persistent failure from
+        spinning. Cancellation is never caught here.
+        """
+        pause = 1.0
+        while True:
+            try:
+                await part()
+                return
+            except Exception:
+                logger.exception("agent {} failed; restarting it in {:g} s", name, pause)
+            await self.clock.sleep(pause)
+            pause = min(60.0, pause * 2)
 
     async def _until_leader(self) -> None:
         while self.elector is not None and not self.elector.is_leader:

@@ -87,3 +87,23 @@ async def test_pam_down_the_agent_works_on_and_delivers_later(db_url: str,
 
 async def _delivered(pam: FakePam, count: int) -> bool:
     return len(pam.system_messages) >= count
+
+
+async def test_a_failing_part_is_restarted_and_the_rest_keeps_working(
+    db_url: str, tmp_path: Path
+) -> None:
+    state = ServiceState()
+    async with Simulator(state) as sim:
+        agent = Agent(sim_settings(sim, db_url), environ=ENV, journal_path=tmp_path / "j")
+        calls = {"n": 0}
+
+        async def broken_sweep() -> None:
+            calls["n"] += 1
+            raise RuntimeError("a bug in the sweeper")
+
+        agent._sweep = broken_sweep  # type: ignore[method-assign]
+        async with agent:
+            state.leaked_memory_pct = 50.0
+            await until(lambda: _resolved(agent.store, "api:memory_high"))
+            assert agent.running
+        assert calls["n"] >= 1
