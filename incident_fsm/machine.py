@@ -154,10 +154,17 @@ def within_reopen_window(ctx: GuardContext) -> bool:
     return ctx.now - resolved_at <= timedelta(seconds=ctx.policy.reopen_window)
 
 
+def deadline_passed(ctx: GuardContext) -> bool:
+    """The incident's current deadline is behind us (checked on the persisted copy)."""
+    deadline = ctx.incident.deadline_at
+    return deadline is not None and ctx.now >= deadline
+
+
 GUARDS: Final[Mapping[str, Callable[[GuardContext], bool]]] = {
     "strikes_left": strikes_left,
     "action_permitted": action_permitted,
     "within_reopen_window": within_reopen_window,
+    "deadline_passed": deadline_passed,
 }
 
 
@@ -203,8 +210,8 @@ EDGES: Final[tuple[Edge, ...]] = (
          "strikes exhausted or nothing left to try: the three-strike rule"),
     Edge(Trigger.RECOVERED, (_D, _E), _RS, (),
          "the problem cleared by itself, or after humans acted"),
-    Edge(Trigger.TIMEOUT, (_D, _RM, _V), _E, (),
-         "the state's deadline passed"),
+    Edge(Trigger.TIMEOUT, (_D, _RM, _V), _E, ("deadline_passed",),
+         "the state's deadline passed (checked again on the incident as it is now)"),
     Edge(Trigger.APPROVE, (_E,), _RM, ("action_permitted",),
          "an operator approves a held or new action", operator=True),
     Edge(Trigger.RESOLVE, (_D, _RM, _V, _E), _RS, (),
@@ -379,6 +386,9 @@ class _Model:
 
     def within_reopen_window(self, _event: EventData) -> bool:
         return within_reopen_window(self.ctx)
+
+    def deadline_passed(self, _event: EventData) -> bool:
+        return deadline_passed(self.ctx)
 
 
 def _unbound(*_args: Any, **_kwargs: Any) -> Any:

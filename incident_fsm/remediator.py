@@ -204,6 +204,9 @@ class Remediator:
         if run is None or run.finished_at is not None:
             return await self._resume(incident)
         now = self._clock.now()
+        incident = await self._store.get_incident(incident.incident_id)
+        if incident.state != State.REMEDIATING:
+            return incident  # escalated or resolved meanwhile: not ours to run any more
         if run.id is None or not await self._store.claim_attempt(run.id, at=now):
             # Someone (maybe us, before a crash) already started it: never run it twice.
             return await self._resume(incident)

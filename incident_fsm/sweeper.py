@@ -66,8 +66,8 @@ class DeadlineSweeper:
             logger.bind(incident_id=incident_id).info("sweeper left incident {} alone: {}",
                                                       incident_id, exc)
             return None
-        if state is State.REMEDIATING:
-            await self._close_attempt(incident_id, now)
+        # Whatever state the timeout fired from, an attempt still open is now late.
+        await self._close_attempt(incident_id, now)
         logger.bind(incident_id=incident_id, state=escalated.state,
                     target=escalated.target).warning(
             "❌ Failed to finish incident {} in time: {}", incident_id, _WHAT_WAS_LATE[state])

@@ -295,6 +295,27 @@ class _LoadBarrierStore(Store):
         return incident
 
 
+async def test_a_stale_timeout_cannot_escalate_a_state_whose_deadline_is_ahead(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+    clock.advance(121)  # the detect deadline has passed: a sweeper reads it overdue...
+    overdue = await store.overdue(clock.now())
+    assert [i.id for i in overdue] == [incident.id]
+    # ...but the driver fires remediate first, which sets a new deadline.
+    await engine.fire(incident.incident_id, "remediate", actor="agent", reason="go",
+                      intent=CLEANUP)
+    before = await _snapshot(store, incident.incident_id)
+    with pytest.raises(GuardRejected, match="deadline_passed"):
+        await engine.fire(incident.incident_id, "timeout", actor="sweeper",
+                          reason="deadline passed in detected")
+    assert _same(before, await _snapshot(store, incident.incident_id))
+    clock.advance(301)
+    moved = await engine.fire(incident.incident_id, "timeout", actor="sweeper",
+                              reason="the action did not finish in time")
+    assert moved.state == "escalated"
+
+
 async def test_concurrent_fires_one_wins_one_conflicts(
     store: Store, engine: IncidentEngine, db_url: str, clock: ManualClock
 ) -> None:
