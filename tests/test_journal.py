@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -13,7 +16,7 @@ from incident_fsm.clock import ManualClock
 from incident_fsm.errors import ConcurrentUpdate, StoreUnavailable
 from incident_fsm.journal import JournalingStore
 from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
-from incident_fsm.models import IncidentId
+from incident_fsm.models import ActionRun, IncidentId
 from incident_fsm.store import Store
 
 from .tcp_proxy import TcpProxy
@@ -141,4 +144,144 @@ async def test_journal_survives_a_torn_last_line(
     proxy.restore()
     assert await store.replay() == 1
     assert [i.fingerprint for i in await store.list_incidents()] == ["api:disk_high"]
+    await store.close()
+
+
+async def test_a_conflicting_step_is_rejected_and_the_replay_goes_on(
+    proxied_url: str, postgres_url: str, proxy: TcpProxy, clock: ManualClock, tmp_path: Path
+) -> None:
+    journal = tmp_path / "agent.journal"
+    store = JournalingStore(proxied_url, journal_path=journal, call_timeout=2)
+    engine = IncidentEngine(store, clock=clock)
+    iid = (await engine.open(target="api", kind="memory_high", severity="critical",
+                             reason="memory 91%")).incident.incident_id
+    proxy.cut()
+    await engine.fire(iid, "remediate", actor="agent", reason="restart", intent=RESTART)
+    run = (await store.timeline(iid)).actions[-1]
+    assert await store.claim_attempt(run.id or 0, at=clock.now())
+    await store.finish_action(run.id or 0, outcome="ok", finished_at=clock.advance(5))
+    later = (await engine.open(target="worker", kind="disk_high", severity="critical",
+                               reason="disk 95%")).incident
+    async with Store(postgres_url) as direct:  # an operator, who can reach it, takes over
+        await IncidentEngine(direct, clock=clock).fire(iid, "escalate", actor="alice",
+                                                       reason="mine")
+    proxy.restore()
+    await store.replay()  # does not raise, does not loop
+    assert not store.offline and not journal.exists()
+    rejected = [json.loads(line)["entry"]["op"]
+                for line in (await anyio.Path(f"{journal}.rejected").read_text()).splitlines()]
+    assert rejected == ["step", "claim", "finish"]  # the step, and what depended on it
+    async with Store(postgres_url) as direct:
+        timeline = await direct.timeline(iid)
+        assert [t.trigger for t in timeline.transitions] == ["open", "escalate"]
+        assert timeline.actions == []
+        (other,) = await direct.list_incidents(target="worker")  # the rest was replayed
+        assert other.id == store.real_id(later.incident_id) and other.id is not None
+    await store.close()
+
+
+async def test_replaying_twice_never_duplicates_an_incident_resolved_offline(
+    proxied_url: str, postgres_url: str, proxy: TcpProxy, clock: ManualClock, tmp_path: Path
+) -> None:
+    journal = tmp_path / "agent.journal"
+    store = JournalingStore(proxied_url, journal_path=journal, call_timeout=2)
+    engine = IncidentEngine(store, clock=clock)
+    proxy.cut()
+    opened = (await engine.open(target="w", kind="disk_high", severity="critical",
+                                reason="disk 95%")).incident
+    await engine.fire(opened.incident_id, "hold", actor="agent", reason="nothing to run")
+    clock.advance(30)
+    await engine.fire(opened.incident_id, "recovered", actor="agent", reason="cleared")
+    proxy.restore()
+    saved = journal.read_text()
+    await store.replay()
+    await store.close()
+    journal.write_text(saved)  # a crash after the last entry, before the journal was removed
+    again = JournalingStore(proxied_url, journal_path=journal)
+    await again.replay()
+    await again.close()
+    async with Store(postgres_url) as direct:
+        (incident,) = await direct.list_incidents(target="w")
+        assert [t.trigger for t in (await direct.timeline(incident.incident_id)).transitions] == [
+            "open", "hold", "recovered"]
+
+
+async def test_a_provisional_id_keeps_working_after_the_replay(
+    proxied_url: str, postgres_url: str, proxy: TcpProxy, clock: ManualClock, tmp_path: Path
+) -> None:
+    store = JournalingStore(proxied_url, journal_path=tmp_path / "agent.journal",
+                            call_timeout=2)
+    engine = IncidentEngine(store, clock=clock)
+    proxy.cut()
+    provisional = (await engine.open(target="api", kind="memory_high", severity="critical",
+                                     reason="memory 91%")).incident.incident_id
+    await engine.fire(provisional, "remediate", actor="agent", reason="go", intent=RESTART)
+    (run,) = (await store.timeline(provisional)).actions
+    assert run.id is not None and run.id < 0
+    assert await store.claim_attempt(run.id, at=clock.now())
+    proxy.restore()
+    await store.replay()
+    # The action that started offline finishes now: its provisional ids still work.
+    await store.finish_action(run.id, outcome="ok", finished_at=clock.advance(5))
+    moved = await engine.fire(provisional, "action_finished", actor="agent", reason="done")
+    assert moved.incident_id == store.real_id(provisional) > 0
+    async with Store(postgres_url) as direct:
+        (real_run,) = (await direct.timeline(moved.incident_id)).actions
+        assert (real_run.outcome, real_run.executing_at is not None) == ("ok", True)
+    await store.close()
+
+
+class _BlinkingStore(JournalingStore):
+    """Reading attempts fails twice right after the first one (a connection reset)."""
+
+    calls = 0
+
+    async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
+        self.calls += 1
+        if self.calls in (2, 3):
+            raise StoreUnavailable("database unavailable (OperationalError); nothing was written")
+        return await super().attempts(incident_id)
+
+
+async def test_a_blip_never_turns_a_chosen_action_into_a_silent_strike(
+    db_url: str, tmp_path: Path
+) -> None:
+    from incident_fsm.actions.base import Outcome
+    from incident_fsm.clock import SystemClock
+    from incident_fsm.machine import MachinePolicy
+    from incident_fsm.remediator import Remediator, Verification
+
+    ran: list[str] = []
+
+    class Cleanup:
+        name, kinds, tier, timeout = "disk_cleanup", ("disk_high",), "safe", 5.0
+
+        async def run(self, ctx: object) -> Outcome:
+            ran.append("cleanup")
+            return Outcome.ok("freed 1 GB")
+
+    class Catalog:
+        def for_target(self, target: str) -> dict[str, object]:
+            return {"disk_cleanup": Cleanup()}
+
+    class Verifier:
+        async def verify(self, incident: object) -> Verification:
+            return Verification(True, "disk 40%")
+
+    store = _BlinkingStore(db_url, journal_path=tmp_path / "agent.journal")
+    clock = SystemClock()
+    engine = IncidentEngine(store, clock=clock, policy=MachinePolicy(verify_window=0.1))
+    rem = Remediator(engine=engine, store=store, clock=clock, actions=Catalog(),  # type: ignore[arg-type]
+                     verifier=Verifier())
+    iid = (await engine.open(target="api", kind="disk_high", severity="critical",
+                             reason="disk 90%")).incident.incident_id
+    with anyio.fail_after(20):
+        for _ in range(5):  # the agent re-drives at its next scan
+            with contextlib.suppress(StoreUnavailable):
+                if (await rem.drive(iid)).state == "resolved":
+                    break
+    timeline = await store.timeline(iid)
+    assert ran == ["cleanup"]  # it ran, once
+    assert [(r.outcome, r.verified) for r in timeline.actions] == [("ok", True)]
+    assert timeline.incident.state == "resolved" and timeline.incident.strikes == 0
     await store.close()
