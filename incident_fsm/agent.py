@@ -228,7 +228,8 @@ class Agent:
         try:
             async with anyio.create_task_group() as tg:
                 if self.elector is not None:
-                    await tg.start(self.elector.run)
+                    # Not awaited: a silent database must not hold up the host's start-up.
+                    tg.start_soon(self.elector.run, name="agent:lease")
                 if isinstance(self.store, JournalingStore):
                     tg.start_soon(self._keep_running, "journal", self._replay_journal,
                                   name="agent:journal")
@@ -315,7 +316,11 @@ class Agent:
                 self._driver_group = None
 
     def _start_driver(self, incident_id: int) -> None:
-        if incident_id in self._drivers or self._driver_group is None:
+        # A driver that began under a provisional id (store outage) is the same driver
+        # once the journal is replayed: compare by the id the database knows.
+        real = getattr(self.store, "real_id", lambda i: i)
+        incident_id = real(incident_id)
+        if self._driver_group is None or incident_id in {real(d) for d in self._drivers}:
             return
         self._drivers.add(incident_id)
         self._driver_group.start_soon(self._drive, incident_id, name=f"incident:{incident_id}")
@@ -324,8 +329,9 @@ class Agent:
         try:
             async with self._limit:
                 incident = await self.remediator.drive(IncidentId(incident_id))
-            if incident.state in ACTIVE:
+            if incident.state == "detected":
                 # Waiting on the world (monitor-only, a held action): drive again on change.
+                # Never park remediating/verifying: those must always have a driver.
                 self._parked[incident_id] = incident.version
             else:
                 self._parked.pop(incident_id, None)

@@ -185,7 +185,16 @@ def run(config_path: str | None, database_url: str | None, poll_interval: float 
                                "run `incident-fsm db upgrade` (or pass --migrate)")
     if not settings.targets:
         click.echo("warning: no [[targets]] configured: nothing will be monitored", err=True)
+    _quiet_tracebacks()
     anyio.run(_serve, settings)
+
+
+def _quiet_tracebacks(level: str = "INFO") -> None:
+    """loguru's default prints local variables in tracebacks, which can hold secrets."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=level, diagnose=False, backtrace=False)
 
 
 async def _serve(settings: Any) -> None:
@@ -222,8 +231,6 @@ def demo(database_url: str | None, verbose: bool) -> None:
     import tempfile
     from pathlib import Path
 
-    from loguru import logger
-
     from .demo import run_demo, summary_table
 
     if database_url is None:
@@ -233,9 +240,7 @@ def demo(database_url: str | None, verbose: bool) -> None:
         database_url = f"sqlite:///{path}"
     url = database.resolve_url(database_url)
     database.upgrade(url)
-    if not verbose:
-        logger.remove()
-        logger.add(sys.stderr, level="ERROR")
+    _quiet_tracebacks("INFO" if verbose else "ERROR")
     click.echo(f"database: {database.redact(url)}")
     with tempfile.TemporaryDirectory(prefix="incident-fsm-demo-") as workdir:
         results = anyio.run(lambda: run_demo(url, workdir=Path(workdir), echo=click.echo))

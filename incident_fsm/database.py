@@ -86,6 +86,10 @@ def create_engine(url: str) -> Engine:
         pool_timeout=STATEMENT_TIMEOUT,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT,
+            # A dead peer on a silent network is noticed in about 25 s, so an
+            # abandoned call (see Store.call_timeout) gives its connection back.
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+            "keepalives_count": 3,
             # Lock waits count towards this too, so no write can hang forever.
             "options": f"-c statement_timeout={STATEMENT_TIMEOUT * 1000}",
         },

@@ -83,9 +83,15 @@ class RedisCheck:
         from redis.exceptions import RedisError
 
         started = anyio.current_time()
-        client = Redis.from_url(url, socket_timeout=self.timeout,
-                                socket_connect_timeout=self.timeout,
-                                retry=Retry(NoBackoff(), 0))
+        try:
+            client = Redis.from_url(url, socket_timeout=self.timeout,
+                                    socket_connect_timeout=self.timeout,
+                                    retry=Retry(NoBackoff(), 0))
+        except (ValueError, RedisError) as exc:
+            # The message may quote the URL, password included: say only what kind of error.
+            return DependencyStatus(self.name, "unknown",
+                                    f"env {self.url_env} is not a usable Redis URL "
+                                    f"({type(exc).__name__})", ms_since(started))
         try:
             with anyio.fail_after(self.timeout):
                 answer = await client.ping()

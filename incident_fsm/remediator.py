@@ -283,7 +283,12 @@ class Remediator:
         stopped while it ran, so it is marked interrupted and not run again.
         """
         run = _last_real(await self._store.attempts(incident.incident_id))
-        if run is not None and run.finished_at is None and run.executing_at is None:
+        if run is None:
+            # Remediating without any attempt on record: never judge what we cannot see.
+            _log(incident).warning("incident {} is remediating with no attempt on record; "
+                                   "leaving it to the deadline", incident.incident_id)
+            return incident
+        if run.finished_at is None and run.executing_at is None:
             return await self._attempt(incident)
         reason = "resuming: the attempt had finished"
         if run is not None and run.finished_at is None:

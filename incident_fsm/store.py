@@ -240,6 +240,9 @@ class Store:
             return fn(*args, **kwargs)
         except IntegrityError:
             raise
+        except sa.exc.TimeoutError:
+            # The connection pool had nothing to give within its timeout.
+            raise StoreUnavailable("database connections exhausted; nothing was written") from None
         except DBAPIError as exc:
             # Only the driver's class name: its text can carry SQL and parameters.
             if exc.connection_invalidated or _is_unavailable(exc):
