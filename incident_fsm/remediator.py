@@ -247,7 +247,8 @@ class Remediator:
             return Outcome.failed(f"{name} is not available for {ctx.incident.target}")
         # The grace lets an action that watches its own limit (all of ours do) report the
         # timeout itself, with its evidence; the cut-off here is for those that hang.
-        limit = min(action.timeout, ctx.remaining()) + GRACE
+        # The deadline itself is never exceeded: there the sweeper escalates anyway.
+        limit = max(0.0, min(action.timeout + GRACE, ctx.remaining()))
 
         async def guarded() -> Outcome:
             try:
