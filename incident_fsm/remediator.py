@@ -247,8 +247,9 @@ class Remediator:
             return Outcome.failed(f"{name} is not available for {ctx.incident.target}")
         # The grace lets an action that watches its own limit (all of ours do) report the
         # timeout itself, with its evidence; the cut-off here is for those that hang.
-        # The deadline itself is never exceeded: there the sweeper escalates anyway.
-        limit = max(0.0, min(action.timeout + GRACE, ctx.remaining()))
+        # The incident escalates at its deadline regardless (the sweeper sees to it);
+        # the grace only lets a late action say how it ended.
+        limit = min(action.timeout, ctx.remaining()) + GRACE
 
         async def guarded() -> Outcome:
             try:
