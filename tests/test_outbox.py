@@ -189,6 +189,7 @@ async def test_a_step_that_is_not_written_leaves_no_notification(
 
     racing = IncidentEngine(Stale(), clock=clock, policy=policy,  # type: ignore[arg-type]
                             outbox=NotificationPolicy(channels=("log", "pam")))
+    clock.advance(policy.detect_deadline + 1)  # the (stale) deadline really has passed
     with pytest.raises(ConcurrentUpdate):
         await racing.fire(iid, "timeout", actor="agent", reason="deadline passed")
     notes = (await store.timeline(iid)).notifications
