@@ -10,7 +10,6 @@ strikes the incident escalates -- while a disk incident on another target
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,14 @@ from typing import Any
 import anyio
 import pytest
 
-from incident_fsm.actions.base import Action, ActionContext, Outcome, Tier
+from incident_fsm.actions.base import ActionContext, Outcome, Tier
 from incident_fsm.agent import Agent
-from incident_fsm.remediator import ActionSource
 from incident_fsm.simulator import ServiceState, Simulator
 from incident_fsm.store import Store
 
 from ..scenario import RENDER_KEY, incident_state, old_logs, sim_settings, until
 from .exposure import ENV
+from .plugins import add_plug_ins
 
 pytestmark = pytest.mark.anyio
 
@@ -66,17 +65,6 @@ class Garbage:
         return {"status": "ok", "trust": "me"}
 
 
-class WithPlugIns:
-    """The agent's own catalog, plus plug-ins on one target (how a host adds its actions)."""
-
-    def __init__(self, base: ActionSource, target: str, extra: Mapping[str, Action]) -> None:
-        self.base, self.target, self.extra = base, target, extra
-
-    def for_target(self, target: str) -> Mapping[str, Action]:
-        found = dict(self.base.for_target(target))
-        return {**found, **self.extra} if target == self.target else found
-
-
 async def test_hung_raising_and_garbage_actions_strike_out_while_another_target_is_served(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -92,7 +80,7 @@ async def test_hung_raising_and_garbage_actions_strike_out_while_another_target_
                         render_service_id=None, worker_service_id=None, dependencies=())
         settings = replace(base, targets=(target, other))
         agent = Agent(settings, environ=ENV, journal_path=tmp_path / "j")
-        agent.remediator._actions = WithPlugIns(agent.remediator._actions, "api", plug_ins)
+        add_plug_ins(agent, "api", plug_ins)
         async with agent:
             await until(lambda: _running(store, "hangs"), within=10)
             old_logs(logs, files=9, size=100_000)  # files fills up while api's action hangs
