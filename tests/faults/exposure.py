@@ -92,11 +92,14 @@ def _database_texts(url: str) -> Iterator[tuple[str, str]]:
     listed = runner.invoke(cli.cli, ["incidents", "--json", "--database-url", url])
     yield "incidents --json", listed.output
     for item in json.loads(listed.output or "[]"):
-        shown = runner.invoke(cli.cli, ["show", str(item["incident_id"]), "--json",
+        shown = runner.invoke(cli.cli, ["show", str(item["id"]), "--json",
                                         "--database-url", url])
-        yield f"show {item['incident_id']} --json", shown.output
-    yield "history --json", runner.invoke(
-        cli.cli, ["history", "--since", "30d", "--json", "--database-url", url]).output
+        assert shown.exit_code == 0, shown.output
+        yield f"show {item['id']} --json", shown.output
+    for command in (["history", "--since", "30d"], ["stats", "--since", "30d"]):
+        result = runner.invoke(cli.cli, [*command, "--json", "--database-url", url])
+        assert result.exit_code == 0, result.output
+        yield f"{command[0]} --json", result.output
 
 
 @contextmanager
