@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,8 +57,9 @@ def executions(marker: Path) -> list[int]:
 
 
 @contextmanager
-def agent_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "RENDER_API_KEY": RENDER_KEY, "PYTHONUNBUFFERED": "1"}
+def agent_process(config: Path, log: Path,
+                  env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "RENDER_API_KEY": RENDER_KEY, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from incident_fsm.cli import main; main()", "run",
