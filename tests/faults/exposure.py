@@ -66,7 +66,7 @@ class Exposure:
             if path.exists():
                 yield str(path), path.read_text(errors="replace")
         for url in self.databases:
-            yield from _database_texts(url)
+            yield from database_texts(url)
 
     def leaks(self) -> list[str]:
         return [f"{name} in {where}: ...{_around(text, secret)}..."
@@ -79,7 +79,7 @@ def _around(text: str, secret: str) -> str:
     return text[max(0, at - 80):at + len(secret) + 20].replace(secret, "<SECRET>")
 
 
-def _database_texts(url: str) -> Iterator[tuple[str, str]]:
+def database_texts(url: str) -> Iterator[tuple[str, str]]:
     engine = database.create_engine(url)
     try:
         with engine.connect() as conn:
