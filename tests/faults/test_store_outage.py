@@ -12,7 +12,6 @@ was executed once, and the escalation is stamped at the deadline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -45,16 +44,6 @@ class NeverDone:
         self.started += 1
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
-
-
-@pytest.fixture
-async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
-    from ..conftest import _empty_postgres
-
-    _empty_postgres(postgres_url)
-    url = make_url(postgres_url)
-    async with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as p:
-        yield p
 
 
 @pytest.mark.parametrize("outage", ["refuse", "blackhole"])
