@@ -21,15 +21,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from incident_fsm import database
-from incident_fsm.models import Lease
 from incident_fsm.simulator import ServiceState, Simulator
 from incident_fsm.store import Store
 
-from ..agent_process import agent_process, write_config
+from ..agent_process import agent_process, lease_holder_pid, write_config
 from ..scenario import incident_state, until
 from ..tcp_proxy import TcpProxy
 from .exposure import DB_PASSWORD, Exposure
@@ -38,16 +35,6 @@ pytestmark = pytest.mark.anyio
 
 TTL, RENEW = 2.0, 0.4
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \|")
-
-
-def _holder_pid(url: str) -> int | None:
-    engine = database.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            holder = conn.execute(sa.select(Lease.holder)).scalar()  # type: ignore[call-overload]
-    finally:
-        engine.dispose()
-    return None if holder is None else int(str(holder).split(":")[1])
 
 
 def _times(log: Path, text: str) -> list[datetime]:
@@ -93,16 +80,17 @@ async def test_killed_and_partitioned_replicas_never_act_twice(
             first.kill()  # the leader dies mid-flight
             await anyio.to_thread.run_sync(first.wait, 10)
             await until(lambda: _led_by_one_of(postgres_url, [p.pid for p in rest]), within=30)
-            second = by_pid[_holder_pid(postgres_url) or 0]
+            second = by_pid[lease_holder_pid(postgres_url) or 0]
             third = 3 - second  # the other survivor (indices 1 and 2)
-            proxies[second].cut("blackhole")  # the new leader loses the database
+            await until(lambda: _has_polled(logs[second]), within=10)  # it acts...
+            proxies[second].cut("blackhole")  # ...then loses the database
             await until(lambda: _leads(postgres_url, [first, *rest][third].pid), within=30)
 
             state.leaked_memory_pct = 50.0
             await until(lambda: _is(store, "resolved"), within=30)
             proxies[second].restore()  # the partition heals: it must find it lost the lease
             await anyio.sleep(2 * RENEW + 1.0)
-            assert _holder_pid(postgres_url) == [first, *rest][third].pid
+            assert lease_holder_pid(postgres_url) == [first, *rest][third].pid
             _assert_alive(rest)
         (incident,) = await store.list_incidents(kind="memory_high")
         timeline = await store.timeline(incident.incident_id)
@@ -124,11 +112,15 @@ def _assert_alive(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def _leads(url: str, pid: int) -> bool:
-    return _holder_pid(url) == pid
+    return lease_holder_pid(url) == pid
 
 
 async def _led_by_one_of(url: str, pids: list[int]) -> bool:
-    return _holder_pid(url) in pids
+    return lease_holder_pid(url) in pids
+
+
+async def _has_polled(log: Path) -> bool:
+    return bool(_times(log, "📊 Health check"))
 
 
 async def _all_started(logs: list[Path]) -> bool:
