@@ -84,6 +84,7 @@ async def test_an_outage_longer_than_the_action_deadline_escalates_on_time_and_r
     assert DEADLINE - 0.1 <= took <= DEADLINE + 1.0, took  # the deadline, not the outage
     (run,) = timeline.actions
     assert run.action == "never_done" and run.executing_at is not None
+    assert run.outcome == "timed_out", run
     assert action.started == 1  # executed once, never restarted by the replay
     assert incident.deadline_at is None
     assert {n.channel for n in timeline.notifications} == {"log"}
