@@ -252,5 +252,10 @@ def _json_type(value: object) -> str:
 
 
 def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    # Whitespace runs (newlines too) become one space, and other control or format
+    # characters (ANSI escapes, bidi overrides) are shown escaped: a payload's text
+    # can neither forge nor recolour a log line.
     text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

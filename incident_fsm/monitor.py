@@ -331,6 +331,11 @@ class Monitor:
                 log.error("❌ Failed to {} {}: {}: {}", what, problem.fingerprint,
                           type(exc).__name__, str(exc)[:200])
                 return
+            if (finding.change is Change.CLEARED and incident is not None
+                    and incident.state in (State.REMEDIATING, State.VERIFYING)):
+                # The driver judges it, possibly from a sample taken before this one;
+                # stay open so the next clear sample recovers it if the driver escalates.
+                self.detector.set_phase(problem.target, problem.kind, Phase.OPEN)
         else:
             log.info("{} {}: {}", problem.fingerprint, finding.change.value, problem.reason)
         if self._on_problem is not None:

@@ -18,8 +18,11 @@ Every request is counted per route, so tests can count what the agent
 actually did at the service rather than trusting our own tables. Faults
 can be switched on per endpoint: `error` (200 with `"status": "ERROR"`),
 `500`, `garbage` (not JSON), `hang` (never answers), `close` (drops the
-connection). It is a minimal HTTP/1.1 server on asyncio streams: loopback
-only, one request per connection.
+connection), `429` (rate limited, `Retry-After: 1`), `huge` (a 50 MB body),
+`trickle` (a valid body sent one byte per second); and `bodies` serves a
+route's raw body of the caller's choosing with status 200 (hostile payloads).
+It is a minimal HTTP/1.1 server on asyncio streams: loopback only, one
+request per connection.
 
 `PamSimulator` is the PAM side: a WebSocket endpoint that behaves like the
 assistant's notification socket, for the demo and for delivery tests.
@@ -45,6 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 MAX_REQUEST = 64 * 1024
+_HUGE_BODY = b'{"pad": "' + b"x" * (50 * 1024**2) + b'"}'  # the `huge` fault: 50 MB of JSON
 
 
 @dataclass
@@ -66,8 +70,10 @@ class ServiceState:
     #: restarting the web service clears the leak only if this is True
     restart_fixes_leak: bool = True
     system_schema: str = "current"  # or "legacy"
-    #: endpoint path -> fault name (error, 500, garbage, hang, close)
+    #: endpoint path -> fault name (error, 500, garbage, hang, close, 429, huge, trickle)
     faults: dict[str, str] = field(default_factory=dict)
+    #: endpoint path -> raw body served with 200 instead of the real one (faults win)
+    bodies: dict[str, bytes] = field(default_factory=dict)
     web_service_id: str = "srv-web"
     worker_service_id: str = "srv-worker"
     render_api_key: str = "rnd_simulated"
@@ -190,14 +196,26 @@ class Simulator:
                 return
             if fault == "close":
                 return
-            status, payload = self._respond(method, route, headers, body, fault)
+            if fault is None and route in self.state.bodies:
+                status, payload = 200, self.state.bodies[route]
+            else:
+                status, payload = self._respond(method, route, headers, body, fault)
             raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            writer.write(
-                f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
-                "Connection: close\r\n\r\n".encode() + raw
-            )
-            await writer.drain()
+            if fault == "huge":
+                raw = _HUGE_BODY
+            extra = "Retry-After: 1\r\n" if status == 429 else ""
+            head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
+                    f"{extra}Connection: close\r\n\r\n").encode()
+            if fault == "trickle":
+                writer.write(head)
+                for byte in raw:  # bounded by the client hanging up (a reset ends it)
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(1.0)
+            else:
+                writer.write(head + raw)
+                await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -210,6 +228,8 @@ class Simulator:
         s = self.state
         if fault == "500":
             return 500, {"detail": "internal error"}
+        if fault == "429":
+            return 429, {"message": "rate limit exceeded"}
         if fault == "garbage":
             return 200, b"<html>502 Bad Gateway</html>"
         if fault == "error":
@@ -262,7 +282,8 @@ class Simulator:
 
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+            404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 async def _read_request(

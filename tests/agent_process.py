@@ -7,10 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from incident_fsm import database
+from incident_fsm.models import Lease
 from incident_fsm.simulator import Simulator
 
 from .scenario import RENDER_KEY
@@ -57,8 +61,9 @@ def executions(marker: Path) -> list[int]:
 
 
 @contextmanager
-def agent_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "RENDER_API_KEY": RENDER_KEY, "PYTHONUNBUFFERED": "1"}
+def agent_process(config: Path, log: Path,
+                  env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "RENDER_API_KEY": RENDER_KEY, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from incident_fsm.cli import main; main()", "run",
@@ -77,3 +82,14 @@ def kill_leftovers(marker: Path) -> None:
     for pid in executions(marker):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+
+
+def lease_holder_pid(url: str) -> int | None:
+    """The pid of the replica holding the leader lease (holders are `host:pid:...`)."""
+    engine = database.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            holder = conn.execute(sa.select(Lease.holder)).scalar()  # type: ignore[call-overload]
+    finally:
+        engine.dispose()
+    return None if holder is None else int(str(holder).split(":")[1])

@@ -24,6 +24,8 @@ from incident_fsm.clock import ManualClock
 from incident_fsm.machine import IncidentEngine, MachinePolicy
 from incident_fsm.store import Store
 
+from .tcp_proxy import TcpProxy
+
 ADMIN_URL = os.environ.get(
     "INCIDENT_FSM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -129,3 +131,12 @@ def policy() -> MachinePolicy:
 @pytest.fixture
 def engine(store: Store, clock: ManualClock, policy: MachinePolicy) -> IncidentEngine:
     return IncidentEngine(store, clock=clock, policy=policy)
+
+
+@pytest.fixture
+async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
+    """An empty Postgres database behind a loopback proxy the test can cut."""
+    _empty_postgres(postgres_url)
+    url = make_url(postgres_url)
+    async with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as p:
+        yield p

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,6 @@ from .scenario import ENV, fast_agent, incident_state, sim_settings, until
 from .tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
-    from .conftest import _empty_postgres
-
-    _empty_postgres(postgres_url)
-    url = make_url(postgres_url)
-    async with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as p:
-        yield p
 
 
 @pytest.mark.parametrize("outage", ["refuse", "blackhole"])

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-import sqlalchemy as sa
 
-from incident_fsm import database
-from incident_fsm.models import Lease
 from incident_fsm.simulator import ServiceState, Simulator
 from incident_fsm.store import Store
 
@@ -19,6 +16,7 @@ from .agent_process import (
     agent_process,
     executions,
     kill_leftovers,
+    lease_holder_pid,
     marker_command,
     write_config,
 )
@@ -112,15 +110,7 @@ async def _is(store: Store, fingerprint: str, wanted: str) -> bool:
 
 
 async def _holder(url: str, by_pid: dict[int, object]) -> int | None:
-    engine = database.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            holder = conn.execute(sa.select(Lease.holder)).scalar()  # type: ignore[call-overload]
-    finally:
-        engine.dispose()
-    if holder is None:
-        return None
-    pid = int(str(holder).split(":")[1])
+    pid = lease_holder_pid(url)
     return pid if pid in by_pid else None
 
 

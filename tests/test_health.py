@@ -123,6 +123,19 @@ def test_unusable_bodies_are_failures(body: bytes, reason: str) -> None:
     assert result.source == "/health/system"
 
 
+def test_payload_text_cannot_forge_or_colour_a_log_line() -> None:
+    hostile = "boom\x1b[2J\x1b[31m\r\n2026-01-01 | CRITICAL | forged\u202e\x00"
+    failure = _parse({"status": "ERROR", "message": hostile})
+    assert isinstance(failure, ProbeFailure)
+    assert failure.reason == ("endpoint reported status ERROR: boom\\x1b[2J\\x1b[31m "
+                              "2026-01-01 | CRITICAL | forged\\u202e\\x00")
+    snapshot = parse_payload({**payloads.resources(10, 10, 10), "alert_details": [
+        {"component": "disk\x1b[0m", "level": "CRITICAL\n", "message": hostile}]},
+        source="/health/resources")
+    assert isinstance(snapshot, HealthSnapshot)
+    assert all(text.isprintable() for text in (*snapshot.issues, *snapshot.components))
+
+
 def test_malformed_informational_fields_are_skipped_not_fatal() -> None:
     payload = payloads.resources(85, 60, 10)
     payload["alert_details"] = ["nonsense", {"component": 1}, {"message": "x" * 10_000}]

@@ -246,6 +246,28 @@ async def test_recovered_is_fired_only_from_detected_or_escalated(
     assert reading.snapshot.memory_pct == 50.0  # what a remediation driver verifies with
 
 
+async def test_a_clear_seen_while_remediating_still_recovers_the_incident_once_escalated(
+    engine: IncidentEngine, store: Store, clock: ManualClock,
+) -> None:
+    # The driver may judge from a sample taken before the clear and escalate; the
+    # monitor must not have forgotten the problem is gone.
+    memory = {"api": 90.0}
+    probes = {"api": TargetProbes(ScriptedProbe(clock, lambda _: snap(memory=memory["api"])))}
+    monitor = make(engine, store, clock, probes)
+    async with running(monitor):
+        await run_virtual(clock, monitor, 11)
+        api = await store.find_open("api:memory_high")
+        assert api is not None
+        intent = ActionIntent("disk_cleanup", "safe", Verdict.AUTO, "test")
+        await engine.fire(api.incident_id, "remediate", actor="driver", reason="t", intent=intent)
+        memory["api"] = 50.0
+        await run_virtual(clock, monitor, 30)
+        assert (await store.get_incident(api.incident_id)).state == State.REMEDIATING
+        await engine.fire(api.incident_id, "escalate", actor="driver", reason="judged stale")
+        await run_virtual(clock, monitor, 30)
+    assert (await store.get_incident(api.incident_id)).state == State.RESOLVED
+
+
 async def test_open_incidents_are_picked_up_after_a_restart(
     engine: IncidentEngine, store: Store, clock: ManualClock,
 ) -> None:
