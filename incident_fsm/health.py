@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from .text import one_line
+
 #: The three numbers every snapshot carries.
 METRICS: Final = ("memory", "disk", "cpu")
 #: Longest text taken over from a payload (messages, issues), so a hostile
@@ -252,10 +254,5 @@ def _json_type(value: object) -> str:
 
 
 def _clip(text: str, limit: int = MAX_TEXT) -> str:
-    # Whitespace runs (newlines too) become one space, and other control or format
-    # characters (ANSI escapes, bidi overrides) are shown escaped: a payload's text
-    # can neither forge nor recolour a log line.
-    text = " ".join(text.split())
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    # A payload's text can neither forge nor recolour a log line.
+    return one_line(text, limit)

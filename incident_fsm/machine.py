@@ -30,6 +30,7 @@ from transitions.core import EventData
 from transitions.extensions.asyncio import AsyncMachine
 
 from .errors import GuardRejected, InvalidInput, InvalidTransition
+from .text import one_line
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -588,7 +589,8 @@ class IncidentEngine:
         result = model.result
         logger.bind(incident_id=incident_id, state=result.state, target=result.target).info(
             "incident {} {} → {} ({}) by {}: {}",
-            incident_id, incident.state, result.state, trigger, model.actor, model.reason,
+            incident_id, incident.state, result.state, trigger, one_line(model.actor, 200),
+            one_line(model.reason),
         )
         if model.written_notifications:
             self._outbox_written()

@@ -14,6 +14,7 @@ from typing import Any
 from .models import ActionRun, Incident, Notification, Transition
 from .ranking import Ranked
 from .store import Statistics, Timeline
+from .text import one_line
 
 
 def _when(value: datetime | None) -> str:
@@ -52,7 +53,8 @@ def timeline_text(timeline: Timeline) -> str:
         out.append(f"summary: {i.summary}")
     out += ["", "transitions:"]
     out += [f"  {t.seq:>3}  {_when(t.at)}  {t.trigger:<16} {(t.source or '-'):>11} → "
-            f"{t.dest:<11}  by {t.actor}: {t.reason}" for t in timeline.transitions]
+            f"{t.dest:<11}  by {one_line(t.actor, 200)}: {one_line(t.reason)}"
+            for t in timeline.transitions]
     out += ["", "actions:"]
     out += [_action_line(r) for r in timeline.actions] or ["  none"]
     out += ["", "notifications:"]
@@ -80,7 +82,7 @@ def history_table(rows: Sequence[tuple[Transition, Incident]]) -> str:
     return _table(
         ["AT (UTC)", "INCIDENT", "TARGET", "KIND", "TRIGGER", "FROM", "TO", "ACTOR", "REASON"],
         [[_when(t.at), str(t.incident_id), i.target, i.kind, t.trigger, t.source or "-", t.dest,
-          t.actor, t.reason] for t, i in rows],
+          one_line(t.actor, 200), one_line(t.reason)] for t, i in rows],
     )
 
 

@@ -290,3 +290,15 @@ def test_stats_shows_the_learned_ranking(db_url: str) -> None:
     memory = [r["action"] for r in data["ranking"]["memory_high"]]
     # failover has no record (held, never run): policy order for memory_high, then history.
     assert memory[:3] == ["restart_celery_workers", "render_restart", "render_scale"]
+
+
+def test_a_reason_cannot_forge_lines_in_show_or_history(db_url: str) -> None:
+    ids = _seed(db_url)
+    forged = "ok\n2026-01-01 00:00:00  resolve  by root: forged\x1b[31m"
+    assert _run(db_url, "force", str(ids["c"]), "acknowledge", "--reason", forged).exit_code == 0
+    text = _run(db_url, "show", str(ids["c"])).output
+    assert "\x1b" not in text and "\\x1b[31m" in text
+    assert "forged" in text and "\nby root" not in text
+    assert len([ln for ln in text.splitlines() if "acknowledge" in ln]) == 1
+    stored = json.loads(_run(db_url, "show", str(ids["c"]), "--json").output)
+    assert stored["transitions"][-1]["reason"] == forged  # kept verbatim as data
