@@ -161,9 +161,12 @@ def db_current(database_url: str | None) -> None:
 @click.option("--pam/--no-pam", "pam_integration", default=None, help="Deliver to PAM or not.")
 @click.option("--migrate/--no-migrate", default=None,
               help="Apply database migrations first (default: yes for SQLite, no for Postgres).")
+@click.option("--log-level", default="DEBUG", show_default=True, envvar="INCIDENT_FSM_LOG_LEVEL",
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Lowest level logged (env INCIDENT_FSM_LOG_LEVEL).")
 def run(config_path: str | None, database_url: str | None, poll_interval: float | None,
         fast_poll_interval: float | None, auto_remediation: bool | None,
-        pam_integration: bool | None, migrate: bool | None) -> None:
+        pam_integration: bool | None, migrate: bool | None, log_level: str) -> None:
     """Run the agent until SIGTERM or Ctrl-C (then stop cleanly and exit 0).
 
     Example: incident-fsm run --config /etc/incident-fsm/agent.toml
@@ -185,11 +188,11 @@ def run(config_path: str | None, database_url: str | None, poll_interval: float 
                                "run `incident-fsm db upgrade` (or pass --migrate)")
     if not settings.targets:
         click.echo("warning: no [[targets]] configured: nothing will be monitored", err=True)
-    _quiet_tracebacks()
+    _quiet_tracebacks(log_level.upper())
     anyio.run(_serve, settings)
 
 
-def _quiet_tracebacks(level: str = "INFO") -> None:
+def _quiet_tracebacks(level: str) -> None:
     """loguru's default prints local variables in tracebacks, which can hold secrets."""
     from loguru import logger
 
