@@ -67,12 +67,12 @@ async def test_killed_in_detected_the_restart_acts_once(
         acting = _config(tmp_path / "act.toml", sim, db_url)
         exposure.files += [tmp_path / "a.log", tmp_path / "b.log"]
         with agent_process(watching, tmp_path / "a.log") as proc:
-            await until(lambda: _dry_run_recorded(store), within=20)
+            await until(lambda: _dry_run_recorded(store), within=45)
             assert await incident_state(store, "api:memory_high") == "detected"
             await _kill(proc)
         assert state.requests[RESTARTS] == 0
         with agent_process(acting, tmp_path / "b.log"):
-            await until(lambda: _is(store, "resolved"), within=30)
+            await until(lambda: _is(store, "resolved"), within=60)
         (incident,) = await store.list_incidents(kind="memory_high")
         timeline = await store.timeline(incident.incident_id)
     exposure.databases.append(db_url)
@@ -92,11 +92,11 @@ async def test_killed_while_verifying_the_restart_judges_without_acting_again(
         config.write_text(config.read_text().replace("verify_window = 0.3", "verify_window = 3"))
         exposure.files += [tmp_path / "a.log", tmp_path / "b.log"]
         with agent_process(config, tmp_path / "a.log") as proc:
-            await until(lambda: _is(store, "verifying"), within=20)
+            await until(lambda: _is(store, "verifying"), within=45)
             await _kill(proc)
         assert await incident_state(store, "api:memory_high") == "verifying"
         with agent_process(config, tmp_path / "b.log"):
-            await until(lambda: _is(store, "resolved"), within=30)
+            await until(lambda: _is(store, "resolved"), within=60)
         (incident,) = await store.list_incidents(kind="memory_high")
         timeline = await store.timeline(incident.incident_id)
     exposure.databases.append(db_url)
@@ -120,12 +120,12 @@ async def test_killed_with_notifications_queued_they_all_arrive_after_the_restar
         config = _config(tmp_path / "agent.toml", sim, db_url, blocks=channels)
         exposure.files += [tmp_path / "a.log", tmp_path / "b.log"]
         with agent_process(config, tmp_path / "a.log", env) as proc:
-            await until(lambda: _is(store, "resolved"), within=20)
+            await until(lambda: _is(store, "resolved"), within=45)
             await until(lambda: _queued(store, 3), within=10)
             await _kill(proc)
         async with pam:
             with agent_process(config, tmp_path / "b.log", env):
-                await until(lambda: _queued(store, 0, channel=None), within=30)
+                await until(lambda: _queued(store, 0, channel=None), within=60)
         (incident,) = await store.list_incidents(kind="memory_high")
         timeline = await store.timeline(incident.incident_id)
     exposure.databases.append(db_url)

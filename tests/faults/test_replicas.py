@@ -71,23 +71,23 @@ async def test_killed_and_partitioned_replicas_never_act_twice(
         exposure.files += logs
         with ExitStack() as procs:
             first = procs.enter_context(agent_process(configs[0], logs[0]))
-            await until(lambda: _leads(postgres_url, first.pid), within=30)
+            await until(lambda: _leads(postgres_url, first.pid), within=60)
             rest = [procs.enter_context(agent_process(c, log))
                     for c, log in zip(configs[1:], logs[1:], strict=True)]
-            await until(lambda: _all_started(logs[1:]), within=30)
+            await until(lambda: _all_started(logs[1:]), within=60)
             by_pid = {p.pid: i for i, p in enumerate([first, *rest])}
 
             first.kill()  # the leader dies mid-flight
             await anyio.to_thread.run_sync(first.wait, 10)
-            await until(lambda: _led_by_one_of(postgres_url, [p.pid for p in rest]), within=30)
+            await until(lambda: _led_by_one_of(postgres_url, [p.pid for p in rest]), within=60)
             second = by_pid[lease_holder_pid(postgres_url) or 0]
             third = 3 - second  # the other survivor (indices 1 and 2)
             await until(lambda: _has_polled(logs[second]), within=10)  # it acts...
             proxies[second].cut("blackhole")  # ...then loses the database
-            await until(lambda: _leads(postgres_url, [first, *rest][third].pid), within=30)
+            await until(lambda: _leads(postgres_url, [first, *rest][third].pid), within=60)
 
             state.leaked_memory_pct = 50.0
-            await until(lambda: _is(store, "resolved"), within=30)
+            await until(lambda: _is(store, "resolved"), within=60)
             proxies[second].restore()  # the partition heals: it must find it lost the lease
             await anyio.sleep(2 * RENEW + 1.0)
             assert lease_holder_pid(postgres_url) == [first, *rest][third].pid
