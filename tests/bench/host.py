@@ -57,7 +57,7 @@ async def main(mode: str, config: str | None, port: int) -> None:
     server = uvicorn.Server(uvicorn.Config(app_for(mode, config), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
         await asyncio.sleep(0.05)
     print("ready", flush=True)
     await task

@@ -88,7 +88,7 @@ async def run() -> list[Row]:
                     sent = [n for n in timeline.notifications
                             if n.channel == "pam" and n.transition_seq == seq]
                     for n in sent:
-                        await until(lambda: _delivered(agent, n.id), within=10)
+                        await until(lambda n=n: _delivered(agent, n.id), within=10)
                     for n in (await agent.store.timeline(incident.incident_id)).notifications:
                         if n.channel == "pam" and n.transition_seq == seq and n.delivered_at:
                             notify.append((n.delivered_at - n.created_at).total_seconds())

@@ -103,7 +103,7 @@ async def hosts(tenants: Tenants, tmp: Path, seconds: float) -> dict[str, tuple[
             logs[mode] = tmp / f"host-{mode}.log"
             procs[mode] = start(argv, logs[mode])
         try:
-            for mode, log in logs.items():
+            for log in logs.values():
                 await wait_for(lambda log=log: "ready" in log.read_text(), within=60)
             await anyio.sleep(2.0)
             first = {mode: rss(p.pid) for mode, p in procs.items()}

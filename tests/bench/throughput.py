@@ -9,6 +9,8 @@ update + insert outbox + insert transition + read-back in one transaction)
 with as many clients, against the same throwaway database, in the same run.
 """
 
+# ruff: noqa: E501 - the pgbench script is SQL, one statement per line
+
 from __future__ import annotations
 
 import re

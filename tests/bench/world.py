@@ -45,9 +45,10 @@ class Tenants(Simulator):
             self.state = saved
 
     def polls(self, prefix: str = "") -> int:
-        """Health polls of the tenants whose key starts with `prefix` (one resources request each)."""
+        """Health polls of the tenants whose key starts with `prefix` (one request each)."""
         return sum(n for route, n in self.state.requests.items()
-                   if route.startswith(f"GET /t/{prefix}") and route.endswith("/health/resources"))
+                   if route.startswith(f"GET /t/{prefix}")
+                   and route.endswith("/health/resources"))
 
 
 def agent_config(path: Path, *, db_url: str, targets: Sequence[tuple[str, str, str]],
