@@ -178,10 +178,10 @@ def run(config_path: str | None, database_url: str | None, poll_interval: float 
         "fast_poll_interval": fast_poll_interval, "auto_remediation": auto_remediation,
         "pam_integration": pam_integration})
     url = database.resolve_url(settings.agent.database_url)
-    current, head = database.current_revision(url), database.head_revision()
+    current, head = _schema_in_child(url, upgrade=False)
     if current != head:
         if migrate if migrate is not None else database.is_sqlite(url):
-            database.upgrade(url)
+            _schema_in_child(url, upgrade=True)
         else:
             raise InvalidInput(f"database {database.redact(url)} is at revision "
                                f"{current or 'empty'}, the agent needs {head}: "
@@ -198,6 +198,39 @@ def _quiet_tracebacks(level: str) -> None:
 
     logger.remove()
     logger.add(sys.stderr, level=level, diagnose=False, backtrace=False)
+
+
+_SCHEMA_CHILD = """
+import os, sys
+from incident_fsm import database
+url = os.environ["INCIDENT_FSM_SCHEMA_URL"]
+if sys.argv[1] == "upgrade":
+    database.upgrade(url)
+print(database.current_revision(url) or "-", database.head_revision())
+"""
+
+
+def _schema_in_child(url: str, *, upgrade: bool) -> tuple[str | None, str]:
+    """(current, head) revision, after upgrading if asked, read by a short-lived child process.
+
+    Alembic costs the process about 6 MB that it never gives back; the agent
+    runs for months, so only the child loads it. The URL travels in the
+    child's environment, never on its command line.
+    """
+    import os
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SCHEMA_CHILD, "upgrade" if upgrade else "check"],
+        env={**os.environ, "INCIDENT_FSM_SCHEMA_URL": url}, capture_output=True, text=True,
+        timeout=300, check=False)
+    if done.returncode != 0:
+        # Only the exception's class: its text could carry the URL.
+        last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise StoreUnavailable(f"cannot read the schema of {database.redact(url)}: "
+                               f"{last.split(':', 1)[0]}")
+    current, head = done.stdout.split()[-2:]
+    return (None if current == "-" else current), head
 
 
 async def _serve(settings: Any) -> None:

@@ -49,6 +49,11 @@ from .store import Store
 ACTOR: Final = "agent"
 #: How often old health_check rows are pruned (seconds).
 PRUNE_EVERY: Final = 3600.0
+#: Polls under way at once, across targets. Without a bound, a thousand targets
+#: due together queue thousands of requests in httpx's connection pool, whose
+#: bookkeeping is quadratic in the queue: the event loop then does nothing else
+#: and the leader lease lapses. Below the pool's 100 connections, none queue.
+MAX_CONCURRENT_POLLS: Final = 32
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ class Monitor:
         self._latest: dict[str, Reading] = {}
         self._published = {name: anyio.Event() for name in self._targets}
         self._polling: set[str] = set()
+        self._slots = anyio.CapacityLimiter(MAX_CONCURRENT_POLLS)
 
     # --- what others read --------------------------------------------------------
 
@@ -222,14 +228,16 @@ class Monitor:
                                 self._agent.poll_interval)
         while True:
             started = self._clock.now()
-            self._polling.add(name)
-            try:
-                await self.poll(name)
-            except Exception:
-                # One bad poll must not end monitoring of this target.
-                logger.bind(target=name).exception("❌ Failed to poll {}: unexpected error", name)
-            finally:
-                self._polling.discard(name)
+            async with self._slots:
+                self._polling.add(name)
+                try:
+                    await self.poll(name)
+                except Exception:
+                    # One bad poll must not end monitoring of this target.
+                    logger.bind(target=name).exception("❌ Failed to poll {}: unexpected error",
+                                                       name)
+                finally:
+                    self._polling.discard(name)
             elapsed = (self._clock.now() - started).total_seconds()
             await self._clock.sleep(max(0.0, self.next_interval(name) - elapsed))
 

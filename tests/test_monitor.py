@@ -19,7 +19,13 @@ from incident_fsm.detector import Change, Phase
 from incident_fsm.health import ProbeFailure, ProbeResult
 from incident_fsm.machine import ActionIntent, IncidentEngine, State, Verdict
 from incident_fsm.models import HealthCheck
-from incident_fsm.monitor import Monitor, ProblemEvent, TargetProbes, default_probes
+from incident_fsm.monitor import (
+    MAX_CONCURRENT_POLLS,
+    Monitor,
+    ProblemEvent,
+    TargetProbes,
+    default_probes,
+)
 from incident_fsm.probe import HttpProbe
 from incident_fsm.settings import AgentSettings, TargetSettings
 from incident_fsm.store import Store
@@ -357,3 +363,35 @@ async def test_monitoring_starts_and_goes_on_when_the_database_is_down(
     # Opening failed each time, so the detector stepped back and retried.
     assert monitor.detector.phase("api", "memory_high") is Phase.SUSPECT
     await broken.close()
+
+
+class CountingProbe:
+    """A probe that takes a little real time and counts how many run at once."""
+
+    active = 0
+    most = 0
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def probe(self) -> ProbeResult:
+        self.calls += 1
+        CountingProbe.active += 1
+        CountingProbe.most = max(CountingProbe.most, CountingProbe.active)
+        try:
+            await anyio.sleep(0.005)
+            return snap()
+        finally:
+            CountingProbe.active -= 1
+
+
+async def test_many_targets_due_together_poll_at_most_the_bound_at_once(
+    engine: IncidentEngine, store: Store, clock: ManualClock,
+) -> None:
+    CountingProbe.active = CountingProbe.most = 0
+    probes = {f"t{n}": CountingProbe() for n in range(3 * MAX_CONCURRENT_POLLS)}
+    monitor = make(engine, store, clock, {n: TargetProbes(p) for n, p in probes.items()})
+    async with running(monitor):
+        await run_virtual(clock, monitor, 1)
+    assert [p.calls for p in probes.values()] == [1] * len(probes)
+    assert CountingProbe.most == MAX_CONCURRENT_POLLS

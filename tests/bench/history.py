@@ -1,0 +1,169 @@
+"""History at scale: the operator's read commands over 1,000,000 transitions / 100,000 incidents.
+
+The rows are loaded straight into a throwaway Postgres database with
+server-side multi-row `INSERT ... SELECT generate_series` (not through the
+store): incidents spread over 30 days across 50 targets and 5 kinds, ten
+transitions, two action attempts and three notifications each, plus health
+checks. Then the store methods the CLI calls are timed (median and max of
+repeated calls): `show` (`timeline`), `incidents` with a state and time
+filter, `history` for one day, and `stats` over everything. The SQL each
+call sends is captured and run under `EXPLAIN ANALYZE`; the plans are
+printed, and the server's own execution time is the baseline beside ours.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from sqlalchemy import event
+
+from incident_fsm import IncidentId, Store
+
+from .common import Row, knob, libpq, throwaway_postgres
+
+KINDS = "ARRAY['memory_high','disk_high','cpu_high','health_endpoint_down','service_down:celery']"
+TRIGGERS = ("ARRAY['open','remediate','action_finished','still_failing','action_finished',"
+            "'still_failing','action_finished','recovered','acknowledge','reopen']")
+
+
+def load(url: str, *, incidents: int, per: int, checks: int) -> float:
+    started = time.monotonic()
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute(f"""
+            INSERT INTO incident (id, fingerprint, target, kind, severity, state, strikes,
+                                  flap_count, version, summary, details, deadline_at, opened_at,
+                                  updated_at, resolved_at)
+            SELECT g, 'api-' || (g % 50) || ':' || ({KINDS})[1 + g % 5]
+                      || CASE WHEN g % 1000 = 0 OR g % 500 = 1 THEN ':' || g ELSE '' END,
+                   'api-' || (g % 50), ({KINDS})[1 + g % 5], 'critical',
+                   CASE WHEN g % 1000 = 0 THEN 'detected' WHEN g % 500 = 1 THEN 'escalated'
+                        ELSE 'resolved' END,
+                   g % 3, 0, {per}, 'bulk-loaded incident', '{{}}'::jsonb,
+                   CASE WHEN g % 1000 = 0 THEN now() + interval '2 minutes' END, t, t,
+                   CASE WHEN g % 1000 = 0 OR g % 500 = 1 THEN NULL
+                        ELSE t + (g % 900) * interval '1 second' END
+            FROM generate_series(1, {incidents}) g,
+                 LATERAL (SELECT now() - interval '30 days' * (1 - g::float / {incidents}) AS t) o
+        """)
+        conn.execute("SELECT setval('incident_id_seq', (SELECT max(id) FROM incident))")
+        conn.execute(f"""
+            INSERT INTO transition (incident_id, seq, trigger, source, dest, actor, reason,
+                                    details, at)
+            SELECT i.id, s, ({TRIGGERS})[s], CASE WHEN s > 1 THEN 'verifying' END,
+                   CASE WHEN s = {per} AND i.state = 'escalated' THEN 'escalated'
+                        ELSE 'remediating' END,
+                   'agent', 'bulk-loaded step', '{{}}'::jsonb, i.opened_at + s * interval '1 s'
+            FROM incident i, generate_series(1, {per}) s
+        """)
+        conn.execute("""
+            INSERT INTO action_run (incident_id, attempt, action, tier, idempotency_key, dry_run,
+                                    started_at, executing_at, finished_at, outcome, verified,
+                                    output_excerpt, evidence)
+            SELECT i.id, a, (ARRAY['render_restart','render_scale'])[a], 'safe',
+                   'bulk-' || i.id || '-' || a, false, i.opened_at + a * interval '2 s',
+                   i.opened_at + a * interval '2 s', i.opened_at + a * interval '3 s', 'ok',
+                   a = 2, '', '{}'::jsonb
+            FROM incident i, generate_series(1, 2) a
+        """)
+        conn.execute("""
+            INSERT INTO notification (incident_id, transition_seq, channel, payload, dedupe_key,
+                                      status, attempts, next_attempt_at, created_at,
+                                      delivered_at, last_error)
+            SELECT i.id, n, (ARRAY['log','pam','webhook'])[n], '{}'::jsonb,
+                   'bulk-' || i.id || '-' || n, 'delivered', 1, i.opened_at, i.opened_at,
+                   i.opened_at + interval '20 ms', ''
+            FROM incident i, generate_series(1, 3) n
+        """)
+        conn.execute(f"""
+            INSERT INTO health_check (target, at, source, ok, latency_ms, memory_pct, disk_pct,
+                                      cpu_pct, error)
+            SELECT 'api-' || (g % 50), now() - interval '7 days' * (1 - g::float / {checks}),
+                   '/health/resources', g % 97 <> 0, 3 + g % 40, 40, 50, 12, ''
+            FROM generate_series(1, {checks}) g
+        """)
+        conn.execute("VACUUM ANALYZE")
+    return time.monotonic() - started
+
+
+class Capture:
+    """The SQL statements (with parameters) a store call sends."""
+
+    def __init__(self, store: Store) -> None:
+        self.statements: list[tuple[str, Any]] = []
+        self.on = False
+        event.listen(store.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+              executemany: bool) -> None:
+        if self.on:
+            self.statements.append((statement, parameters))
+
+
+def explain(url: str, statements: list[tuple[str, Any]]) -> tuple[str, float]:
+    """The plans (text) and the summed server execution time (ms) of `statements`."""
+    plans, total = [], 0.0
+    with psycopg.connect(libpq(url)) as conn:
+        for statement, parameters in statements:
+            rows = conn.execute("EXPLAIN (ANALYZE, COSTS OFF) " + statement,
+                                parameters).fetchall()
+            text = "\n".join(r[0] for r in rows)
+            plans.append(text)
+            for line in text.splitlines():
+                if line.startswith("Execution Time:"):
+                    total += float(line.split()[2])
+    return "\n\n".join(plans), total
+
+
+async def timed(call: Callable[[], Awaitable[Any]], reps: int) -> tuple[float, float]:
+    await call()  # warm: connections, statement caches
+    samples = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000, max(samples) * 1000
+
+
+async def run() -> list[Row]:
+    incidents = int(knob("history_incidents", 100_000, 100_000))
+    per = 10
+    reps = int(knob("history_reps", 20, 5))
+    rows: list[Row] = []
+    with throwaway_postgres() as url:
+        seconds = load(url, incidents=incidents, per=per, checks=incidents * 5)
+        rows.append(Row("history", f"bulk load {incidents:,} incidents / {incidents * per:,} "
+                        "transitions", seconds, "s", note="INSERT ... SELECT generate_series"))
+        now = datetime.now(UTC)
+        some = IncidentId(incidents // 2 + 7)
+        async with Store(url) as store:
+            capture = Capture(store)
+            calls: list[tuple[str, Callable[[], Awaitable[Any]], float | None]] = [
+                ("show ID (timeline of one incident)", lambda: store.timeline(some), 10.0),
+                ("incidents --state escalated --since 7d",
+                 lambda: store.list_incidents(states=("escalated",),
+                                              since=now - timedelta(days=7), limit=50), 50.0),
+                ("history for one day (limit 1000)",
+                 lambda: store.history(since=now - timedelta(days=2),
+                                       until=now - timedelta(days=1), limit=1000), None),
+                ("stats over everything", lambda: store.statistics(), 1000.0),
+            ]
+            for name, call, limit in calls:
+                median, worst = await timed(call, reps)
+                capture.statements, capture.on = [], True
+                await call()
+                capture.on = False
+                plans, server = explain(url, capture.statements)
+                print(f"\n--- EXPLAIN ANALYZE: {name}\n{plans}\n", flush=True)
+                rows.append(Row("history", f"{name} median", median, "ms", server,
+                                "server execution time (EXPLAIN ANALYZE)",
+                                "" if limit is None else f"< {limit:g} ms",
+                                None if limit is None else median < limit,
+                                note=f"max {worst:.1f} ms over {reps}; "
+                                     f"index scans: {plans.count('Index')}; "
+                                     f"seq scans: {plans.count('Seq Scan')}"))
+    return rows

@@ -1,0 +1,130 @@
+"""Latencies on loopback with real short intervals: detection, action start, notification, backlog.
+
+A real `Agent` (Postgres, polls every 0.2 s, 0.1 s while suspect) watches a
+`Simulator`; a live `PamSimulator` receives notifications. Each repetition
+puts the service under memory pressure (the breach), waits until the agent
+has opened, remediated (a Render restart that really clears the leak),
+verified and resolved the incident, and reads the times back:
+
+- breach -> detected: `incident.opened_at` minus the moment the breach was
+  set (expected at most one normal plus one fast interval: 0.3 s + work);
+- detected -> action started: the attempt's `executing_at` (its claim)
+  minus `opened_at`;
+- action recorded -> notification delivered: the PAM notification written
+  with the `remediate` step, `delivered_at` minus `created_at` (the outbox
+  row is written in the same transaction as the attempt);
+- PAM back after an outage -> backlog delivered: PAM is stopped, incidents
+  run their course, PAM is started again; the time until the last queued
+  notification is delivered (and PAM has received every one of them). The
+  PAM channel keeps PAM's own limit of 5 new connections per minute, spent
+  on reconnect attempts during the outage, so this is bounded by that window.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+from sqlalchemy import text
+
+from incident_fsm import Agent
+from incident_fsm.models import Incident
+from incident_fsm.simulator import PamSimulator, ServiceState, Simulator
+from tests.scenario import ENV, PAM_TOKEN, fast_agent, sim_settings, until
+
+from .common import Row, knob, percentiles, throwaway_postgres
+
+FINGERPRINT = "api:memory_high"
+
+
+async def one_incident(agent: Agent, sim: Simulator, after: datetime) -> Incident:
+    """Breach now, wait for the incident to be resolved, return it (its times are read later)."""
+    sim.state.leaked_memory_pct = 50.0  # 90 % memory: critical
+
+    async def resolved() -> bool:
+        rows = await agent.store.list_incidents(kind="memory_high", since=after, limit=5)
+        return bool(rows) and rows[0].state == "resolved"
+
+    await until(resolved, within=30, step=0.02)
+    (incident, *_) = await agent.store.list_incidents(kind="memory_high", since=after, limit=5)
+    # Two healthy polls, so the next breach starts from a quiet detector.
+    await anyio.sleep(0.5)
+    return incident
+
+
+async def pending_pam(agent: Agent) -> int:
+    def work() -> int:
+        with agent.store.engine.connect() as conn:
+            return int(conn.execute(text(
+                "select count(*) from notification where channel = 'pam' "
+                "and status = 'pending'")).scalar_one())
+    return await anyio.to_thread.run_sync(work)
+
+
+async def run() -> list[Row]:
+    reps = int(knob("latency_reps", 30, 6))
+    outages = int(knob("latency_outages", 2, 1))
+    detect, start, notify, backlog = [], [], [], []
+    with tempfile.TemporaryDirectory() as d, throwaway_postgres() as url:
+        async with Simulator(ServiceState()) as sim, PamSimulator(token=PAM_TOKEN) as pam:
+            agent_settings = fast_agent(url, health_log_level="DEBUG", reopen_window=0.001,
+                                        action_budget=100000, flap_threshold=100000)
+            settings = sim_settings(sim, url, pam_url=pam.url, agent=agent_settings)
+            settings = replace(settings, policy={"memory_high": ("render_restart",)})
+            async with Agent(settings, environ=ENV, journal_path=Path(d) / "j") as agent:
+                await anyio.sleep(1.0)
+                for _ in range(reps):
+                    breach = datetime.now(UTC)
+                    incident = await one_incident(agent, sim, breach)
+                    timeline = await agent.store.timeline(incident.incident_id)
+                    detect.append((incident.opened_at - breach).total_seconds())
+                    run_ = timeline.actions[0]
+                    assert run_.executing_at is not None
+                    start.append((run_.executing_at - incident.opened_at).total_seconds())
+                    seq = next(t.seq for t in timeline.transitions if t.trigger == "remediate")
+                    sent = [n for n in timeline.notifications
+                            if n.channel == "pam" and n.transition_seq == seq]
+                    for n in sent:
+                        await until(lambda n=n: _delivered(agent, n.id), within=10)
+                    for n in (await agent.store.timeline(incident.incident_id)).notifications:
+                        if n.channel == "pam" and n.transition_seq == seq and n.delivered_at:
+                            notify.append((n.delivered_at - n.created_at).total_seconds())
+                for _ in range(outages):
+                    await pam.stop()
+                    for _ in range(2):
+                        await one_incident(agent, sim, datetime.now(UTC))
+                    queued = await pending_pam(agent)
+                    received = len(pam.received)
+                    back = anyio.current_time()
+                    await pam.start()
+                    await until(lambda: _drained(agent), within=60, step=0.02)
+                    backlog.append(anyio.current_time() - back)
+                    assert queued > 0 and len(pam.received) >= received + queued
+    rows = []
+    for name, values, target, limit in (
+            ("breach -> incident detected", detect, "<= 0.3 s (0.2 + 0.1)", 0.3),
+            ("detected -> action started", start, "< 1 s", 1.0),
+            ("action recorded -> PAM delivered", notify, "< 1 s", 1.0),
+            ("PAM back -> backlog delivered", backlog, "", None)):
+        p = percentiles(values)
+        ok = None if limit is None else p["max"] < limit
+        rows.append(Row("latency", f"{name} p50", p["p50"], "s", target=target))
+        rows.append(Row("latency", f"{name} p95", p["p95"], "s", target=target))
+        rows.append(Row("latency", f"{name} max (n={p['n']})", p["max"], "s", target=target,
+                        ok=ok))
+    return rows
+
+
+async def _delivered(agent: Agent, notification_id: int | None) -> bool:
+    def work() -> bool:
+        with agent.store.engine.connect() as conn:
+            return conn.execute(text("select status from notification where id = :i"),
+                                {"i": notification_id}).scalar_one() != "pending"
+    return await anyio.to_thread.run_sync(work)
+
+
+async def _drained(agent: Agent) -> bool:
+    return await pending_pam(agent) == 0
