@@ -114,7 +114,7 @@ class PamChannel:
         """Why the channel stopped for good (until `reconfigure`), or None."""
         return self._failed
 
-    def url(self, *, token: str = "***") -> str:  # noqa: S107 - a placeholder, not a secret
+    def url(self, *, token: str = "***") -> str:  # noqa: S107 - the mask shown instead of the token
         """The socket URL; with the default the token is redacted (for logs)."""
         base = self._settings.url.rstrip("/")
         user = quote(self._settings.user_id, safe="")
