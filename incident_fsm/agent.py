@@ -142,7 +142,8 @@ class Agent:
                                  detect_deadline=agent.detect_deadline,
                                  action_deadline=agent.action_deadline,
                                  verify_window=agent.verify_window,
-                                 reopen_window=agent.reopen_window),
+                                 reopen_window=agent.reopen_window,
+                                 escalation_repeat=agent.escalation_repeat),
             outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge)
         targets = {t.name: t for t in settings.targets}
         self.monitor = Monitor(

@@ -145,7 +145,8 @@ def _agent_from_env(agent: AgentSettings, env: Mapping[str, str]) -> AgentSettin
 
 def _check_agent(agent: AgentSettings, key: str) -> None:
     for name in ("poll_interval", "fast_poll_interval", "verify_window", "detect_deadline",
-                 "action_deadline", "reopen_window", "action_budget_window", "flap_window"):
+                 "action_deadline", "reopen_window", "escalation_repeat",
+                 "action_budget_window", "flap_window"):
         if getattr(agent, name) <= 0:
             raise ConfigError(f"{key}.{name}", "must be greater than 0")
     if agent.fast_poll_interval > agent.poll_interval:

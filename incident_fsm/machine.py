@@ -104,22 +104,26 @@ class MachinePolicy:
     #: Extra time after the verify window for the judge to read fresh samples.
     verify_grace: float = 60.0
     reopen_window: float = 3600.0
+    #: an escalated incident nobody acknowledged is escalated (notified) again after this
+    escalation_repeat: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.max_strikes < 1:
             raise InvalidInput("max_strikes must be at least 1")
-        for name in ("detect_deadline", "action_deadline", "verify_window", "reopen_window"):
+        for name in ("detect_deadline", "action_deadline", "verify_window", "reopen_window",
+                     "escalation_repeat"):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be greater than 0")
         if self.verify_grace < 0:
             raise InvalidInput("verify_grace must not be negative")
 
     def deadline_for(self, state: State, now: datetime) -> datetime | None:
-        """The deadline an incident gets on entering `state`; None where humans own it."""
+        """The deadline an incident gets on entering `state`; None once resolved."""
         seconds = {
             State.DETECTED: self.detect_deadline,
             State.REMEDIATING: self.action_deadline,
             State.VERIFYING: self.verify_window + self.verify_grace,
+            State.ESCALATED: self.escalation_repeat,
         }.get(state)
         return None if seconds is None else now + timedelta(seconds=seconds)
 
@@ -213,6 +217,8 @@ EDGES: Final[tuple[Edge, ...]] = (
          "the problem cleared by itself, or after humans acted"),
     Edge(Trigger.TIMEOUT, (_D, _RM, _V), _E, ("deadline_passed",),
          "the state's deadline passed (checked again on the incident as it is now)"),
+    Edge(Trigger.TIMEOUT, (_E,), _E, ("deadline_passed",),
+         "escalated and nobody acknowledged it: escalate (notify) again, next deadline set"),
     Edge(Trigger.APPROVE, (_E,), _RM, ("action_permitted",),
          "an operator approves a held or new action", operator=True),
     Edge(Trigger.RESOLVE, (_D, _RM, _V, _E), _RS, (),
@@ -220,7 +226,8 @@ EDGES: Final[tuple[Edge, ...]] = (
     Edge(Trigger.ESCALATE, (_D, _RM, _V), _E, (),
          "an operator takes the incident over", operator=True),
     Edge(Trigger.ACKNOWLEDGE, (_D, _RM, _V, _E), None, (),
-         "an operator says they are on it; the state does not change", operator=True),
+         "an operator says they are on it; the state does not change (an escalated "
+         "incident stops being escalated again: its deadline is cleared)", operator=True),
     Edge(Trigger.REOPEN, (_RS,), _D, ("within_reopen_window",),
          "the same problem came back inside the reopen window: same incident, flap count + 1"),
 )
@@ -615,9 +622,13 @@ class IncidentEngine:
             resolved_at = None
         if dest == State.RESOLVED:
             resolved_at = now
-        deadline = (
-            incident.deadline_at if dest == source else self.policy.deadline_for(State(dest), now)
-        )
+        trigger = event.event.name
+        if trigger == Trigger.ACKNOWLEDGE and source == State.ESCALATED:
+            deadline = None  # a human owns it now: no more repeated escalations
+        elif dest == source and trigger != Trigger.TIMEOUT:
+            deadline = incident.deadline_at
+        else:
+            deadline = self.policy.deadline_for(State(dest), now)
         starts_action = dest == State.REMEDIATING and source != State.REMEDIATING
         step_details = _with_verdict(model.details, model.ctx.intent)
         notifications: Sequence[Any] = model.notifications

@@ -79,6 +79,11 @@ def notice_for(step: StepView, *, alert_severities: frozenset[str]) -> Notice | 
                       f"❌ System Issue: {what} escalated to the operators after "
                       f"{step.strikes} failed attempt(s): {step.reason}",
                       action=action, outcome="escalated")
+    if (step.dest == State.ESCALATED and step.source == State.ESCALATED
+            and step.trigger == Trigger.TIMEOUT):
+        return Notice("escalated", "critical",
+                      f"❌ System Issue: {what} is still escalated and nobody has acknowledged "
+                      f"it: {step.reason}", action=action, outcome="still escalated")
     if step.dest == State.RESOLVED and step.source != State.RESOLVED and step.notified_before:
         return Notice("resolved", "info", f"✅ System Recovery: {what} resolved: {step.reason}",
                       action=action, outcome="resolved")

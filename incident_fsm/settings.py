@@ -102,6 +102,8 @@ class AgentSettings:
     detect_deadline: float = 120.0
     action_deadline: float = 300.0
     reopen_window: float = 3600.0
+    #: an escalated incident nobody acknowledged is escalated (notified) again after this
+    escalation_repeat: float = 1800.0
     #: guardrails: at most this many actions per target per window
     action_budget: int = 3
     action_budget_window: float = 1800.0

@@ -25,6 +25,7 @@ from .store import Store
 
 ACTOR: Final = "agent"
 _WHAT_WAS_LATE: Final = {
+    State.ESCALATED: "nobody acknowledged the escalation: escalating again",
     State.DETECTED: "no action started before the detect deadline",
     State.REMEDIATING: "the action did not finish before the action deadline",
     State.VERIFYING: "verification did not conclude before its deadline",
@@ -53,7 +54,8 @@ class DeadlineSweeper:
         try:
             current = await self._store.get_incident(incident_id)
             deadline = current.deadline_at
-            if current.state not in AUTOMATED_STATES or deadline is None or deadline > now:
+            if current.state not in (*AUTOMATED_STATES, State.ESCALATED) or deadline is None \
+                    or deadline > now:
                 return None  # moved on since the overdue query
             state = State(current.state)
             escalated = await self._engine.fire(

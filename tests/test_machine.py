@@ -62,12 +62,18 @@ def test_every_open_state_has_a_way_out(state: State) -> None:
     assert Trigger.RESOLVE in _exits(state)
 
 
+def test_escalated_has_its_own_timeout_edge_and_keeps_its_state() -> None:
+    (repeat,) = [e for e in EDGES if e.trigger is Trigger.TIMEOUT and State.ESCALATED in e.sources]
+    assert repeat.dest is State.ESCALATED and repeat.guards == ("deadline_passed",)
+
+
 def test_terminal_states_are_left_only_by_the_listed_edges() -> None:
     assert _exits(State.RESOLVED) == {Trigger.REOPEN}
     assert _exits(State.ESCALATED) == {Trigger.APPROVE, Trigger.RECOVERED, Trigger.RESOLVE}
     # Nothing automatic leaves escalated except the problem clearing by itself.
     automatic_out_of_escalated = {
-        e.trigger for e in EDGES if State.ESCALATED in e.sources and not e.operator
+        e.trigger for e in EDGES
+        if State.ESCALATED in e.sources and not e.operator and e.dest is not State.ESCALATED
     }
     assert automatic_out_of_escalated == {Trigger.RECOVERED}
 
@@ -123,7 +129,7 @@ def test_deadlines_per_state() -> None:
     assert policy.deadline_for(State.DETECTED, NOW) == NOW + timedelta(seconds=120)
     assert policy.deadline_for(State.REMEDIATING, NOW) == NOW + timedelta(seconds=300)
     assert policy.deadline_for(State.VERIFYING, NOW) == NOW + timedelta(seconds=120)
-    assert policy.deadline_for(State.ESCALATED, NOW) is None
+    assert policy.deadline_for(State.ESCALATED, NOW) == NOW + timedelta(seconds=1800)
     assert policy.deadline_for(State.RESOLVED, NOW) is None
 
 

@@ -196,3 +196,27 @@ async def test_a_step_that_is_not_written_leaves_no_notification(
     # Only the operator's escalation notified; the lost step's rows were never written.
     assert [(n.transition_seq, n.payload["trigger"]) for n in notes] == [
         (2, "escalate"), (2, "escalate")]
+
+
+async def test_the_sweeper_escalates_again_with_a_notice_until_acknowledged(
+    store: Store, clock: ManualClock, policy: MachinePolicy,
+) -> None:
+    from incident_fsm.sweeper import DeadlineSweeper
+
+    engine = _engine(store, clock, policy)
+    iid = (await engine.open(target="api", kind="memory_high", severity="critical",
+                             reason="memory 95%")).incident.incident_id
+    await engine.fire(iid, "escalate", actor="alice", reason="looking into it later")
+    sweeper = DeadlineSweeper(engine=engine, store=store, clock=clock)
+    clock.advance(policy.escalation_repeat - 1)
+    assert await sweeper.sweep() == []
+    clock.advance(1)
+    (repeated,) = await sweeper.sweep()
+    assert repeated.state == "escalated"
+    notes = (await store.timeline(iid)).notifications
+    last = [n.payload for n in notes if n.transition_seq == repeated.version]
+    assert {p["event"] for p in last} == {"escalated"}
+    assert "nobody has acknowledged" in last[0]["text"]
+    await engine.fire(iid, "acknowledge", actor="alice", reason="on it now")
+    clock.advance(10 * policy.escalation_repeat)
+    assert await sweeper.sweep() == []

@@ -273,7 +273,8 @@ async def test_overdue_lists_open_incidents_past_their_deadline(
     assert [i.id for i in await store.overdue(clock.now())] == [early.id, late.id]
     moved = await engine.fire(early.incident_id, "timeout", actor="sweeper",
                               reason="no action within 120s")
-    assert moved.state == "escalated" and moved.deadline_at is None
+    assert moved.state == "escalated"
+    assert moved.deadline_at == clock.now() + timedelta(seconds=1800)  # repeats if unacked
     assert [i.id for i in await store.overdue(clock.now())] == [late.id]
 
 
@@ -314,6 +315,28 @@ async def test_a_stale_timeout_cannot_escalate_a_state_whose_deadline_is_ahead(
     moved = await engine.fire(incident.incident_id, "timeout", actor="sweeper",
                               reason="the action did not finish in time")
     assert moved.state == "escalated"
+
+
+async def test_an_unacknowledged_escalation_is_repeated_until_acknowledged(
+    store: Store, engine: IncidentEngine, clock: ManualClock, policy: MachinePolicy
+) -> None:
+    incident = await _open(engine)
+    escalated = await engine.fire(incident.incident_id, "hold", actor="agent",
+                                  reason="needs approval")
+    repeat = timedelta(seconds=policy.escalation_repeat)
+    assert escalated.deadline_at == clock.now() + repeat
+    assert await store.overdue(clock.now() + repeat) != []
+    clock.advance(policy.escalation_repeat)
+    again = await engine.fire(incident.incident_id, "timeout", actor="agent",
+                              reason="nobody acknowledged")
+    assert again.state == "escalated" and again.deadline_at == clock.now() + repeat
+    acked = await engine.fire(incident.incident_id, "acknowledge", actor="alice",
+                              reason="on it")
+    assert acked.state == "escalated" and acked.deadline_at is None
+    clock.advance(10 * policy.escalation_repeat)
+    assert await store.overdue(clock.now()) == []  # nothing repeats once acknowledged
+    assert [t.trigger for t in (await store.timeline(incident.incident_id)).transitions] == [
+        "open", "hold", "timeout", "acknowledge"]
 
 
 async def test_concurrent_fires_one_wins_one_conflicts(

@@ -12,6 +12,7 @@ was executed once, and the escalation is stamped at the deadline.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -86,7 +87,8 @@ async def test_an_outage_longer_than_the_action_deadline_escalates_on_time_and_r
     assert run.action == "never_done" and run.executing_at is not None
     assert run.outcome == "timed_out", run
     assert action.started == 1  # executed once, never restarted by the replay
-    assert incident.deadline_at is None
+    # Escalated: it will be escalated again unless someone acknowledges it.
+    assert incident.deadline_at == timeline.transitions[-1].at + timedelta(seconds=1800)
     assert {n.channel for n in timeline.notifications} == {"log"}
     assert not (tmp_path / "agent.journal").exists()
 
