@@ -138,12 +138,7 @@ class Agent:
             self.store, settings, clock=self.clock, http=self.http, environ=environ)
         self.engine = IncidentEngine(
             self.store, clock=self.clock,
-            policy=MachinePolicy(max_strikes=agent.max_strikes,
-                                 detect_deadline=agent.detect_deadline,
-                                 action_deadline=agent.action_deadline,
-                                 verify_window=agent.verify_window,
-                                 reopen_window=agent.reopen_window,
-                                 escalation_repeat=agent.escalation_repeat),
+            policy=MachinePolicy.from_settings(agent),
             outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge)
         targets = {t.name: t for t in settings.targets}
         self.monitor = Monitor(

@@ -436,14 +436,17 @@ def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
     Example: incident-fsm force 3 approve --reason "failover approved by on-call" --actor alice
     """
     from .config import load_settings
+    from .machine import MachinePolicy
     from .outbox import policy_from_settings
     from .report import to_json
 
     who = actor if actor is not None else getpass.getuser()
-    outbox = policy_from_settings(load_settings(config_path))
+    settings = load_settings(config_path)
+    outbox = policy_from_settings(settings)
+    policy = MachinePolicy.from_settings(settings.agent)
     incident = _with_store(database_url, lambda store: _force(
         store, incident_id=incident_id, trigger=trigger, reason=reason, actor=who,
-        action_name=action_name, outbox=outbox))
+        action_name=action_name, outbox=outbox, policy=policy))
     if as_json:
         click.echo(to_json(incident))
     else:
@@ -451,7 +454,7 @@ def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
 
 
 async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, actor: str,
-                 action_name: str | None, outbox: Any) -> Any:
+                 action_name: str | None, outbox: Any, policy: Any) -> Any:
     from .clock import SystemClock
     from .machine import ActionIntent, IncidentEngine, Verdict, triggers_from
     from .models import IncidentId
@@ -474,7 +477,7 @@ async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, act
         intent = ActionIntent(name, str(tier), Verdict.APPROVED, f"approved by {actor}: {reason}")
     elif action_name is not None:
         raise InvalidInput("--action goes only with approve")
-    engine = IncidentEngine(store, clock=SystemClock(), outbox=outbox)
+    engine = IncidentEngine(store, clock=SystemClock(), outbox=outbox, policy=policy)
     return await engine.fire(iid, trigger, actor=actor, reason=reason,
                              details={"forced": True}, intent=intent)
 

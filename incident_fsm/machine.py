@@ -35,6 +35,7 @@ from .text import one_line
 if TYPE_CHECKING:
     from .clock import Clock
     from .models import Incident, IncidentId, OutboxMessage
+    from .settings import AgentSettings
     from .store import Opened, Store
 
 
@@ -116,6 +117,14 @@ class MachinePolicy:
                 raise InvalidInput(f"{name} must be greater than 0")
         if self.verify_grace < 0:
             raise InvalidInput("verify_grace must not be negative")
+
+    @classmethod
+    def from_settings(cls, agent: AgentSettings) -> MachinePolicy:
+        """The numbers of `[agent]`: the one place they are mapped (agent and CLI alike)."""
+        return cls(max_strikes=agent.max_strikes, detect_deadline=agent.detect_deadline,
+                   action_deadline=agent.action_deadline, verify_window=agent.verify_window,
+                   reopen_window=agent.reopen_window,
+                   escalation_repeat=agent.escalation_repeat)
 
     def deadline_for(self, state: State, now: datetime) -> datetime | None:
         """The deadline an incident gets on entering `state`; None once resolved."""

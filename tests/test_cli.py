@@ -302,3 +302,17 @@ def test_a_reason_cannot_forge_lines_in_show_or_history(db_url: str) -> None:
     assert len([ln for ln in text.splitlines() if "acknowledge" in ln]) == 1
     stored = json.loads(_run(db_url, "show", str(ids["c"]), "--json").output)
     assert stored["transitions"][-1]["reason"] == forged  # kept verbatim as data
+
+
+def test_forced_approval_uses_the_configured_action_deadline(db_url: str, tmp_path: Path) -> None:
+    ids = _seed(db_url)
+    config = tmp_path / "agent.toml"
+    config.write_text("[agent]\naction_deadline = 42\n")
+    result = _run(db_url, "force", str(ids["b"]), "approve", "--reason", "go",
+                  "--config", str(config), "--json")
+    assert result.exit_code == 0, result.output
+    incident = json.loads(result.output)
+    approved_at = json.loads(_run(db_url, "show", str(ids["b"]), "--json").output)[
+        "transitions"][-1]["at"]
+    deadline = datetime.fromisoformat(incident["deadline_at"])
+    assert (deadline - datetime.fromisoformat(approved_at)).total_seconds() == 42
