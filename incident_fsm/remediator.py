@@ -10,6 +10,10 @@ mode):
     wait the verify window (on the injected clock) -> ask the Verifier
     judge the attempt -> fire recovered, or still_failing with the next choice
 
+An action that reports itself not applicable (outcome `skipped`, e.g. a
+scale while Render autoscales) changed nothing: it is no strike and is not
+verified; `still_failing` follows at once with the next choice.
+
 The graph does the rest: `still_failing` escalates at `max_strikes` or
 when no action is left. Every attempt is recorded by the engine before it
 runs; an attempt found unfinished when `drive` starts (the agent stopped
@@ -229,6 +233,9 @@ class Remediator:
         if outcome.status is OutcomeStatus.OK:
             _log(incident).info("🔧 Executed {} for {}: {}", run.action, incident.fingerprint,
                                 outcome.summary)
+        elif outcome.status is OutcomeStatus.SKIPPED:
+            _log(incident).info("⏭ {} does not apply to {}: {}", run.action,
+                                incident.fingerprint, outcome.summary)
         else:
             _log(incident).warning("❌ Failed to {}: {}", run.action, outcome.summary)
         details = _outcome_details(outcome)
@@ -301,6 +308,14 @@ class Remediator:
         return await self._fire(incident, "action_finished", reason)
 
     async def _judge(self, incident: Incident) -> Incident:
+        attempts = await self._store.attempts(incident.incident_id)
+        run = _last_real(attempts)
+        if run is not None and run.outcome == OutcomeStatus.SKIPPED.value:
+            # Not applicable: it changed nothing, so there is nothing to wait for or verify,
+            # and no strike (a skipped attempt is none); straight on to the next candidate.
+            summary = str((run.evidence or {}).get("summary", "")) or "not applicable"
+            return await self._next(incident, attempts,
+                                    f"{run.action} did not apply: {summary}", details={})
         wait = self._engine.policy.verify_window - (
             self._clock.now() - incident.updated_at).total_seconds()
         if wait > 0:
@@ -322,8 +337,13 @@ class Remediator:
             return await self._fire(incident, "recovered",
                                     f"verified after {label}: {verification.summary or 'cleared'}",
                                     details=details)
-        incident = await self._store.get_incident(incident.incident_id)
         still = f"still failing after {label}: {verification.summary or 'not cleared'}"
+        return await self._next(incident, attempts, still, details=details)
+
+    async def _next(self, incident: Incident, attempts: Sequence[ActionRun], still: str, *,
+                    details: dict[str, Any]) -> Incident:
+        """From `verifying`, not cleared: the next candidate, or escalation (`still_failing`)."""
+        incident = await self._store.get_incident(incident.incident_id)
         max_strikes = self._engine.policy.max_strikes
         if incident.strikes >= max_strikes:
             return await self._fire(incident, "still_failing",

@@ -1,7 +1,8 @@
 """Render restart and scale (and the failover webhook) against a respx-mocked API.
 
 Every test also checks that the API key never shows up in what we log
-(loguru and the standard logging httpx uses) or report.
+(loguru and the standard logging httpx uses) or report. Rate limits run on
+the test's virtual clock: a wait is seen as a sleeper on it, then passed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -22,13 +24,26 @@ from loguru import logger
 
 from incident_fsm.actions.base import Outcome, OutcomeStatus, Tier
 from incident_fsm.actions.failover import SIGNATURE_HEADER, Failover
-from incident_fsm.actions.http_retry import backoff, retry_after
-from incident_fsm.actions.render import RenderApi, RenderRestart, RenderScale
+from incident_fsm.actions.http_retry import (
+    MAX_ATTEMPTS,
+    RateGate,
+    backoff,
+    ratelimit_remaining,
+    ratelimit_reset,
+    retry_after,
+)
+from incident_fsm.actions.render import (
+    RateGates,
+    RenderApi,
+    RenderRestart,
+    RenderScale,
+    service_facts,
+)
 from incident_fsm.clock import ManualClock
 from incident_fsm.errors import InvalidInput
 from incident_fsm.settings import FailoverSettings, RenderSettings
 
-from .support import NOW, context, run_with_waits
+from .support import NOW, context, run_with_waits, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -86,13 +101,16 @@ async def run_in_virtual_time(clock: ManualClock, action: Any, ctx: Any,
     return await run_with_waits(clock, lambda: action.run(ctx), waits)
 
 
+@pytest.mark.parametrize("status", [200, 202, 204])  # Render answers 200; any 2xx is success
 async def test_restart_success_sends_the_key_only_in_the_header(
-    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str],
+    status: int
 ) -> None:
-    route = router.post("/services/srv-web/restart").mock(return_value=httpx.Response(202))
+    route = router.post("/services/srv-web/restart").mock(return_value=httpx.Response(status))
     outcome = clean(await restart(api).run(context(clock)))
     assert outcome.status is OutcomeStatus.OK
-    assert outcome.http_status == 202
+    assert outcome.http_status == status
+    assert outcome.summary == f"restart of srv-web: requested (HTTP {status})"
     assert outcome.evidence == {"service_id": "srv-web", "attempts": 1}
     assert route.calls.last.request.headers["Authorization"] == f"Bearer {KEY}"
     assert route.call_count == 1
@@ -218,25 +236,88 @@ async def test_scale_adds_one_instance_within_bounds(
 
 
 @pytest.mark.parametrize(
-    ("service", "message"),
+    ("details", "message"),
     [
-        ({"serviceDetails": {"numInstances": 3}}, "already runs 3 instances (max_instances 3)"),
-        ({"serviceDetails": {"numInstances": 5}}, "already runs 5 instances"),
-        ({"serviceDetails": {"numInstances": 1, "autoscaling": {"enabled": True}}},
-         "autoscales"),
-        ({"serviceDetails": {}}, "has no instance count"),
+        ({"numInstances": 1, "plan": "standard", "autoscaling": {"enabled": True}},
+         "autoscaling is enabled on srv-web: Render ignores a manual scale"),
+        ({"numInstances": 1, "plan": "free", "autoscaling": {"enabled": False}},
+         "srv-web is on the free plan: it cannot run more than 1 instance"),
+        ({"numInstances": 1, "plan": "Free"}, "on the free plan"),
+        ({"numInstances": 3}, "srv-web already runs 3 instances (max_instances 3): scaling "
+                              "would not add one"),
+        ({"numInstances": 5}, "already runs 5 instances"),
     ],
 )
-async def test_scale_never_goes_past_max_or_down_or_against_autoscaling(
+async def test_a_scale_that_cannot_help_is_not_applicable_and_sends_no_scale(
     api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str],
-    service: dict[str, Any], message: str
+    details: dict[str, Any], message: str
 ) -> None:
-    router.get("/services/srv-web").mock(return_value=httpx.Response(200, json=service))
+    router.get("/services/srv-web").mock(return_value=httpx.Response(
+        200, json={"id": "srv-web", "serviceDetails": details}))
+    scale = router.post("/services/srv-web/scale").mock(return_value=httpx.Response(202))
+    outcome = clean(await RenderScale(api, service_id="srv-web", kinds=()).run(context(clock)))
+    assert outcome.status is OutcomeStatus.SKIPPED
+    assert message in outcome.summary
+    assert outcome.record()["summary"] == outcome.summary  # what the remediator quotes
+    assert outcome.evidence["from_instances"] == details["numInstances"]
+    assert "to_instances" not in outcome.evidence
+    assert scale.call_count == 0
+
+
+async def test_the_free_plan_may_still_go_from_none_to_one(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    router.get("/services/srv-web").mock(return_value=httpx.Response(
+        200, json={"serviceDetails": {"numInstances": 0, "plan": "free"}}))
+    scale = router.post("/services/srv-web/scale").mock(return_value=httpx.Response(202))
+    outcome = clean(await RenderScale(api, service_id="srv-web", kinds=()).run(context(clock)))
+    assert outcome.status is OutcomeStatus.OK
+    assert json.loads(scale.calls.last.request.content) == {"numInstances": 1}
+
+
+async def test_an_answer_without_an_instance_count_is_a_failure(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    router.get("/services/srv-web").mock(return_value=httpx.Response(
+        200, json={"serviceDetails": {}}))
     scale = router.post("/services/srv-web/scale").mock(return_value=httpx.Response(202))
     outcome = clean(await RenderScale(api, service_id="srv-web", kinds=()).run(context(clock)))
     assert outcome.status is OutcomeStatus.FAILED
-    assert message in outcome.summary
+    assert "has no instance count" in outcome.summary
     assert scale.call_count == 0
+
+
+@pytest.mark.parametrize(("reply", "status", "problem"), [
+    (httpx.Response(404), OutcomeStatus.FAILED, "not found (404)"),
+    (httpx.Response(403), OutcomeStatus.FAILED, "the API key was refused (403)"),
+    (httpx.Response(503), OutcomeStatus.TIMED_OUT, "server error (503); still failing"),
+])
+async def test_a_failed_read_is_a_failure_never_taken_as_applicable(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str],
+    reply: httpx.Response, status: OutcomeStatus, problem: str
+) -> None:
+    router.get("/services/srv-web").mock(return_value=reply)
+    scale = router.post("/services/srv-web/scale").mock(return_value=httpx.Response(202))
+    action = RenderScale(api, service_id="srv-web", kinds=())
+    waits = [1, 1] if status is OutcomeStatus.TIMED_OUT else []  # back-off 1 s, then the end
+    outcome = clean(await run_in_virtual_time(clock, action, context(clock, seconds=2), waits))
+    assert outcome.status is status
+    assert outcome.summary.startswith("reading the instance count of srv-web failed: ")
+    assert problem in outcome.summary
+    assert scale.call_count == 0
+
+
+def test_service_facts_are_read_defensively() -> None:
+    facts = service_facts({"serviceDetails": {
+        "numInstances": 2, "plan": " Starter ", "autoscaling": {"enabled": True}}})
+    assert (facts.instances, facts.autoscaling, facts.plan) == (2, True, "starter")
+    for odd in (None, [], "x", {"serviceDetails": "x"},
+                {"serviceDetails": {"numInstances": True, "autoscaling": {"enabled": "yes"},
+                                    "plan": 3}},
+                {"serviceDetails": {"numInstances": -1}}):
+        facts = service_facts(odd)
+        assert (facts.instances, facts.autoscaling, facts.plan) == (None, False, None)
+    assert service_facts({"numInstances": 4}).instances == 4  # older, flat answer
 
 
 async def test_dry_runs_send_nothing(
@@ -257,6 +338,153 @@ def test_service_ids_and_bounds_are_checked() -> None:
     bad = RenderApi(RenderSettings(min_instances=3, max_instances=2), http=http, environ={})
     with pytest.raises(InvalidInput, match="min_instances"):
         RenderScale(bad, service_id="srv-web", kinds=())
+
+
+# --- rate limits ------------------------------------------------------------------
+
+
+def limited(status: int = 200, *, remaining: int, reset: str, limit: int = 30) -> httpx.Response:
+    return httpx.Response(status, headers={"Ratelimit-Limit": str(limit),
+                                           "Ratelimit-Remaining": str(remaining),
+                                           "Ratelimit-Reset": reset})
+
+
+async def test_a_spent_window_holds_the_next_post_until_it_resets(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(side_effect=[
+        limited(remaining=0, reset="12"), limited(remaining=29, reset="60")])
+    first = clean(await restart(api).run(context(clock)))
+    assert first.status is OutcomeStatus.OK and clock.now() == NOW
+    # The next POST is not sent until the window resets: 12 s on the test clock.
+    results: list[Outcome] = []
+
+    async def second_restart() -> None:
+        results.append(await restart(api).run(context(clock)))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(second_restart)
+        await wait_until(lambda: clock.wakeups() == [NOW + timedelta(seconds=12)])
+        assert route.call_count == 1  # held, not sent
+        clock.advance(12)
+    (second,) = results
+    assert clean(second).status is OutcomeStatus.OK
+    assert route.call_count == 2
+    assert clock.now() == NOW + timedelta(seconds=12)
+    assert any("rate limit spent; waiting 12 s" in line for line in captured)
+
+
+async def test_the_hold_is_shared_by_every_action_using_the_key_on_the_client(
+    router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    restarts = router.post("/services/srv-web/restart").mock(
+        return_value=limited(remaining=0, reset="20"))
+    workers = router.post("/services/srv-worker/restart").mock(return_value=httpx.Response(200))
+    reads = router.get("/services/srv-web").mock(return_value=httpx.Response(
+        200, json={"serviceDetails": {"numInstances": 1}}))
+    async with httpx.AsyncClient() as http:
+        web = RenderApi(SETTINGS, http=http, environ={"RENDER_API_KEY": KEY})
+        other_target = RenderApi(SETTINGS, http=http, environ={"RENDER_API_KEY": KEY})
+        other_key = RenderApi(SETTINGS, http=http, environ={"RENDER_API_KEY": KEY + "2"})
+        assert (await restart(web).run(context(clock))).status is OutcomeStatus.OK
+        # Another key has its own quota, and GETs have theirs: neither waits.
+        assert (await restart(other_key, "srv-worker").run(context(clock))).status is (
+            OutcomeStatus.OK)
+        read = await other_target.call("GET", "/services/srv-web", ctx=context(clock))
+        assert read.ok and clock.now() == NOW
+        # The same key from another target's actions waits for the window.
+        outcome = clean(await run_with_waits(
+            clock, lambda: restart(other_target, "srv-worker").run(context(clock)), [20]))
+    assert outcome.status is OutcomeStatus.OK
+    assert (restarts.call_count, workers.call_count, reads.call_count) == (1, 2, 1)
+    assert clock.now() == NOW + timedelta(seconds=20)
+
+
+async def test_a_window_resetting_after_the_deadline_sends_nothing_and_times_out(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(
+        return_value=limited(remaining=0, reset="50"))
+    await restart(api).run(context(clock))
+    outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock, seconds=30),
+                                              [30]))
+    assert outcome.status is OutcomeStatus.TIMED_OUT
+    assert outcome.summary == ("restart of srv-web failed: rate limit spent: the window resets "
+                               "in 50 s; still failing at the deadline")
+    assert route.call_count == 1
+    assert clock.now() == NOW + timedelta(seconds=30)
+
+
+async def test_a_429_without_retry_after_waits_for_ratelimit_reset(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(side_effect=[
+        limited(429, remaining=0, reset="9"), httpx.Response(200)])
+    outcome = clean(await run_in_virtual_time(clock, restart(api), context(clock), [9]))
+    assert outcome.status is OutcomeStatus.OK
+    assert outcome.evidence["attempts"] == 2 and route.call_count == 2
+    assert clock.now() == NOW + timedelta(seconds=9)
+
+
+async def test_a_429_holds_the_other_actions_on_the_key_too(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    router.post("/services/srv-web/restart").mock(side_effect=[
+        httpx.Response(429, headers={"Retry-After": "15"}), httpx.Response(200)])
+    worker = router.post("/services/srv-worker/restart").mock(return_value=httpx.Response(200))
+    ctx = context(clock)
+
+    async def both() -> tuple[Outcome, Outcome]:
+        web = await restart(api).run(ctx)
+        return web, await restart(api, "srv-worker").run(ctx)
+
+    # The first waits out its Retry-After; the second then finds the window open.
+    web, other = await run_with_waits(clock, both, [15])
+    assert web.status is other.status is OutcomeStatus.OK
+    assert worker.call_count == 1 and clock.now() == NOW + timedelta(seconds=15)
+
+
+async def test_429s_are_retried_a_bounded_number_of_times(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    route = router.post("/services/srv-web/restart").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": "0"}))
+    outcome = clean(await restart(api).run(context(clock)))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert outcome.summary.endswith(f"rate limited (429); gave up after {MAX_ATTEMPTS} attempts")
+    assert route.call_count == MAX_ATTEMPTS
+
+
+def test_ratelimit_headers_are_read_defensively() -> None:
+    def answer(**headers: str) -> httpx.Response:
+        return httpx.Response(200, headers=headers)
+
+    assert ratelimit_reset(answer(**{"Ratelimit-Reset": "12"}), NOW) == 12.0
+    assert ratelimit_reset(answer(**{"Ratelimit-Reset": str(int(NOW.timestamp()) + 40)}),
+                           NOW) == 40.0  # a Unix time, as some APIs send
+    for odd in ("-3", "soon", "nan", "inf", ""):
+        value = ratelimit_reset(answer(**{"Ratelimit-Reset": odd}), NOW)
+        assert value in (None, 0.0), odd
+    assert ratelimit_reset(answer(), NOW) is None
+    assert ratelimit_remaining(answer(**{"Ratelimit-Remaining": "0"})) == 0
+    assert ratelimit_remaining(answer(**{"Ratelimit-Remaining": "many"})) is None
+
+    gate = RateGate()
+    gate.observe(limited(remaining=3, reset="30"), NOW)
+    assert gate.hold(NOW) == 0.0  # quota left: go
+    gate.observe(limited(remaining=0, reset="30"), NOW)
+    gate.observe(limited(remaining=5, reset="60"), NOW)  # sent earlier: the hold stands
+    assert gate.hold(NOW + timedelta(seconds=10)) == 20.0
+    assert gate.hold(NOW + timedelta(seconds=31)) == 0.0
+
+
+def test_gates_are_per_key_and_kind_and_never_hold_the_key() -> None:
+    gates = RateGates()
+    post = gates.gate(api_url=API, key=KEY, method="POST")
+    assert gates.gate(api_url=API, key=KEY, method="post") is post
+    assert gates.gate(api_url=API, key=KEY, method="GET") is not post
+    assert gates.gate(api_url=API, key="other", method="POST") is not post
+    assert KEY not in repr(vars(gates))
 
 
 def test_retry_after_and_backoff() -> None:

@@ -6,7 +6,9 @@ records the attempt before calling `run`, hands it the attempt's
 idempotency key and deadline in an `ActionContext`, and stores the
 `Outcome`. An outcome says what the action did and what it saw -- it is
 evidence, not the verdict: only the verification that follows decides
-whether the attempt helped.
+whether the attempt helped. An action that finds it cannot apply (and so
+changed nothing) says so with `Outcome.not_applicable`: no strike, no
+verification, the next candidate is tried.
 
 With `ctx.dry_run` set an action must touch nothing (no process, no HTTP
 request, no file change) and describe what it would have done instead.
@@ -47,6 +49,9 @@ class OutcomeStatus(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    #: not applicable here (e.g. a scale while Render autoscales): nothing was changed, so
+    #: it is no strike and nothing to verify; the next candidate is tried
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,11 @@ class Outcome:
     @classmethod
     def timed_out(cls, summary: str, **fields: Any) -> Outcome:
         return cls(OutcomeStatus.TIMED_OUT, summary, **fields)
+
+    @classmethod
+    def not_applicable(cls, summary: str, **fields: Any) -> Outcome:
+        """The action cannot help here and changed nothing; `summary` says why."""
+        return cls(OutcomeStatus.SKIPPED, summary, **fields)
 
     def record(self) -> dict[str, Any]:
         """The evidence as stored on the `action_run` row."""

@@ -21,14 +21,13 @@ import hmac
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
 from loguru import logger
 
 from ..clock import Clock
+from ..retry_after import retry_after_seconds
 from ..settings import WebhookSettings
 from .base import Outcome, Outgoing
 
@@ -126,7 +125,8 @@ class WebhookChannel:
                 return Outcome.delivered()
             error = f"webhook {where} answered HTTP {response.status_code}"
             if response.status_code == 429:
-                wait = _retry_after(response.headers.get("Retry-After"), self._clock.now())
+                wait = retry_after_seconds(response.headers.get("Retry-After"),
+                                           self._clock.now(), cap=MAX_RETRY_AFTER)
                 logger.warning("{}; retrying in {}", error,
                                "the dispatcher's backoff" if wait is None else f"{wait:g} s")
                 return Outcome.failed(error, retry_after=wait)
@@ -134,15 +134,4 @@ class WebhookChannel:
         return Outcome.failed(error)
 
 
-def _retry_after(value: str | None, now: datetime) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - now).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
