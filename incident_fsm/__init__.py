@@ -27,6 +27,7 @@ from .machine import (
     Verdict,
 )
 from .models import ActionRun, Incident, IncidentId, Notification, OutboxMessage, Transition
+from .relay import pam_relay
 from .store import Opened, Store, Timeline
 
 __all__ = [
@@ -65,4 +66,5 @@ __all__ = [
     "Trigger",
     "Verdict",
     "lifespan",
+    "pam_relay",
 ]

@@ -171,12 +171,19 @@ def run(config_path: str | None, database_url: str | None, poll_interval: float 
 
     Example: incident-fsm run --config /etc/incident-fsm/agent.toml
     """
-    from .config import load_settings
+    from .config import ConfigError, load_settings
 
     settings = load_settings(config_path, overrides={
         "database_url": database_url, "poll_interval": poll_interval,
         "fast_poll_interval": fast_poll_interval, "auto_remediation": auto_remediation,
         "pam_integration": pam_integration})
+    if settings.channels.pam_inprocess is not None:
+        # Imported into this process, the manager would hold no user's socket: every
+        # notification would wait forever.
+        raise ConfigError("channels.pam_inprocess",
+                          "needs the agent inside the service's own process (its lifespan, "
+                          "with pam_manager=); a standalone agent reaches PAM through "
+                          "[channels.pam_relay], mounted in the service")
     url = database.resolve_url(settings.agent.database_url)
     current, head = _schema_in_child(url, upgrade=False)
     if current != head:

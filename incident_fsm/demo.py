@@ -4,13 +4,16 @@ Nothing here is staged: the agent polls the simulated service over HTTP on
 loopback, opens incidents from what it reads, runs real actions (Render-like
 API calls that change the simulated service, a disk cleanup that deletes real
 files in a temporary folder), verifies with fresh samples, and notifies a
-PAM-like WebSocket endpoint. Only time is compressed (polls every 0.2 s).
+PAM-like WebSocket endpoint that, like PAM's real chat socket, answers the
+agent's `system_message` frames with `Unknown message type`: the summary
+counts those notifications as not delivered, with PAM's answer, because
+nobody received them. Only time is compressed (polls every 0.2 s).
 
 1. memory pressure: a leak -> `render_restart` -> verified -> resolved;
 2. disk spike: old logs fill the disk -> `disk_cleanup` deletes them -> resolved;
 3. worker failure: the Celery worker dies -> `restart_celery_workers` -> resolved;
 4. PAM outage: PAM goes down, a CPU spike is handled (`render_scale`) without it,
-   and the notifications arrive once PAM is back;
+   and the queued notifications are offered once PAM is back (and refused by it);
 then a health endpoint that stays down: a restart does not help, the
 failover (approval tier) is held and the incident escalated, for the
 operator to approve with `incident-fsm force`.
@@ -90,7 +93,8 @@ def demo_settings(sim: Simulator, pam: PamSimulator, url: str, logs: Path) -> Se
         channels=ChannelsSettings(
             pam=PamSettings(url=pam.url, user_id="ops", reconnect_initial=0.2,
                             reconnect_max=1.0),
-            retry_initial=0.5, retry_max=2.0))
+            # PAM's socket refuses every notification frame: give up after two tries.
+            max_attempts=2, retry_initial=0.5, retry_max=2.0))
 
 
 async def run_demo(url: str, *, workdir: Path,
@@ -99,7 +103,8 @@ async def run_demo(url: str, *, workdir: Path,
     logs = workdir / "app-logs"
     logs.mkdir(parents=True, exist_ok=True)
     state = ServiceState(disk_dir=logs, disk_capacity_bytes=2_000_000, disk_base_bytes=600_000)
-    pam = PamSimulator(token=PAM_TOKEN, ping_interval=5.0, pong_timeout=5.0)
+    pam = PamSimulator(token=PAM_TOKEN, ping_interval=5.0, heartbeat_interval=4.0,
+                       pong_timeout=14.0)
     results: list[ScenarioResult] = []
     started = time.monotonic()
     env = {"RENDER_API_KEY": RENDER_KEY, "PAM_TOKEN": PAM_TOKEN}
@@ -130,9 +135,9 @@ async def run_demo(url: str, *, workdir: Path,
                            lambda: setattr(state, "worker_alive", False))
 
             async def pam_back(incident: Incident) -> None:
-                echo("   PAM is back: delivering what waited")
+                echo("   PAM is back: offering what waited")
                 await pam.start()
-                await _until_pam_delivered(agent.store, incident)
+                await _until_pam_settled(agent.store, incident)
 
             async def pam_down_then_spike() -> None:
                 await pam.stop()
@@ -174,12 +179,13 @@ async def _until_state(store: Store, fingerprint: str, state: str,
     return None
 
 
-async def _until_pam_delivered(store: Store, incident: Incident) -> None:
+async def _until_pam_settled(store: Store, incident: Incident) -> None:
+    """Until every PAM row of `incident` is delivered or given up on."""
     with anyio.move_on_after(SCENARIO_LIMIT):
         while True:
             rows = (await store.timeline(incident.incident_id)).notifications
             pam = [n for n in rows if n.channel == "pam"]
-            if pam and all(n.status == "delivered" for n in pam):
+            if pam and all(n.status in ("delivered", "dead") for n in pam):
                 return
             await anyio.sleep(0.1)
 
@@ -196,9 +202,18 @@ async def _summarise(store: Store, name: str, fingerprint: str, injected: dateti
     outcome = timeline.incident.state
     if real:
         outcome += " after " + ", ".join(f"{r.action} ({r.outcome})" for r in real)
+    notifications = f"{delivered}/{len(pam)} to PAM"
+    dead = sum(n.status == "dead" for n in pam)
+    waiting = sum(n.status == "pending" for n in pam)
+    errors = [n.last_error for n in pam if n.status != "delivered" and n.last_error]
+    if errors:
+        # "gave up after 2 attempt(s): PAM answered with an error: Unknown message type: ..."
+        reason = errors[-1].split("attempt(s): ", 1)[-1]
+        reason = reason.split("answered with an error: ", 1)[-1]
+        notifications += f" ({dead} given up, {waiting} still retried; PAM: {reason[:60]})"
     return ScenarioResult(name, incident.id, fingerprint,
                           (incident.opened_at - injected).total_seconds(), first, outcome,
-                          f"{delivered}/{len(pam)} to PAM")
+                          notifications)
 
 
 async def _print_timeline(store: Store, started: float, echo: Callable[[str], None]) -> None:

@@ -29,7 +29,7 @@ make it *exactly once* by dropping repeats. We chose this over at most once
 (commit first, then send) because a lost escalation is worse than a repeated
 one. What each channel counts as "took it" is in its module.
 
-Held channels (PAM with `pam_integration = false`) are not delivered: their
+Held channels (the PAM ones with `pam_integration = false`) are not delivered: their
 rows stay `pending` and go out, oldest first and within the channel's rate,
 once the channel is enabled again. Rows of channels that are neither
 configured nor held are marked `skipped` at start, with the reason.
@@ -47,6 +47,7 @@ import httpx
 from loguru import logger
 
 from .channels.base import Channel, Outcome, Outgoing, Status
+from .channels.pam_inprocess import ConnectionManager
 from .clock import Clock, sleep_or_wake
 from .errors import StoreError
 from .models import IncidentId, Notification
@@ -56,6 +57,8 @@ from .store import Store
 #: Called after a channel returned, before the outcomes are committed (tests crash here).
 AfterSend = Callable[[Sequence[Outgoing], Sequence[Outcome]], Awaitable[None]]
 
+#: The channels `pam_integration = false` holds.
+PAM_CHANNELS: Final = ("pam", "pam_inprocess", "pam_relay")
 #: Shortest pause after a channel said it is unavailable, so a confused channel cannot spin us.
 MIN_PAUSE: Final = 0.5
 
@@ -240,14 +243,15 @@ class Dispatcher:
 
 def dispatcher_from_settings(store: Store, settings: Settings, *, clock: Clock,
                              http: httpx.AsyncClient,
-                             environ: Mapping[str, str] | None = None) -> Dispatcher:
-    """The configured channels (log always; PAM and webhook when set), PAM held when
-    `pam_integration` is off."""
+                             environ: Mapping[str, str] | None = None,
+                             pam_manager: ConnectionManager | None = None) -> Dispatcher:
+    """The configured channels (log always; the PAM channels and webhook when set), the
+    PAM ones held when `pam_integration` is off."""
     from .channels import channels_from_settings
 
     channels = channels_from_settings(settings.channels, clock=clock, http=http,
-                                      environ=environ)
-    held = () if settings.agent.pam_integration else ("pam",)
+                                      environ=environ, pam_manager=pam_manager)
+    held = () if settings.agent.pam_integration else PAM_CHANNELS
     c = settings.channels
     return Dispatcher(store, channels, clock=clock, held=held, max_attempts=c.max_attempts,
                       retry_initial=c.retry_initial, retry_max=c.retry_max)

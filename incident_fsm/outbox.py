@@ -36,6 +36,8 @@ from .settings import Settings
 LOG_CHANNEL = "log"
 PAM_CHANNEL = "pam"
 WEBHOOK_CHANNEL = "webhook"
+PAM_INPROCESS_CHANNEL = "pam_inprocess"
+PAM_RELAY_CHANNEL = "pam_relay"
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class NotificationPolicy:
 
 
 def policy_from_settings(settings: Settings) -> NotificationPolicy:
-    """Log always; PAM and the webhook when configured.
+    """Log always; the PAM channels and the webhook when configured.
 
     PAM rows are written even with `pam_integration = false`: they stay queued
     until PAM delivery is switched on again (see the dispatcher).
@@ -116,6 +118,10 @@ def policy_from_settings(settings: Settings) -> NotificationPolicy:
         channels.append(PAM_CHANNEL)
     if settings.channels.webhook is not None:
         channels.append(WEBHOOK_CHANNEL)
+    if settings.channels.pam_inprocess is not None:
+        channels.append(PAM_INPROCESS_CHANNEL)
+    if settings.channels.pam_relay is not None:
+        channels.append(PAM_RELAY_CHANNEL)
     return NotificationPolicy(channels=tuple(channels))
 
 

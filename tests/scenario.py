@@ -51,8 +51,8 @@ def sim_settings(sim: Simulator, db_url: str, *, cleanup_root: Path | None = Non
         disk_cleanup=DiskCleanupSettings(roots=(str(cleanup_root),) if cleanup_root else ()),
         render=RenderSettings(api_url=sim.render_api_url, timeout=2.0))
     channels = ChannelsSettings(
-        pam=PamSettings(url=pam_url, user_id="ops", reconnect_initial=0.1, reconnect_max=0.5,
-                        connects_per_minute=5) if pam_url else None,
+        pam=PamSettings(url=pam_url, user_id="ops", reconnect_initial=0.1,
+                        reconnect_max=0.5) if pam_url else None,
         retry_initial=0.2, retry_max=1.0)
     return Settings(agent=agent or fast_agent(db_url), targets=(target,), actions=actions,
                     policy=policy or {"memory_high": ("render_restart", "render_scale")},

@@ -10,7 +10,7 @@ from incident_fsm.agent import Agent
 from incident_fsm.simulator import ServiceState, Simulator
 from incident_fsm.store import Store
 
-from .pam_server import FakePam
+from .pam_server import ACCEPTS, FakePam
 from .scenario import ENV, PAM_TOKEN, incident_state, old_logs, sim_settings, until
 
 pytestmark = pytest.mark.anyio
@@ -69,7 +69,7 @@ async def test_dead_worker_is_restarted(db_url: str, tmp_path: Path) -> None:
 async def test_pam_down_the_agent_works_on_and_delivers_later(db_url: str,
                                                               tmp_path: Path) -> None:
     state = ServiceState(leaked_memory_pct=50.0, load_memory_pct=40.0)
-    pam = FakePam(token=PAM_TOKEN)  # not started: PAM refuses connections
+    pam = FakePam(token=PAM_TOKEN, accepts=ACCEPTS)  # not started: PAM refuses connections
     async with Simulator(state) as sim:
         settings = sim_settings(sim, db_url, pam_url=pam.url)
         async with Agent(settings, environ=ENV, journal_path=tmp_path / "j") as agent:

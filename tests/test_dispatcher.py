@@ -34,7 +34,7 @@ from incident_fsm.settings import (
 from incident_fsm.store import Store
 
 from .logcapture import captured_logs
-from .pam_server import FakePam, free_port
+from .pam_server import ACCEPTS, FakePam, free_port
 from .waiting import eventually, eventually_true
 
 pytestmark = pytest.mark.anyio
@@ -212,7 +212,7 @@ async def test_a_late_row_of_an_incident_waits_for_its_earlier_one(
 async def test_pam_down_at_the_start_then_every_queued_notification_arrives_once_in_order(
     store: Store, clock: ManualClock, policy: MachinePolicy,
 ) -> None:
-    async with FakePam(token=TOKEN) as pam:
+    async with FakePam(token=TOKEN, accepts=ACCEPTS) as pam:
         pam.mode = "refuse"
         dispatcher = Dispatcher(store, [LogChannel(), pam_channel(pam.url, clock)], clock=clock)
         engine = engine_for(store, clock, policy, "log", "pam", dispatcher=dispatcher)
@@ -245,7 +245,7 @@ async def test_a_notification_reaches_live_pam_within_a_second(
     store: Store, policy: MachinePolicy,
 ) -> None:
     clock = SystemClock()
-    async with FakePam(token=TOKEN) as pam:
+    async with FakePam(token=TOKEN, accepts=ACCEPTS) as pam:
         channel = pam_channel(pam.url, clock)
         dispatcher = Dispatcher(store, [LogChannel(), channel], clock=clock)
         engine = engine_for(store, clock, policy, "log", "pam", dispatcher=dispatcher)
@@ -265,7 +265,7 @@ async def test_a_notification_reaches_live_pam_within_a_second(
 async def test_a_crash_between_send_and_commit_resends_with_the_same_dedupe_key(
     store: Store, clock: ManualClock, policy: MachinePolicy,
 ) -> None:
-    async with FakePam(token=TOKEN) as pam:
+    async with FakePam(token=TOKEN, accepts=ACCEPTS) as pam:
         scopes: list[anyio.CancelScope] = []
 
         async def crash(batch: Sequence[Outgoing], outcomes: Sequence[Outcome]) -> None:
@@ -311,7 +311,7 @@ async def test_a_crash_between_send_and_commit_resends_with_the_same_dedupe_key(
 async def test_with_pam_integration_off_rows_stay_queued_until_it_is_on(
     store: Store, clock: ManualClock, policy: MachinePolicy, client: httpx.AsyncClient,
 ) -> None:
-    async with FakePam(token=TOKEN) as pam:
+    async with FakePam(token=TOKEN, accepts=ACCEPTS) as pam:
         settings = Settings(
             agent=AgentSettings(pam_integration=False),
             channels=ChannelsSettings(pam=PamSettings(url=pam.url, user_id="ops")),
@@ -411,7 +411,7 @@ async def test_pam_down_ten_minutes_during_an_incident_then_the_operator_gets_it
         assert [r.status for r in await rows(store, iid, "pam")] == ["pending"] * 3
         assert [r.status for r in await rows(store, iid, "log")] == ["delivered"] * 3
 
-        async with FakePam(token=TOKEN, port=port) as pam:
+        async with FakePam(token=TOKEN, port=port, accepts=ACCEPTS) as pam:
             await pass_time(clock, 30)
             await eventually(lambda: len(pam.system_messages) == 3, what="the backlog")
             await anyio.sleep(0.2)
@@ -435,7 +435,7 @@ async def test_the_token_and_the_webhook_secret_stay_out_of_logs_and_database(
     store: Store, clock: ManualClock, policy: MachinePolicy, client: httpx.AsyncClient,
 ) -> None:
     respx.post(URL).mock(return_value=httpx.Response(500, text=SECRET))
-    async with FakePam(token=TOKEN) as pam:
+    async with FakePam(token=TOKEN, accepts=ACCEPTS) as pam:
         pam.mode = "refuse"
         channels: list[Channel] = [LogChannel(), pam_channel(pam.url, clock),
                                    webhook(client, clock)]

@@ -9,6 +9,8 @@ import incident_fsm
 
 INTENDED = {
     "Agent", "lifespan",
+    # what a PAM host mounts so a standalone agent can reach its users
+    "pam_relay",
     "EDGES", "ActionIntent", "ActionRun", "Clock", "ConcurrentUpdate", "Edge", "GuardRejected",
     "Incident", "IncidentEngine", "IncidentFSMError", "IncidentId", "IncidentNotFound",
     "InvalidInput", "InvalidTransition", "MachinePolicy", "ManualClock", "Notification", "Opened",

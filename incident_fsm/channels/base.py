@@ -85,7 +85,8 @@ class Outcome:
 
 
 class Channel(Protocol):
-    """A way to tell operators something. Implementations: log, pam, webhook."""
+    """A way to tell operators something. Implementations: log, webhook, pam, pam_inprocess,
+    pam_relay."""
 
     @property
     def name(self) -> str:

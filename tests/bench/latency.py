@@ -35,6 +35,7 @@ from incident_fsm.models import Incident
 from incident_fsm.simulator import PamSimulator, ServiceState, Simulator
 from tests.scenario import ENV, PAM_TOKEN, fast_agent, sim_settings, until
 
+from ..pam_server import ACCEPTS
 from .common import Row, knob, percentiles, throwaway_postgres
 
 FINGERPRINT = "api:memory_high"
@@ -69,7 +70,9 @@ async def run() -> list[Row]:
     outages = int(knob("latency_outages", 2, 1))
     detect, start, notify, backlog = [], [], [], []
     with tempfile.TemporaryDirectory() as d, throwaway_postgres() as url:
-        async with Simulator(ServiceState()) as sim, PamSimulator(token=PAM_TOKEN) as pam:
+        # A restart per repetition, faster than Render's 30 POSTs a minute would allow.
+        async with Simulator(ServiceState(render_post_limit=1_000_000)) as sim, \
+                PamSimulator(token=PAM_TOKEN, accepts=ACCEPTS) as pam:
             agent_settings = fast_agent(url, health_log_level="DEBUG", reopen_window=0.001,
                                         action_budget=100000, flap_threshold=100000)
             settings = sim_settings(sim, url, pam_url=pam.url, agent=agent_settings)

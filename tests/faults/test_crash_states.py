@@ -24,6 +24,7 @@ from incident_fsm.simulator import PamSimulator, ServiceState, Simulator
 from incident_fsm.store import Store
 
 from ..agent_process import agent_process, write_config
+from ..pam_server import ACCEPTS
 from ..scenario import PAM_TOKEN, incident_state, until
 from .exposure import DB_PASSWORD, Exposure
 
@@ -111,7 +112,8 @@ async def test_killed_with_notifications_queued_they_all_arrive_after_the_restar
     db_url: str, tmp_path: Path, exposure: Exposure
 ) -> None:
     state = ServiceState(leaked_memory_pct=50.0, load_memory_pct=40.0)
-    pam = PamSimulator(token=PAM_TOKEN)  # not started yet: PAM refuses connections
+    # not started yet: PAM refuses connections
+    pam = PamSimulator(token=PAM_TOKEN, accepts=ACCEPTS)
     channels = ("\n[channels]\nretry_initial = 0.2\nretry_max = 1\n"
                 f'[channels.pam]\nurl = "{pam.url}"\nuser_id = "ops"\n'
                 "reconnect_initial = 0.1\nreconnect_max = 0.5\n")

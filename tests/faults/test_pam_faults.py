@@ -17,6 +17,7 @@ from incident_fsm.agent import Agent
 from incident_fsm.simulator import PamSimulator, ServiceState, Simulator
 from incident_fsm.store import Store
 
+from ..pam_server import ACCEPTS
 from ..scenario import PAM_TOKEN, incident_state, sim_settings, until
 from .exposure import ENV, Exposure
 
@@ -30,7 +31,8 @@ async def test_pam_down_or_silent_remediation_goes_on_and_everything_arrives_aft
     sqlite_url: str, tmp_path: Path, fault: str
 ) -> None:
     state = ServiceState(load_memory_pct=40.0)
-    pam = PamSimulator(token=PAM_TOKEN, ping_interval=0.2, pong_timeout=0.5)
+    pam = PamSimulator(token=PAM_TOKEN, ping_interval=0.2, heartbeat_interval=0.3,
+                       pong_timeout=0.5, accepts=ACCEPTS)
     async with pam, Simulator(state) as sim, Store(sqlite_url) as store:
         settings = sim_settings(sim, sqlite_url, pam_url=pam.url)
         async with Agent(settings, environ=ENV, journal_path=tmp_path / "j"):
