@@ -21,9 +21,11 @@ group:
   while the database was away.
 
 Embedded: `async with Agent(settings) as agent:` (or `lifespan(settings)` for
-FastAPI). Standalone: `incident-fsm run`. Cancelling the agent stops it: a
-running action is stopped and recorded as interrupted (a restart judges it,
-never reruns it), and everything written before is durable.
+FastAPI); inside the PAM service, `pam_manager=` hands the agent the service's
+connection manager for the `pam_inprocess` channel. Standalone: `incident-fsm run`.
+Cancelling the agent stops it: a running action is stopped and recorded as
+interrupted (a restart judges it, never reruns it), and everything written
+before is durable.
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ from sqlalchemy.engine import make_url
 
 from . import database
 from .actions.catalog import Catalog
+from .channels.pam_inprocess import ConnectionManager
 from .clock import Clock, SystemClock, sleep_or_wake
 from .config import load_settings
 from .detector import METRIC_KINDS, Change, Observation
 from .dispatcher import Dispatcher, dispatcher_from_settings
 from .errors import StoreError
-from .health import HealthSnapshot
+from .health import DOWN, HealthSnapshot
 from .journal import JournalingStore
 from .leader import LeaderElector
 from .machine import AUTOMATED_STATES, IncidentEngine, MachinePolicy
@@ -59,7 +62,13 @@ from .monitor import Monitor, ProblemEvent, TargetProbes, default_probes
 from .outbox import policy_from_settings
 from .policy import Limits
 from .remediator import Remediator, Verification
-from .settings import HEALTH_ENDPOINT_DOWN, SERVICE_DOWN_PREFIX, Settings, TargetSettings
+from .settings import (
+    HEALTH_ENDPOINT_DOWN,
+    PROBE_MISCONFIGURED,
+    SERVICE_DOWN_PREFIX,
+    Settings,
+    TargetSettings,
+)
 from .status import AgentStatus, ASGIApp, TargetStatus, status_app
 from .store import Store
 from .sweeper import DeadlineSweeper
@@ -93,8 +102,15 @@ def judge(kind: str, observation: Observation, target: TargetSettings) -> Verifi
             return Verification(value < clear, f"{metric} {value:.1f}% (clear below {clear:g}%)",
                                 {f"{metric}_pct": value, "clear": clear,
                                  "source": reading.source})
+    if kind == PROBE_MISCONFIGURED:
+        reads = isinstance(observation.health, HealthSnapshot)
+        why = "the health endpoint gives a reading" if reads else (
+            f"the health endpoint still gives none: {getattr(observation.health, 'reason', '')}")
+        return Verification(reads, why, {})
     if kind == HEALTH_ENDPOINT_DOWN:
-        answered = isinstance(observation.health, HealthSnapshot)
+        health = observation.health
+        # Any answer but a 5xx shows the service alive (see the detector).
+        answered = isinstance(health, HealthSnapshot) or health.cause != DOWN
         why = "the health endpoint answers" if answered else (
             f"the health endpoint still fails: {getattr(observation.health, 'reason', '')}")
         return Verification(answered, why, {})
@@ -124,6 +140,7 @@ class Agent:
         random: Callable[[], float] = _random.random,
         replica: str | None = None,
         max_concurrent_incidents: int = 256,
+        pam_manager: ConnectionManager | None = None,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
@@ -135,7 +152,8 @@ class Agent:
             url, journal_path=journal_path or settings.agent.journal_path or _journal_for(url))
         agent = settings.agent
         self.dispatcher: Dispatcher = dispatcher_from_settings(
-            self.store, settings, clock=self.clock, http=self.http, environ=environ)
+            self.store, settings, clock=self.clock, http=self.http, environ=environ,
+            pam_manager=pam_manager)
         self.engine = IncidentEngine(
             self.store, clock=self.clock,
             policy=MachinePolicy.from_settings(agent),
@@ -194,10 +212,13 @@ class Agent:
         for name in self.monitor.targets:
             reading = self.monitor.latest(name)
             health = reading.observation.health if reading else None
+            throttled, retry_after = self.monitor.throttled(name)
             targets.append(TargetStatus(
                 name, reading.at if reading else None,
                 None if reading is None else isinstance(health, HealthSnapshot),
-                getattr(health, "reason", "") if reading else ""))
+                getattr(health, "reason", "") if reading else "",
+                getattr(health, "cause", "") if reading else "",
+                throttled, retry_after))
         role = "single" if self.elector is None else (
             "leader" if self.elector.is_leader else "standby")
         journaled = isinstance(self.store, JournalingStore) and self.store.offline
@@ -380,7 +401,8 @@ def lifespan(
 
     The configuration is loaded when the host starts, so an invalid one stops
     the host's startup with a `ConfigError` naming the key. The running agent
-    is put on `app.state.incident_agent` when the app has a `state`.
+    is put on `app.state.incident_agent` when the app has a `state`. Options
+    go to `Agent`, e.g. `lifespan("agent.toml", pam_manager=manager)`.
     """
 
     @asynccontextmanager

@@ -19,6 +19,7 @@ Environment variables (each overrides the `[agent]` key beside it):
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import tomllib
@@ -28,6 +29,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+from loguru import logger
 
 from .errors import InvalidInput
 from .settings import (
@@ -39,6 +42,8 @@ from .settings import (
     DependencyCheck,
     DiskCleanupSettings,
     FailoverSettings,
+    PamInProcessSettings,
+    PamRelaySettings,
     PamSettings,
     RenderSettings,
     Settings,
@@ -62,6 +67,11 @@ ENV_FLAGS = {
     "AUTO_REMEDIATION_ENABLED": "auto_remediation",
     "PAM_INTEGRATION_ENABLED": "pam_integration",
 }
+#: the PAM channel keeps 6 frames a minute for pongs and needs 2 per notification
+#: (the frame and its probe): below this nothing could ever go out
+PAM_MIN_MESSAGES = 8
+#: the sub-tables of [channels], one per channel
+_CHANNEL_TABLES = ("pam", "webhook", "pam_inprocess", "pam_relay")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -127,6 +137,7 @@ def _settings(raw: Mapping[str, Any]) -> Settings:
         if name in names[:i]:
             raise ConfigError(f"targets[{i}].name", f"duplicate target name {name!r}")
     actions = _actions(_table(raw, "actions", "actions"))
+    _check_cleanup_targets(actions.disk_cleanup, targets)
     policy = _policy(_table(raw, "policy", "policy"), actions)
     channels = _channels(_table(raw, "channels", "channels"))
     return Settings(agent=agent, targets=targets, actions=actions, policy=policy,
@@ -182,11 +193,60 @@ def _target(raw: Mapping[str, Any], key: str) -> TargetSettings:
         raise ConfigError(f"{key}.failures_before_down", "must be at least 1")
     if target.max_requests_per_minute < 1:
         raise ConfigError(f"{key}.max_requests_per_minute", "must be at least 1")
+    on_host = _on_this_host(target)
+    if "fallback_local" not in raw:
+        # Unset: on where it means the target's own machine, off where it would read ours.
+        target = replace(target, fallback_local=on_host)
+    elif target.fallback_local and not on_host:
+        raise ConfigError(f"{key}.fallback_local",
+                          f"fallback_local reads the host the agent runs on, but "
+                          f"{_not_here(target, key)}")
     dependencies = tuple(
         _dependency(item, f"{key}.dependencies[{i}]") for i, item in enumerate(dependencies_raw)
     )
     return replace(target, thresholds=_thresholds(thresholds_raw, f"{key}.thresholds"),
                    dependencies=dependencies)
+
+
+def _on_this_host(target: TargetSettings) -> bool:
+    """Whether `target` runs on the machine the agent runs on (shares its filesystem).
+
+    True for a loopback `base_url` (127.0.0.0/8, ::1, localhost) or when the
+    target declares `same_host`. Names are never resolved: DNS may say
+    anything, and an answer that changes must not change what the agent may do.
+    """
+    if target.same_host:
+        return True
+    host = (urlsplit(target.base_url).hostname or "").rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _not_here(target: TargetSettings, key: str) -> str:
+    return (f"{key}.base_url {target.base_url} (target {target.name!r}) is not on this host; "
+            "set same_host = true on the target if it shares this machine and filesystem")
+
+
+def _check_cleanup_targets(cleanup: DiskCleanupSettings,
+                           targets: tuple[TargetSettings, ...]) -> None:
+    # Every target is offered disk_cleanup once roots are set (actions.catalog),
+    # so one remote target is enough for the agent to delete its own files
+    # in answer to someone else's full disk.
+    if not cleanup.roots:
+        return
+    for i, target in enumerate(targets):
+        if not _on_this_host(target):
+            where = _not_here(target, f"targets[{i}]")
+            raise ConfigError("actions.disk_cleanup.roots",
+                              "disk cleanup deletes files on the host the agent runs on and "
+                              f"every target is offered it, but {where} (or remove the roots)")
 
 
 def _thresholds(raw: Mapping[str, Any], key: str) -> Thresholds:
@@ -309,7 +369,7 @@ def _policy(raw: Mapping[str, Any], actions: ActionsSettings) -> Mapping[str, tu
 
 
 def _channels(raw: Mapping[str, Any]) -> ChannelsSettings:
-    scalars = {k: v for k, v in raw.items() if k not in ("pam", "webhook")}
+    scalars = {k: v for k, v in raw.items() if k not in _CHANNEL_TABLES}
     base = _simple(ChannelsSettings, scalars, "channels")
     if base.max_attempts < 1:
         raise ConfigError("channels.max_attempts", "must be at least 1")
@@ -317,16 +377,25 @@ def _channels(raw: Mapping[str, Any]) -> ChannelsSettings:
         raise ConfigError("channels.retry_max", "need 0 < retry_initial <= retry_max")
     pam = webhook = None
     if "pam" in raw:
-        pam = _simple(PamSettings, _table(raw, "pam", "channels.pam"), "channels.pam",
-                      required=("url", "user_id"))
+        table = dict(_table(raw, "pam", "channels.pam"))
+        if table.pop("connects_per_minute", None) is not None:
+            # Removed: PAM does not limit connects. An old file keeps loading.
+            logger.warning("channels.pam.connects_per_minute is no longer used (PAM does not "
+                           "limit connects); remove it from the configuration")
+        pam = _simple(PamSettings, table, "channels.pam", required=("url", "user_id"))
         _check_url(pam.url, "channels.pam.url", ("ws", "wss", "http", "https"))
         _check_name(pam.user_id, "channels.pam.user_id")
-        if not 1 <= pam.messages_per_minute <= 100:
+        if not PAM_MIN_MESSAGES <= pam.messages_per_minute <= 60:
             raise ConfigError("channels.pam.messages_per_minute",
-                              "must be between 1 and 100 (PAM's own limit)")
-        if not 1 <= pam.connects_per_minute <= 5:
-            raise ConfigError("channels.pam.connects_per_minute",
-                              "must be between 1 and 5 (PAM's own limit)")
+                              f"must be between {PAM_MIN_MESSAGES} and 60 (PAM's own limit is 60 "
+                              "frames a minute, pongs and delivery probes included)")
+        if not pam.frame_type or pam.frame_type == "chat":
+            raise ConfigError("channels.pam.frame_type",
+                              "must be set and not 'chat' (chat makes PAM's assistant answer)")
+        if pam.token_file is not None and not os.path.isabs(pam.token_file):
+            raise ConfigError("channels.pam.token_file", "must be an absolute path")
+        if not 0 < pam.reply_window <= pam.timeout:
+            raise ConfigError("channels.pam.reply_window", "need 0 < reply_window <= timeout")
         if not 0 < pam.reconnect_initial <= pam.reconnect_max:
             raise ConfigError("channels.pam.reconnect_max",
                               "need 0 < reconnect_initial <= reconnect_max")
@@ -334,7 +403,46 @@ def _channels(raw: Mapping[str, Any]) -> ChannelsSettings:
         webhook = _simple(WebhookSettings, _table(raw, "webhook", "channels.webhook"),
                           "channels.webhook", required=("url",))
         _check_url(webhook.url, "channels.webhook.url", ("http", "https"))
-    return replace(base, pam=pam, webhook=webhook)
+    inprocess = relay = None
+    if "pam_inprocess" in raw:
+        key = "channels.pam_inprocess"
+        inprocess = _simple(PamInProcessSettings, _table(raw, "pam_inprocess", key), key,
+                            required=("user_ids",))
+        if inprocess.manager is not None:
+            _check_import_path(inprocess.manager, f"{key}.manager")
+        _check_pam_users(inprocess.user_ids, inprocess.category, inprocess.timeout, key)
+        if inprocess.watch_interval <= 0:
+            raise ConfigError(f"{key}.watch_interval", "must be greater than 0")
+    if "pam_relay" in raw:
+        key = "channels.pam_relay"
+        relay = _simple(PamRelaySettings, _table(raw, "pam_relay", key), key,
+                        required=("url", "user_ids"))
+        _check_url(relay.url, f"{key}.url", ("http", "https"))
+        _check_pam_users(relay.user_ids, relay.category, relay.timeout, key)
+        if not relay.secret_env:
+            raise ConfigError(f"{key}.secret_env", "must name the variable holding the secret")
+    return replace(base, pam=pam, webhook=webhook, pam_inprocess=inprocess, pam_relay=relay)
+
+
+def _check_pam_users(user_ids: tuple[str, ...], category: str, timeout: float, key: str) -> None:
+    if not user_ids:
+        raise ConfigError(f"{key}.user_ids", "needs at least one PAM user id")
+    for i, user in enumerate(user_ids):
+        _check_name(user, f"{key}.user_ids[{i}]")
+    if len(set(user_ids)) != len(user_ids):
+        raise ConfigError(f"{key}.user_ids", "lists a user twice")
+    if not category:
+        raise ConfigError(f"{key}.category", "must not be empty")
+    if timeout <= 0:
+        raise ConfigError(f"{key}.timeout", "must be greater than 0")
+
+
+def _check_import_path(path: str, key: str) -> None:
+    module, _, attribute = path.partition(":")
+    if not (module and attribute and all(p.isidentifier() for p in module.split("."))
+            and all(p.isidentifier() for p in attribute.split("."))):
+        raise ConfigError(key, "must be 'package.module:attribute', e.g. "
+                               "'app.core.websocket_manager:manager'")
 
 
 # --- generic helpers ---------------------------------------------------------------------
@@ -353,7 +461,7 @@ def _simple(cls: type[T], raw: Mapping[str, Any], key: str,
     """A dataclass of scalar / list fields from a TOML table, every value type-checked."""
     names = {f.name: str(f.type) for f in fields(cls)}  # type: ignore[arg-type]
     # Nested tables are parsed by their own functions before this is called.
-    nested = {"thresholds", "dependencies", "pam", "webhook"}
+    nested = {"thresholds", "dependencies", *_CHANNEL_TABLES}
     _known(raw, key, tuple(n for n in names if n not in nested))
     for name in required:
         if name not in raw:

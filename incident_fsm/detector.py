@@ -12,10 +12,19 @@ Each (target, problem kind) has a phase: `ok`, `suspect` or `open`.
   `warning`: cleanup is the remedy) or above `critical` (severity
   `critical`). Comparisons are strict (`>` opens, `<` clears), as the PRD
   says "memory critical > 80 %".
-- `health_endpoint_down`: the first failed probe makes it suspect, the
-  target's `failures_before_down`-th consecutive failure confirms it, the
-  first answer clears (or dismisses) it. While the endpoint fails, metric
-  kinds follow the fallback reading if there is one, and stand still if not.
+- `health_endpoint_down`: only a probe that got no answer (timeout,
+  transport error) or a 5xx counts. The first makes it suspect, the
+  target's `failures_before_down`-th in a row confirms it, and the first
+  answer of any other kind clears (or dismisses) it: a 429 or a 404 comes
+  from a live service. While the endpoint fails, metric kinds follow the
+  fallback reading if there is one, and stand still if not.
+- `probe_misconfigured`: the service answers, but not with a reading (401,
+  403, 404, 405, a body of no known schema, `status: ERROR`): confirmed
+  after `failures_before_down` such answers in a row, cleared by the first
+  reading. Its incident names the URL and the status; by default no action
+  is listed for it, so it goes to humans.
+- A 429 (throttled) changes no phase at all: it is neither a reading nor a
+  failure of the service.
 - `service_down:<name>`: a dependency found `down` twice in a row is
   confirmed; the first `up` clears it; `unknown` changes nothing.
 
@@ -31,12 +40,13 @@ from types import MappingProxyType
 from typing import Any
 
 from .dependencies import DependencyStatus
-from .health import HealthSnapshot, ProbeResult
+from .health import DOWN, THROTTLED, HealthSnapshot, ProbeResult
 from .settings import (
     CPU_HIGH,
     DISK_HIGH,
     HEALTH_ENDPOINT_DOWN,
     MEMORY_HIGH,
+    PROBE_MISCONFIGURED,
     TargetSettings,
     Threshold,
     Thresholds,
@@ -143,6 +153,7 @@ class Detector:
         settings = self._targets[target]
         findings: list[Finding] = []
         findings += self._endpoint(target, observation, settings.failures_before_down)
+        findings += self._misconfigured(target, observation, settings.failures_before_down)
         reading = observation.reading
         if reading is not None:
             for metric, kind in METRIC_KINDS.items():
@@ -162,6 +173,12 @@ class Detector:
                 target, HEALTH_ENDPOINT_DOWN, "info",
                 f"health endpoint answers again ({health.source})",
                 {"source": health.source, "latency_ms": health.latency_ms}))
+        if health.cause != DOWN:
+            # The service answered (429, 404, a foreign body): it is alive.
+            return _good(track, Problem(
+                target, HEALTH_ENDPOINT_DOWN, "info",
+                f"health endpoint answers again ({health.source}: {health.reason})",
+                {"source": health.source, "reason": health.reason, "cause": health.cause}))
         failures = track.bad_samples + 1
         return _bad(track, Problem(
             target, HEALTH_ENDPOINT_DOWN, "critical",
@@ -169,6 +186,27 @@ class Detector:
             {"source": health.source, "reason": health.reason, "consecutive_failures": failures,
              "fallback": None if observation.fallback is None else observation.fallback.source}),
             needed=needed)
+
+    def _misconfigured(self, target: str, observation: Observation,
+                       needed: int) -> list[Finding]:
+        track = self._track(target, PROBE_MISCONFIGURED)
+        health = observation.health
+        if isinstance(health, HealthSnapshot):
+            return _good(track, Problem(
+                target, PROBE_MISCONFIGURED, "info",
+                f"health endpoint gives a reading again ({health.source})",
+                {"source": health.source}))
+        if health.cause in (THROTTLED, DOWN):
+            return []  # says nothing about whether the probe is right
+        answers = track.bad_samples + 1
+        base_url = self._targets[target].base_url
+        return _bad(track, Problem(
+            # critical: the agent is blind on this target until a person fixes the probe
+            target, PROBE_MISCONFIGURED, "critical",
+            f"health probe of {base_url} misconfigured: {answers} answer(s) in a row are no "
+            f"health reading ({health.reason}); check the target's base_url and endpoints",
+            {"base_url": base_url, "source": health.source, "reason": health.reason,
+             "consecutive_answers": answers}), needed=needed)
 
     def _metric(self, target: str, kind: str, metric: str, reading: HealthSnapshot,
                 limit: Threshold) -> list[Finding]:

@@ -10,6 +10,7 @@ They decide from the numbers (`stats`, `checks.*.usage_percent`,
 `data.*_percent`) and never from the top-level `status`, which is misleading
 (one critical component yields `"WARNING"` on `/health/resources`).
 `{"status": "ERROR"}` answered with HTTP 200 is a failure, and so is a
+`/health/system` whose `checks` is empty (it still says "healthy"), and a
 decision-bearing number that is missing, of the wrong type (a bool is not a
 number), NaN, infinite or outside 0..100. Informational fields (alert
 details, issue texts, component statuses) are read leniently: a malformed
@@ -58,13 +59,30 @@ class HealthSnapshot:
         return reading
 
 
+#: Why a probe produced no reading; each cause means something else for detection.
+#: `down`: no answer (timeout, transport error) or a 5xx: the only evidence that the
+#: endpoint is down.
+DOWN: Final = "down"
+#: `throttled`: HTTP 429: the service is alive and busy; wait, never act.
+THROTTLED: Final = "throttled"
+#: `unusable`: the service answered, but not with a reading (401/403/404/405, a body of
+#: no known schema, `status: ERROR`, empty `checks`): a probe to fix, not a service to restart.
+UNUSABLE: Final = "unusable"
+#: When endpoints disagree, the cause a combined failure takes: any sign of death first,
+#: then any sign of life.
+_CAUSE_ORDER: Final = (DOWN, THROTTLED, UNUSABLE)
+
+
 @dataclass(frozen=True)
 class ProbeFailure:
-    """A probe that produced no usable reading, and why."""
+    """A probe that produced no usable reading, why, and what kind of failure it is."""
 
     source: str
     reason: str
     latency_ms: float = 0.0
+    cause: str = DOWN
+    #: throttled only: seconds the service asked us to wait (`Retry-After`)
+    retry_after: float | None = None
 
 
 ProbeResult = HealthSnapshot | ProbeFailure
@@ -79,13 +97,15 @@ def parse_health(body: bytes, *, source: str, latency_ms: float = 0.0) -> ProbeR
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return ProbeFailure(source, "body is not UTF-8 text", latency_ms)
+        return ProbeFailure(source, "body is not UTF-8 text", latency_ms, cause=UNUSABLE)
     try:
         payload = json.loads(text)
     except RecursionError:
-        return ProbeFailure(source, "body is JSON nested too deeply", latency_ms)
+        return ProbeFailure(source, "body is JSON nested too deeply", latency_ms,
+                            cause=UNUSABLE)
     except ValueError as exc:  # JSONDecodeError, and Python's cap on huge integer literals
-        return ProbeFailure(source, f"body is not JSON ({_clip(str(exc), 80)})", latency_ms)
+        return ProbeFailure(source, f"body is not JSON ({_clip(str(exc), 80)})", latency_ms,
+                            cause=UNUSABLE)
     return parse_payload(payload, source=source, latency_ms=latency_ms)
 
 
@@ -94,7 +114,7 @@ def parse_payload(payload: object, *, source: str, latency_ms: float = 0.0) -> P
     try:
         return _parse(payload, source=source, latency_ms=latency_ms)
     except _Invalid as exc:
-        return ProbeFailure(source, str(exc), latency_ms)
+        return ProbeFailure(source, str(exc), latency_ms, cause=UNUSABLE)
 
 
 def _parse(payload: object, *, source: str, latency_ms: float) -> HealthSnapshot:
@@ -145,6 +165,10 @@ def _system(payload: dict[str, object], status: str | None, *, source: str,
             latency_ms: float) -> HealthSnapshot:
     """`/health/system`: numbers in `checks.<metric>.usage_percent`."""
     checks = _object(payload["checks"], "checks")
+    if not checks:
+        # What the service answers when psutil failed inside it, still saying "healthy".
+        raise _Invalid(f"'checks' is empty (the endpoint could not measure itself; "
+                       f"its status {_clip(str(status), 20)!r} is not a reading)")
     values: dict[str, float] = {}
     for metric in METRICS:
         check = _object(checks.get(metric), f"checks.{metric}")
@@ -189,7 +213,11 @@ def combine(results: Sequence[ProbeResult], *, source: str | None = None) -> Pro
     latency = max((r.latency_ms for r in results), default=0.0)
     if not snapshots:
         reason = "; ".join(f"{f.source}: {f.reason}" for f in failures) or "no endpoint probed"
-        return ProbeFailure(name, reason, latency)
+        causes = {f.cause for f in failures}
+        cause = next((c for c in _CAUSE_ORDER if c in causes), DOWN)
+        waits = [f.retry_after for f in failures if f.retry_after is not None]
+        return ProbeFailure(name, reason, latency, cause=cause,
+                            retry_after=max(waits) if waits else None)
     if len(snapshots) == 1 and not failures:
         return snapshots[0]
     components: dict[str, str] = {}

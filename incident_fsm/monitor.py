@@ -18,7 +18,10 @@ writes its `health_check` rows, logs the `📊 Health check` line, feeds the
 Polling waits through the injected clock: `poll_interval` normally,
 `fast_poll_interval` while anything on the target is suspect or open, up to
 `poll_jitter` of the interval early, and never more often than the target's
-`max_requests_per_minute` allows. Subscribers get every phase change as a
+`max_requests_per_minute` allows. A target that answers 429 is alive and
+busy: its next poll waits at least the `Retry-After` it gave, no fallback
+is read in its place, nothing is detected from it, and the stretch is
+logged once when it starts and once when it ends. Subscribers get every phase change as a
 `ProblemEvent` through the `on_problem` callback (keep it quick: hand the
 event to your own task or stream).
 """
@@ -39,7 +42,7 @@ from .clock import Clock
 from .dependencies import DependencyProbe, DependencyStatus, dependency_checks
 from .detector import Change, Detector, Finding, Observation, Phase, status_label
 from .errors import ConcurrentUpdate, GuardRejected, InvalidTransition
-from .health import HealthSnapshot, ProbeFailure, ProbeResult
+from .health import THROTTLED, HealthSnapshot, ProbeFailure, ProbeResult
 from .machine import IncidentEngine, State, Trigger
 from .models import HealthCheck, Incident
 from .probe import HttpProbe, LocalProbe, Probe
@@ -72,11 +75,12 @@ def default_probes(target: TargetSettings, *, client: httpx.AsyncClient) -> Targ
     dependencies = dependency_checks(target, client=client)
     return TargetProbes(
         health=HttpProbe(base_url=target.base_url, endpoints=target.endpoints, client=client,
-                         timeout=target.probe_timeout),
+                         timeout=target.probe_timeout, read_all=target.read_all_endpoints),
         fallback=LocalProbe(mounts=target.local_mounts, timeout=target.probe_timeout)
         if target.fallback_local else None,
         dependencies=dependencies,
-        requests_per_poll=len(target.endpoints) + sum(d.requests_per_check for d in dependencies),
+        requests_per_poll=(len(target.endpoints) if target.read_all_endpoints else 1)
+        + sum(d.requests_per_check for d in dependencies),
     )
 
 
@@ -153,6 +157,9 @@ class Monitor:
         self._published = {name: anyio.Event() for name in self._targets}
         self._polling: set[str] = set()
         self._slots = anyio.CapacityLimiter(MAX_CONCURRENT_POLLS)
+        #: target -> polls answered 429 in a row, and the wait the last one asked for
+        self._throttled: dict[str, int] = {}
+        self._retry_after: dict[str, float] = {}
 
     # --- what others read --------------------------------------------------------
 
@@ -185,13 +192,21 @@ class Monitor:
         settings = self._targets[target]
         return self._probes[target].requests_per_poll * 60.0 / settings.max_requests_per_minute
 
+    def throttled(self, target: str) -> tuple[int, float | None]:
+        """Polls of `target` answered 429 in a row, and the `Retry-After` of the last one."""
+        return self._throttled.get(target, 0), self._retry_after.get(target)
+
     def next_interval(self, target: str) -> float:
-        """Seconds from this poll's start to the next: fast while anything is suspect or open."""
+        """Seconds from this poll's start to the next: fast while anything is suspect or open.
+
+        Never sooner than the target's rate limit allows, nor than the
+        `Retry-After` its last answer asked for.
+        """
         base = (self._agent.fast_poll_interval if self.detector.active(target)
                 else self._agent.poll_interval)
         # Jitter only ever shortens, so detection never takes longer than the intervals say.
         jittered = base * (1.0 - self._agent.poll_jitter * self._random())
-        return max(jittered, self.min_interval(target))
+        return max(jittered, self.min_interval(target), self._retry_after.get(target, 0.0))
 
     # --- running -----------------------------------------------------------------
 
@@ -260,7 +275,8 @@ class Monitor:
         at = self._clock.now()
         health, statuses = await self._probe_all(probes)
         fallback: HealthSnapshot | None = None
-        if isinstance(health, ProbeFailure):
+        self._note_throttling(name, health)
+        if isinstance(health, ProbeFailure) and health.cause != THROTTLED:
             log.warning("❌ Failed to probe {}: {}", name, health.reason)
             if probes.fallback is not None:
                 local = await probes.fallback.probe()
@@ -287,6 +303,27 @@ class Monitor:
         return reading
 
     # --- the parts of a poll -----------------------------------------------------
+
+    def _note_throttling(self, name: str, health: ProbeResult) -> None:
+        log = logger.bind(target=name)
+        before = self._throttled.get(name, 0)
+        if isinstance(health, ProbeFailure) and health.cause == THROTTLED:
+            self._throttled[name] = before + 1
+            if health.retry_after is not None:
+                self._retry_after[name] = health.retry_after
+            else:
+                self._retry_after.pop(name, None)
+            if before == 0:
+                # Once per stretch: a busy service answering 429 for an hour must
+                # not write an hour of warnings, and is no outage.
+                log.warning("⏳ {} is throttling the agent ({}): polls wait for it; "
+                            "not counted as down, nothing is run", name, health.reason)
+            return
+        self._retry_after.pop(name, None)
+        if before:
+            del self._throttled[name]
+            log.info("⏳ {} stopped throttling the agent after {} poll(s) answered 429",
+                     name, before)
 
     async def _probe_all(self, probes: TargetProbes
                          ) -> tuple[ProbeResult, tuple[DependencyStatus, ...]]:

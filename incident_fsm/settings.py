@@ -19,8 +19,11 @@ MEMORY_HIGH = "memory_high"
 DISK_HIGH = "disk_high"
 CPU_HIGH = "cpu_high"
 HEALTH_ENDPOINT_DOWN = "health_endpoint_down"
+#: the target answers its health endpoint, but not with a reading (401/403/404/405, a
+#: body of no known schema): the probe is wrong, so humans are told and nothing is run
+PROBE_MISCONFIGURED = "probe_misconfigured"
 SERVICE_DOWN_PREFIX = "service_down:"
-STATIC_KINDS = (MEMORY_HIGH, DISK_HIGH, CPU_HIGH, HEALTH_ENDPOINT_DOWN)
+STATIC_KINDS = (MEMORY_HIGH, DISK_HIGH, CPU_HIGH, HEALTH_ENDPOINT_DOWN, PROBE_MISCONFIGURED)
 
 
 def service_down(dependency: str) -> str:
@@ -66,11 +69,19 @@ class DependencyCheck:
 class TargetSettings:
     name: str
     base_url: str
+    #: read in order, the next only when one fails (each costs the service a second)
     endpoints: tuple[str, ...] = ("/health/resources", "/health/system")
+    #: read every endpoint on every poll, and keep the higher of each reading
+    read_all_endpoints: bool = False
     ready_endpoint: str | None = None
     render_service_id: str | None = None
     worker_service_id: str | None = None
+    #: read the agent's own host when the endpoints fail; loading a configuration
+    #: refuses it for a target not on this host, and leaves it off there when unset
     fallback_local: bool = True
+    #: the target shares this machine and filesystem although its base_url is not
+    #: loopback (e.g. a public URL of the container the agent is embedded in)
+    same_host: bool = False
     #: mount points the local fallback probe reads for disk usage
     local_mounts: tuple[str, ...] = ("/",)
     thresholds: Thresholds = Thresholds()
@@ -183,10 +194,16 @@ class PamSettings:
     url: str
     user_id: str
     token_env: str = "PAM_TOKEN"  # noqa: S105 - the name of a variable, not a secret
-    messages_per_minute: int = 100
+    #: a file holding the token, read afresh at each connect (wins over `token_env`)
+    token_file: str | None = None
+    #: the `type` of each notification frame; PAM's socket answers `system_message`
+    #: (and every type it does not know) with an error, which the channel reports
+    frame_type: str = "system_message"
+    #: every frame we send counts (pongs and delivery probes too); PAM allows 60
+    messages_per_minute: int = 60
     timeout: float = 10.0
-    #: the server's limit on new connections per user and minute
-    connects_per_minute: int = 5
+    #: after the WebSocket pong to a frame, how long an error reply may still come (s)
+    reply_window: float = 1.0
     #: reconnect backoff after a close: first delay and cap (seconds)
     reconnect_initial: float = 1.0
     reconnect_max: float = 30.0
@@ -200,9 +217,39 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class PamInProcessSettings:
+    """PAM from inside its own process (embedded): through the host's connection manager."""
+
+    #: the PAM users (Supabase UUIDs) whose open sockets receive each notification
+    user_ids: tuple[str, ...]
+    #: `module.path:attribute` of the manager; None when the host passes `pam_manager=`
+    manager: str | None = None
+    #: `content.category` of each proactive_alert
+    category: str = "system_health"
+    #: seconds allowed for one send through the manager
+    timeout: float = 10.0
+    #: how often (s) the channel looks for a configured user who has just connected
+    watch_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class PamRelaySettings:
+    """PAM from a standalone agent: signed POSTs to the relay the host mounts."""
+
+    url: str
+    user_ids: tuple[str, ...]
+    #: the variable holding the relay's HMAC secret (the relay reads the same one)
+    secret_env: str = "INCIDENT_FSM_PAM_RELAY_SECRET"  # noqa: S105 - a variable's name
+    category: str = "system_health"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class ChannelsSettings:
     pam: PamSettings | None = None
     webhook: WebhookSettings | None = None
+    pam_inprocess: PamInProcessSettings | None = None
+    pam_relay: PamRelaySettings | None = None
     #: delivery attempts per notification before it is marked dead
     max_attempts: int = 8
     #: retry backoff after a failed attempt: first delay and cap (seconds), jittered

@@ -4,13 +4,20 @@ It speaks the reference deployment's HTTP surface (REFERENCE.md) from a
 state the caller controls:
 
 - `GET /health/resources` and `GET /health/system` (current or older schema),
-  `/health`, `/health/ready`, and `/health/workers` (a dependency check of
-  kind `http`: 503 while the Celery worker is dead);
-- a Render-like API under `/v1`: `POST /services/{id}/restart`,
-  `POST /services/{id}/scale` (`numInstances`), `GET /services/{id}`, with a
+  optionally each holding the service's one event loop for `health_delay`
+  seconds and limited per client IP (`health_rate_limit`, 429 with
+  `Retry-After`), as theirs are; `/health`; `/health/ready`, which answers
+  503 always, as theirs does today; and `/health/workers` (a dependency
+  check of kind `http`: 503 while the Celery worker is dead);
+- a Render-like API under `/v1`: `POST /services/{id}/restart` (200),
+  `POST /services/{id}/scale` (`numInstances`), `GET /services/{id}` (with
+  `serviceDetails.numInstances`, `.plan`, `.autoscaling.enabled`), with a
   Bearer key, whose calls change the state the way the real ones would
   (restarting the web service frees leaked memory, restarting the worker
-  service revives the worker, scaling spreads the load);
+  service revives the worker, scaling spreads the load -- not while
+  autoscaling is on, and not above 1 on the free plan); each answer carries
+  `Ratelimit-Limit`, `Ratelimit-Remaining` and `Ratelimit-Reset`, and a key
+  over its quota (30 POSTs / 400 GETs a minute unless set lower) gets 429;
 - disk usage computed from the bytes really present in a directory, so a
   real cleanup really lowers it.
 
@@ -18,14 +25,16 @@ Every request is counted per route, so tests can count what the agent
 actually did at the service rather than trusting our own tables. Faults
 can be switched on per endpoint: `error` (200 with `"status": "ERROR"`),
 `500`, `garbage` (not JSON), `hang` (never answers), `close` (drops the
-connection), `429` (rate limited, `Retry-After: 1`), `huge` (a 50 MB body),
+connection), `429` (rate limited, `Retry-After: 1`), `empty_checks`
+(`/health/system` with empty `checks` still saying "healthy", as when psutil
+fails there), `huge` (a 50 MB body),
 `trickle` (a valid body sent one byte per second); and `bodies` serves a
 route's raw body of the caller's choosing with status 200 (hostile payloads).
 It is a minimal HTTP/1.1 server on asyncio streams: loopback only, one
 request per connection.
 
 `PamSimulator` is the PAM side: a WebSocket endpoint that behaves like the
-assistant's notification socket, for the demo and for delivery tests.
+assistant's chat socket, which answers notification frames with an error.
 """
 
 from __future__ import annotations
@@ -33,9 +42,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
-from collections import Counter
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +60,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 MAX_REQUEST = 64 * 1024
+#: The routes whose handlers block the service's loop for `health_delay`.
+_SLOW_ROUTES = frozenset({"/health/resources", "/health/system"})
 _HUGE_BODY = b'{"pad": "' + b"x" * (50 * 1024**2) + b'"}'  # the `huge` fault: 50 MB of JSON
 
 
@@ -70,6 +84,12 @@ class ServiceState:
     #: restarting the web service clears the leak only if this is True
     restart_fixes_leak: bool = True
     system_schema: str = "current"  # or "legacy"
+    #: seconds each `/health/resources` or `/health/system` request holds the service's
+    #: one event loop (theirs call `psutil.cpu_percent(interval=1)`): other requests wait
+    health_delay: float = 0.0
+    #: requests per minute one client IP may make to `/health/*` before 429 with
+    #: `Retry-After` (theirs: about 50, each request counted twice); None: no limit
+    health_rate_limit: int | None = None
     #: endpoint path -> fault name (error, 500, garbage, hang, close, 429, huge, trickle)
     faults: dict[str, str] = field(default_factory=dict)
     #: endpoint path -> raw body served with 200 instead of the real one (faults win)
@@ -77,7 +97,19 @@ class ServiceState:
     web_service_id: str = "srv-web"
     worker_service_id: str = "srv-worker"
     render_api_key: str = "rnd_simulated"
+    #: Render service id -> plan (`free` cannot scale above 1 instance); others: `standard`
+    render_plans: dict[str, str] = field(default_factory=dict)
+    #: Render service ids with autoscaling on (Render then ignores a manual scale)
+    render_autoscaling: set[str] = field(default_factory=set)
+    #: Render requests one key may make per `render_window` seconds before 429
+    render_post_limit: int = 30
+    render_get_limit: int = 400
+    render_window: float = 60.0
+    #: Render requests answered 429 by the Render limiter (not by a `429` fault)
+    render_throttled: int = 0
     requests: Counter[str] = field(default_factory=Counter)
+    #: health requests answered 429 by the limiter (not by a `429` fault)
+    throttled: int = 0
 
     def memory_pct(self) -> float:
         return min(100.0, self.leaked_memory_pct + self.load_memory_pct / max(1, self.instances))
@@ -152,7 +184,8 @@ def system_payload(state: ServiceState) -> dict[str, Any]:
     issues = [f"High {name} usage: {c['usage_percent']}%" for name, c in checks.items()
               if c["status"] != "healthy"]
     return {"status": worst, "checks": checks, "issues": issues,
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+            # utcnow() without a zone, as theirs does
+            "timestamp": datetime.now(UTC).replace(tzinfo=None).isoformat()}
 
 
 class Simulator:
@@ -162,6 +195,12 @@ class Simulator:
         self.state = state or ServiceState()
         self._server: asyncio.Server | None = None
         self.port = 0
+        # The service's single event loop: a slow health handler holds it.
+        self._loop_busy = asyncio.Lock()
+        #: client IP -> monotonic times of its recent /health/* requests
+        self._health_hits: dict[str, deque[float]] = {}
+        #: (Authorization header, GET or POST) -> [window start (monotonic), requests in it]
+        self._render_windows: dict[tuple[str, str], list[float]] = {}
 
     @property
     def base_url(self) -> str:
@@ -196,14 +235,27 @@ class Simulator:
                 return
             if fault == "close":
                 return
-            if fault is None and route in self.state.bodies:
+            peer = writer.get_extra_info("peername")
+            retry_after = self._limit(route, peer[0] if peer else "?")
+            quota = self._render_quota(method, route, headers)
+            payload: Any
+            async with self._loop_busy:
+                if route in _SLOW_ROUTES and self.state.health_delay > 0 and retry_after is None:
+                    await asyncio.sleep(self.state.health_delay)
+            if retry_after is not None:
+                status, payload = 429, {"detail": "Rate limit exceeded"}
+            elif quota is not None and quota.exceeded:
+                status, payload = 429, {"message": "rate limit exceeded"}
+            elif fault is None and route in self.state.bodies:
                 status, payload = 200, self.state.bodies[route]
             else:
                 status, payload = self._respond(method, route, headers, body, fault)
             raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             if fault == "huge":
                 raw = _HUGE_BODY
-            extra = "Retry-After: 1\r\n" if status == 429 else ""
+            extra = f"Retry-After: {retry_after or 1}\r\n" if status == 429 else ""
+            if quota is not None:
+                extra = quota.header_lines(retry_after=status == 429)
             head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
                     f"{extra}Connection: close\r\n\r\n").encode()
@@ -223,6 +275,21 @@ class Simulator:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _limit(self, route: str, client: str) -> int | None:
+        """A sliding-window limit on `/health/*` per client: seconds to wait, or None."""
+        limit = self.state.health_rate_limit
+        if limit is None or not route.startswith("/health"):
+            return None
+        now = time.monotonic()
+        hits = self._health_hits.setdefault(client, deque())
+        while hits and hits[0] <= now - 60.0:
+            hits.popleft()
+        if len(hits) >= limit:
+            self.state.throttled += 1
+            return max(1, math.ceil(hits[0] + 60.0 - now))
+        hits.append(now)
+        return None
+
     def _respond(self, method: str, route: str, headers: dict[str, str], body: bytes,
                  fault: str | None) -> tuple[int, Any]:
         s = self.state
@@ -235,6 +302,9 @@ class Simulator:
         if fault == "error":
             return 200, {"status": "ERROR", "message": "psutil failed",
                          "timestamp": datetime.now().isoformat()}
+        if fault == "empty_checks":  # psutil failed inside /health/system: still "healthy"
+            return 200, {"status": "healthy", "checks": {}, "issues": [],
+                         "timestamp": datetime.now(UTC).replace(tzinfo=None).isoformat()}
         if method == "GET" and route == "/health/resources":
             return 200, resources_payload(s)
         if method == "GET" and route == "/health/system":
@@ -242,14 +312,35 @@ class Simulator:
         if method == "GET" and route == "/health":
             return 200, {"status": "healthy", "timestamp": datetime.now(UTC).isoformat()}
         if method == "GET" and route == "/health/ready":
-            return (200, {"status": "ready"}) if s.worker_alive else (
-                503, {"status": "not ready", "services": {"celery": "down"}})
+            # Theirs calls a database method that does not exist: 503 whatever the state.
+            return 503, {"status": "not_ready", "error": "'DatabaseService' object has no "
+                                                        "attribute 'health_check'"}
         if method == "GET" and route == "/health/workers":
             return (200, {"workers": s.instances}) if s.worker_alive else (
                 503, {"workers": 0, "error": "no Celery worker answered ping"})
         if route.startswith("/v1/services/"):
             return self._render(method, route, headers, body)
         return 404, {"detail": "not found"}
+
+    def _render_quota(self, method: str, route: str,
+                      headers: dict[str, str]) -> _RenderQuota | None:
+        """Count a Render request against its key's window (fixed, like Render's); None: not one."""
+        if not route.startswith("/v1/services/"):
+            return None
+        s = self.state
+        kind = "GET" if method in ("GET", "HEAD") else "POST"
+        limit = s.render_get_limit if kind == "GET" else s.render_post_limit
+        now = time.monotonic()
+        window = self._render_windows.setdefault((headers.get("authorization", ""), kind),
+                                                 [now, 0])
+        if now >= window[0] + s.render_window:
+            window[:] = [now, 0]
+        reset = max(1, math.ceil(window[0] + s.render_window - now))
+        if window[1] >= limit:
+            s.render_throttled += 1
+            return _RenderQuota(limit, 0, reset, exceeded=True)
+        window[1] += 1
+        return _RenderQuota(limit, max(0, limit - int(window[1])), reset, exceeded=False)
 
     def _render(self, method: str, route: str, headers: dict[str, str],
                 body: bytes) -> tuple[int, Any]:
@@ -261,14 +352,16 @@ class Simulator:
         action = parts[4] if len(parts) > 4 else ""
         if service not in (s.web_service_id, s.worker_service_id):
             return 404, {"message": "service not found"}
+        plan = s.render_plans.get(service, "standard")
+        autoscaling = service in s.render_autoscaling
         if method == "GET" and not action:
-            return 200, {"id": service, "serviceDetails": {"numInstances": s.instances}}
+            return 200, render_service_payload(s, service)
         if method == "POST" and action == "restart":
             if service == s.worker_service_id:
                 s.worker_alive = True
             elif s.restart_fixes_leak:
                 s.leaked_memory_pct = 0.0
-            return 202, {}
+            return 200, {}  # Render answers 200 here (its older docs said 202)
         if method == "POST" and action == "scale" and service == s.web_service_id:
             try:
                 count = int(json.loads(body or b"{}")["numInstances"])
@@ -276,9 +369,67 @@ class Simulator:
                 return 400, {"message": "numInstances required"}
             if not 1 <= count <= 100:
                 return 400, {"message": "numInstances out of range"}
-            s.instances = count
+            if plan == "free" and count > 1:
+                return 400, {"message": "free instances cannot scale above 1"}
+            if not autoscaling:  # accepted either way; ignored while autoscaling is on
+                s.instances = count
             return 202, {}
         return 404, {"message": "not found"}
+
+
+@dataclass(frozen=True)
+class _RenderQuota:
+    """One Render answer's rate-limit headers."""
+
+    limit: int
+    remaining: int
+    #: seconds until the key's window resets
+    reset: int
+    exceeded: bool
+
+    def header_lines(self, *, retry_after: bool) -> str:
+        lines = (f"Ratelimit-Limit: {self.limit}\r\nRatelimit-Remaining: {self.remaining}\r\n"
+                 f"Ratelimit-Reset: {self.reset}\r\n")
+        if retry_after:
+            lines += f"Retry-After: {self.reset if self.exceeded else 1}\r\n"
+        return lines
+
+
+def render_service_payload(state: ServiceState, service_id: str) -> dict[str, Any]:
+    """`GET /services/{id}` as Render answers it (the fields that matter, and some that don't)."""
+    web = service_id == state.web_service_id
+    instances = state.instances if web else 1
+    autoscaling = service_id in state.render_autoscaling
+    return {
+        "id": service_id,
+        "name": "pam-backend" if web else "pam-worker",
+        "type": "web_service" if web else "background_worker",
+        "ownerId": "tea-simulated",
+        "repo": "https://github.com/example/pam-backend",
+        "branch": "main",
+        "autoDeploy": "yes",
+        "suspended": "not_suspended",
+        "suspenders": [],
+        "createdAt": "2025-01-15T09:30:00.000000Z",
+        "updatedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "slug": "pam-backend" if web else "pam-worker",
+        "serviceDetails": {
+            "env": "python",
+            "runtime": "python",
+            "plan": state.render_plans.get(service_id, "standard"),
+            "region": "oregon",
+            "numInstances": instances,
+            "autoscaling": {
+                "enabled": autoscaling,
+                "min": 1,
+                "max": 3 if autoscaling else 1,
+                "criteria": {"cpu": {"enabled": autoscaling, "percentage": 70},
+                             "memory": {"enabled": False, "percentage": 0}},
+            },
+            **({"url": "https://pam-backend.onrender.com", "healthCheckPath": "/health"}
+               if web else {}),
+        },
+    }
 
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
@@ -319,32 +470,75 @@ def free_port() -> int:
 
 
 class PamSimulator:
-    """A loopback WebSocket server that behaves like PAM's notification socket (REFERENCE.md).
+    """A loopback WebSocket server that behaves like PAM's chat socket (REFERENCE.md, Corrections).
 
-    It sends the `connection` message, pings every `ping_interval` seconds and
-    closes (1001) a client that has not answered with a pong within
-    `pong_timeout`, checks the token, and records what clients send. Knobs:
+    Like the real one it sends the `connection` message, then two ping
+    streams (`{"type": "ping", "timestamp": ISO, "ping_number": n}` every
+    `ping_interval`, `{"type": "ping", "timestamp": float, "connection_id":
+    ...}` every `heartbeat_interval`) and closes (1001) a client that has sent
+    no pong for more than `pong_timeout`. It knows the frame types `ping`
+    (answered with `pong`), `pong`, `chat`, `context_update`, `init`, `auth`,
+    `voice` and `stt_capabilities`; every other type, `system_message`
+    included, is answered with `{"type": "error", "message": "Unknown message
+    type: ..."}`. Nothing a client sends is relayed to anyone. It allows
+    `rate_limit` frames per `rate_window` seconds per user (every frame a
+    client sends counts, pongs too: the stricter reading); each excess frame
+    is answered with an error and the fifth closes the socket with 4008.
+
+    Tokens: `tokens` is the set of valid ones (the constructor's `token` to
+    begin with); `await expire(token)` makes one invalid and closes its open
+    sockets with 4001, as the real server does when a token's `exp` passes.
+
+    Knobs: `accepts` lists frame types to take as notifications (no error, at
+    most 2,000 characters of `message`) -- the real server takes none; tests
+    of the outbox's own mechanics use it to have a transport that works.
     `mode = "refuse"` answers the handshake with HTTP 503, `mode = "auth"`
-    accepts and closes with 4001; `freeze()` stops reading the open connections
-    (frames pile up unread, pings go unanswered) and `kill_connections()` then
-    resets them; `stop()` / `start()` take the port down and up again.
+    accepts and closes with 4001 at once; `freeze()` stops reading the open
+    connections (frames pile up unread, pongs go unseen) and
+    `kill_connections()` then resets them; `stop()` / `start()` take the port
+    down and up again. Everything received is recorded for assertions.
     """
 
+    KNOWN_TYPES = frozenset({"ping", "pong", "chat", "context_update", "init", "auth", "voice",
+                             "stt_capabilities"})
+    MAX_MESSAGE = 2000
+    #: excess frames after which the socket is closed with 4008
+    RATE_STRIKES = 5
+    #: False: a client's `ping` is taken silently (a server that does not answer it)
+    answers_ping = True
+
     def __init__(self, *, token: str, user_id: str = "ops", port: int | None = None,
-                 ping_interval: float = 0.2, pong_timeout: float = 0.5) -> None:
+                 ping_interval: float = 25.0, heartbeat_interval: float = 20.0,
+                 pong_timeout: float = 70.0, rate_limit: int = 60, rate_window: float = 60.0,
+                 accepts: Iterable[str] = ()) -> None:
         self.token = token
+        self.tokens: set[str] = {token}
         self.user_id = user_id
         self.port = port or free_port()
         self.ping_interval = ping_interval
+        self.heartbeat_interval = heartbeat_interval
         self.pong_timeout = pong_timeout
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
+        self.accepts = frozenset(accepts)
         self.mode = "up"
+        #: every frame a client sent except pongs, in order
         self.received: list[dict[str, Any]] = []
+        #: frames of an `accepts` type that were taken
+        self.accepted: list[dict[str, Any]] = []
+        #: frames answered with an error: (the frame, the error text)
+        self.rejected: list[tuple[dict[str, Any], str]] = []
         self.connections = 0
         self.refused = 0
         self.pings = 0
+        self.heartbeats = 0
         self.pongs = 0
         self.closed_for_no_pong = 0
+        self.closed_for_rate = 0
+        self.closed_for_expiry = 0
         self.paths: list[str] = []
+        self._frames: list[float] = []
+        self._open: dict[ServerConnection, str] = {}
         self._server: Server | None = None
 
     @property
@@ -353,6 +547,7 @@ class PamSimulator:
 
     @property
     def system_messages(self) -> list[dict[str, Any]]:
+        """The `system_message` frames clients sent (whatever became of them)."""
         return [m for m in self.received if m.get("type") == "system_message"]
 
     async def start(self) -> PamSimulator:
@@ -372,6 +567,13 @@ class PamSimulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def expire(self, token: str) -> None:
+        """`token` is no longer valid; its open sockets are closed with 4001."""
+        self.tokens.discard(token)
+        for ws in [ws for ws, used in self._open.items() if used == token]:
+            self.closed_for_expiry += 1
+            await ws.close(4001, "token expired")
+
     def freeze(self) -> None:
         assert self._server is not None
         for connection in self._server.connections:
@@ -390,40 +592,137 @@ class PamSimulator:
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
+        number = self.connections
         assert ws.request is not None
         parts = urlsplit(ws.request.path)
         self.paths.append(parts.path)
-        token = parse_qs(parts.query).get("token")
-        if (self.mode == "auth" or token != [self.token]
+        token = (parse_qs(parts.query).get("token") or [""])[0]
+        if (self.mode == "auth" or token not in self.tokens
                 or parts.path != f"/api/v1/pam/ws/{self.user_id}"):
             await ws.close(4001, "unauthorized")
             return
+        self._open[ws] = token
         await ws.send(json.dumps({"type": "connection", "status": "connected",
                                   "user_id": self.user_id}))
-        pinger = asyncio.create_task(self._ping(ws))
+        loop = asyncio.get_running_loop()
+        last_pong = [loop.time()]
+        tasks = [asyncio.create_task(self._ping(ws)),
+                 asyncio.create_task(self._heartbeat(ws, f"{self.user_id}-{number}")),
+                 asyncio.create_task(self._watchdog(ws, last_pong))]
+        strikes = 0
         try:
             async for raw in ws:
-                message = json.loads(raw)
-                if message.get("type") == "pong":
+                now = loop.time()
+                self._frames = [t for t in self._frames if t > now - self.rate_window]
+                self._frames.append(now)
+                if len(self._frames) > self.rate_limit:
+                    strikes += 1
+                    await self._error(ws, {}, "Rate limit exceeded")
+                    if strikes >= self.RATE_STRIKES:
+                        self.closed_for_rate += 1
+                        await ws.close(4008, "rate limit exceeded")
+                        return
+                    continue
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    message = None
+                if not isinstance(message, dict):
+                    await self._error(ws, {}, "Invalid message format")
+                    continue
+                kind = message.get("type")
+                if kind == "pong":
                     self.pongs += 1
-                else:
-                    self.received.append(message)
+                    last_pong[0] = now
+                    continue
+                self.received.append(message)
+                if kind == "ping" and self.answers_ping:
+                    await ws.send(json.dumps({"type": "pong",
+                                              "timestamp": datetime.now(UTC).isoformat()}))
+                elif kind in self.accepts:
+                    if len(str(message.get("message", ""))) > self.MAX_MESSAGE:
+                        await self._error(ws, message, "Message too long")
+                    else:
+                        self.accepted.append(message)
+                elif kind not in self.KNOWN_TYPES:
+                    await self._error(ws, message, f"Unknown message type: {kind}")
         except ConnectionClosed:
             pass
         finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinger
+            self._open.pop(ws, None)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _error(self, ws: ServerConnection, message: dict[str, Any], text: str) -> None:
+        self.rejected.append((message, text))
+        await ws.send(json.dumps({"type": "error", "message": text}))
 
     async def _ping(self, ws: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await asyncio.sleep(self.ping_interval)
-                before = self.pongs
                 self.pings += 1
-                await ws.send(json.dumps({"type": "ping"}))
-                await asyncio.sleep(self.pong_timeout)
-                if self.pongs == before:
+                await ws.send(json.dumps({"type": "ping", "ping_number": self.pings,
+                                          "timestamp": datetime.now(UTC).isoformat()}))
+
+    async def _heartbeat(self, ws: ServerConnection, connection_id: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(self.heartbeat_interval)
+                self.heartbeats += 1
+                await ws.send(json.dumps({"type": "ping", "connection_id": connection_id,
+                                          "timestamp": datetime.now(UTC).timestamp()}))
+
+    async def _watchdog(self, ws: ServerConnection, last_pong: list[float]) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(max(0.0, last_pong[0] + self.pong_timeout - loop.time())
+                                    + 0.001)
+                if loop.time() - last_pong[0] > self.pong_timeout:
                     self.closed_for_no_pong += 1
                     await ws.close(1001, "no pong")
                     return
+
+
+class ConnectionManager:
+    """The PAM service's in-process connection manager, in the reference's shape.
+
+    `user_connections[user_id]` lists the user's open sockets; `connect` /
+    `disconnect` are what the service's WebSocket route calls. As theirs,
+    `send_message_to_user` writes to every open socket of the user, drops a
+    socket that cannot be written to, and says nothing when the user has
+    none. A socket is anything with `async send_text(str)` (Starlette,
+    FastAPI) or `async send(str)` (websockets). `sent` lists each
+    (user id, message) written to at least one socket.
+    """
+
+    def __init__(self) -> None:
+        self.user_connections: dict[str, list[Any]] = {}
+        self.sent: list[tuple[str, str]] = []
+
+    def connect(self, websocket: Any, user_id: str) -> None:
+        self.user_connections.setdefault(user_id, []).append(websocket)
+
+    def disconnect(self, websocket: Any, user_id: str) -> None:
+        sockets = self.user_connections.get(user_id, [])
+        if websocket in sockets:
+            sockets.remove(websocket)
+        if not sockets:
+            self.user_connections.pop(user_id, None)
+
+    async def send_message_to_user(self, message: str, user_id: str) -> None:
+        written = False
+        for websocket in list(self.user_connections.get(user_id, [])):
+            write = getattr(websocket, "send_text", None) or websocket.send
+            try:
+                await write(message)
+            except Exception:  # a dead socket: theirs drops it without a word
+                self.disconnect(websocket, user_id)
+            else:
+                written = True
+        if written:
+            self.sent.append((user_id, message))

@@ -36,6 +36,11 @@ class TargetStatus:
     last_poll_at: datetime | None = None
     last_ok: bool | None = None
     last_error: str = ""
+    #: of a failed last poll: `down`, `throttled` (429) or `unusable` (see `health`)
+    last_cause: str = ""
+    #: polls answered 429 in a row, and the Retry-After the last one asked for
+    throttled_polls: int = 0
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,9 @@ def metrics_text(status: AgentStatus, stats: Statistics) -> str:
     metric("incident_fsm_last_poll_timestamp_seconds", "gauge", "When each target was polled.",
            [({"target": t.name}, t.last_poll_at.timestamp()) for t in status.targets
             if t.last_poll_at is not None])
+    metric("incident_fsm_target_throttled", "gauge",
+           "1 while the target answers the agent's polls with 429.",
+           [({"target": t.name}, float(t.throttled_polls > 0)) for t in status.targets])
     metric("incident_fsm_queue_depth", "gauge", "Work waiting inside the agent.",
            [({"queue": q}, float(n)) for q, n in sorted(status.queues.items())])
     return "\n".join(lines) + "\n"

@@ -11,6 +11,8 @@ import pytest
 from incident_fsm.config import ConfigError, load_settings
 from incident_fsm.settings import AgentSettings, Settings
 
+from .logcapture import captured_logs
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -31,6 +33,7 @@ def test_the_readme_example_loads_with_every_section(tmp_path: Path) -> None:
     settings = _load(tmp_path, _readme_example())
     (api,) = settings.targets
     assert api.name == "api" and api.render_service_id == "srv-web"
+    assert api.fallback_local is True and api.same_host is False  # loopback: on this host
     assert api.thresholds.memory.critical == 80 and api.thresholds.disk.cleanup == 75
     assert settings.actions.disk_cleanup.roots == ("/var/log/app",)
     assert settings.actions.render.max_instances == 3
@@ -44,6 +47,18 @@ def test_the_readme_example_loads_with_every_section(tmp_path: Path) -> None:
                             "user_id = 'ops'\nreconnect_max = 60\n")
     assert tuned.channels.max_attempts == 3
     assert tuned.channels.pam is not None and tuned.channels.pam.reconnect_max == 60
+
+
+def test_the_removed_connects_per_minute_still_loads_with_a_warning(tmp_path: Path) -> None:
+    with captured_logs() as logs:
+        settings = _load(tmp_path, "[channels.pam]\nurl = 'wss://p'\nuser_id = 'ops'\n"
+                                   "connects_per_minute = 5\ntoken_file = '/run/pam.token'\n"
+                                   "frame_type = 'status_update'\n")
+    pam = settings.channels.pam
+    assert pam is not None and pam.token_file == "/run/pam.token"
+    assert pam.frame_type == "status_update" and pam.messages_per_minute == 60
+    (warning,) = [line for line in logs if "connects_per_minute" in line]
+    assert warning.startswith("WARNING|") and "no longer used" in warning
 
 
 def test_no_file_gives_the_defaults() -> None:
@@ -131,8 +146,14 @@ def test_environment_over_file_and_flags_over_both(tmp_path: Path) -> None:
         ("[channels]\nmax_attempts = 0\n", "channels.max_attempts", "at least 1"),
         ("[channels]\nretry_initial = 60\nretry_max = 5\n", "channels.retry_max",
          "retry_initial <= retry_max"),
-        ("[channels.pam]\nurl = 'wss://pam'\nuser_id = 'ops'\nconnects_per_minute = 9\n",
-         "channels.pam.connects_per_minute", "PAM's own limit"),
+        ("[channels.pam]\nurl = 'wss://pam'\nuser_id = 'ops'\nmessages_per_minute = 100\n",
+         "channels.pam.messages_per_minute", "between 8 and 60"),
+        ("[channels.pam]\nurl = 'wss://pam'\nuser_id = 'ops'\nframe_type = 'chat'\n",
+         "channels.pam.frame_type", "not 'chat'"),
+        ("[channels.pam]\nurl = 'wss://pam'\nuser_id = 'ops'\ntoken_file = 'pam.token'\n",
+         "channels.pam.token_file", "absolute path"),
+        ("[channels.pam]\nurl = 'wss://pam'\nuser_id = 'ops'\nreply_window = 30\n",
+         "channels.pam.reply_window", "reply_window <= timeout"),
         ("[agent\n", "config.toml", "not valid TOML"),
     ],
 )
@@ -169,3 +190,93 @@ def test_every_agent_key_is_documented_in_the_readme() -> None:
     text = README.read_text()
     for field in fields(AgentSettings):
         assert f"`{field.name}`" in text, f"[agent] {field.name} is not documented"
+
+
+# --- what acts on the agent's own machine ---------------------------------------------------
+
+REMOTE = "https://x.onrender.com"
+
+
+def _target(base_url: str, extra: str = "") -> str:
+    return f"[[targets]]\nname = 'web'\nbase_url = '{base_url}'\n{extra}"
+
+
+def test_fallback_local_for_a_remote_target_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, _target(REMOTE, "fallback_local = true\n"))
+    assert info.value.key == "targets[0].fallback_local"
+    message = str(info.value)
+    assert "reads the host the agent runs on" in message
+    assert f"targets[0].base_url {REMOTE} (target 'web') is not on this host" in message
+    assert "same_host = true" in message
+
+
+def test_cleanup_roots_with_a_remote_target_are_refused_at_load(tmp_path: Path) -> None:
+    text = (_target("http://127.0.0.1:8000") + "[[targets]]\nname = 'web2'\n"
+            f"base_url = '{REMOTE}'\n[actions.disk_cleanup]\nroots = ['/srv/app/logs']\n")
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    assert info.value.key == "actions.disk_cleanup.roots"
+    message = str(info.value)
+    assert "deletes files on the host the agent runs on" in message
+    assert f"targets[1].base_url {REMOTE} (target 'web2') is not on this host" in message
+    assert "same_host = true" in message
+
+
+def test_a_remote_target_that_declares_same_host_may_use_both(tmp_path: Path) -> None:
+    settings = _load(tmp_path, _target(REMOTE, "same_host = true\nfallback_local = true\n")
+                     + "[actions.disk_cleanup]\nroots = ['/srv/app/logs']\n")
+    (web,) = settings.targets
+    assert web.same_host is True and web.fallback_local is True
+    assert settings.actions.disk_cleanup.roots == ("/srv/app/logs",)
+
+
+@pytest.mark.parametrize("base_url", [
+    "http://127.0.0.1:8000", "http://127.8.9.10", "http://[::1]:8000", "http://localhost:8000",
+    "http://LOCALHOST", "http://localhost.:8000", "http://[::ffff:127.0.0.1]:8000",
+])
+def test_a_loopback_target_may_use_both(tmp_path: Path, base_url: str) -> None:
+    settings = _load(tmp_path, _target(base_url, "fallback_local = true\n")
+                     + "[actions.disk_cleanup]\nroots = ['/srv/app/logs']\n")
+    assert settings.targets[0].fallback_local is True
+    assert settings.actions.disk_cleanup.roots == ("/srv/app/logs",)
+
+
+@pytest.mark.parametrize("base_url", [
+    # Names are never resolved: each of these may well point at 127.0.0.1.
+    "http://127.0.0.1.nip.io", "http://localhost.example.com", "http://my-laptop",
+    "http://10.0.0.5:8000", "http://[fe80::1]", "http://0.0.0.0:8000",
+])
+def test_anything_else_is_not_on_this_host(tmp_path: Path, base_url: str) -> None:
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.fallback_local"):
+        _load(tmp_path, _target(base_url, "fallback_local = true\n"))
+    with pytest.raises(ConfigError, match=r"actions\.disk_cleanup\.roots"):
+        _load(tmp_path, _target(base_url) + "[actions.disk_cleanup]\nroots = ['/srv/app']\n")
+
+
+def test_fallback_local_left_unset_follows_where_the_target_is(tmp_path: Path) -> None:
+    settings = _load(tmp_path, _target(REMOTE) + "[[targets]]\nname = 'here'\n"
+                               "base_url = 'http://127.0.0.1:9000'\n[[targets]]\n"
+                               f"name = 'shared'\nbase_url = '{REMOTE}'\nsame_host = true\n")
+    assert [t.fallback_local for t in settings.targets] == [False, True, True]
+    off = _load(tmp_path, _target("http://127.0.0.1:9000", "fallback_local = false\n"))
+    assert off.targets[0].fallback_local is False
+
+
+def test_same_host_must_be_a_boolean(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, _target(REMOTE, "same_host = 'yes'\n"))
+    assert info.value.key == "targets[0].same_host"
+    assert "true or false" in str(info.value)
+
+
+def test_every_target_key_is_documented_in_the_readme() -> None:
+    from dataclasses import fields
+
+    from incident_fsm.settings import TargetSettings
+
+    text = README.read_text()
+    for field in fields(TargetSettings):
+        # `name`, `thresholds.memory`, `[[targets.dependencies]]`
+        documented = re.search(rf"`(\[\[targets\.)?{field.name}[`.\]]", text)
+        assert documented, f"[[targets]] {field.name} is not documented"

@@ -163,3 +163,43 @@ def test_set_phase_seeds_and_steps_back() -> None:
 ])
 def test_status_label_comes_from_numbers(reading: HealthSnapshot | None, label: str) -> None:
     assert status_label(reading, Thresholds()) == label
+
+
+DOWN = ProbeFailure(SOURCE, "timed out after 5s", cause="down")
+THROTTLED = ProbeFailure(SOURCE, "HTTP 429 (throttled)", cause="throttled", retry_after=30.0)
+NO_SUCH_PATH = ProbeFailure(SOURCE, "HTTP 404 from http://api.test/health/resourcez",
+                            cause="unusable")
+
+
+def test_a_long_429_stretch_changes_no_phase_at_all() -> None:
+    d = detector(failures_before_down=3)
+    assert feed(d, *[THROTTLED] * 20) == [[]] * 20
+    assert d.phases("api") == {}
+
+
+def test_429_between_timeouts_shows_the_service_alive() -> None:
+    d = detector(failures_before_down=3)
+    found = feed(d, DOWN, DOWN, THROTTLED, DOWN, DOWN)
+    assert found == [[("suspected", "health_endpoint_down")], [],
+                     [("dismissed", "health_endpoint_down")],
+                     [("suspected", "health_endpoint_down")], []]
+
+
+def test_an_answer_that_is_no_reading_is_a_misconfiguration_not_an_outage() -> None:
+    d = detector(failures_before_down=3)
+    found = feed(d, NO_SUCH_PATH, NO_SUCH_PATH, NO_SUCH_PATH, NO_SUCH_PATH)
+    assert found == [[("suspected", "probe_misconfigured")], [],
+                     [("confirmed", "probe_misconfigured")], []]
+    assert d.phase("api", "health_endpoint_down") is Phase.OK
+    confirmed = d.observe("api", Observation(NO_SUCH_PATH))
+    assert confirmed == []
+    cleared = d.observe("api", Observation(snap()))
+    assert [(f.change.value, f.problem.kind) for f in cleared] == [
+        ("cleared", "probe_misconfigured")]
+
+
+def test_the_misconfiguration_names_the_url_and_status() -> None:
+    d = detector(failures_before_down=1)
+    (finding,) = d.observe("api", Observation(NO_SUCH_PATH))
+    assert finding.problem.severity == "critical"
+    assert "HTTP 404 from http://api.test/health/resourcez" in finding.problem.reason

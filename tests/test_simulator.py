@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -39,13 +40,13 @@ async def test_render_calls_change_the_state_and_are_counted() -> None:
     async with Simulator(state) as sim, httpx.AsyncClient(base_url=sim.base_url) as client:
         assert (await client.get("/health/workers")).status_code == 503
         assert (await client.post("/v1/services/srv-web/restart")).status_code == 401
-        assert (await client.post("/v1/services/srv-web/restart", headers=KEY)).status_code == 202
+        assert (await client.post("/v1/services/srv-web/restart", headers=KEY)).status_code == 200
         assert state.memory_pct() == 60.0
         assert (await client.post("/v1/services/srv-web/scale", headers=KEY,
                                   json={"numInstances": 3})).status_code == 202
         assert state.memory_pct() == 20.0
         assert (await client.post("/v1/services/srv-worker/restart",
-                                  headers=KEY)).status_code == 202
+                                  headers=KEY)).status_code == 200
         assert (await client.get("/health/workers")).status_code == 200
         assert (await client.post("/v1/services/srv-nope/restart", headers=KEY)).status_code == 404
     assert state.requests["POST /v1/services/srv-web/restart"] == 2
@@ -66,3 +67,38 @@ async def test_faults_and_the_legacy_schema() -> None:
             await client.get("/health/system", timeout=0.2)
         state.faults["/health/system"] = "garbage"
         assert (await client.get("/health/system")).text.startswith("<html>")
+
+
+async def test_health_routes_are_limited_per_client_with_retry_after() -> None:
+    state = ServiceState(health_rate_limit=3)
+    async with Simulator(state) as sim, httpx.AsyncClient(base_url=sim.base_url) as client:
+        answers = [await client.get("/health/resources") for _ in range(5)]
+        other = await client.get("/v1/services/srv-web", headers=KEY)
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+    assert 1 <= int(answers[3].headers["Retry-After"]) <= 60
+    assert state.throttled == 2
+    assert other.status_code != 429  # the limiter covers /health/* only
+
+
+async def test_a_slow_health_handler_holds_the_whole_service() -> None:
+    state = ServiceState(health_delay=0.3)
+    async with Simulator(state) as sim, httpx.AsyncClient(base_url=sim.base_url) as client:
+        started = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            for path in ("/health/resources", "/health/system", "/health"):
+                tg.start_soon(client.get, path)
+        elapsed = anyio.current_time() - started
+    # Two slow handlers one after the other, and /health waited behind them on the one loop.
+    assert elapsed >= 0.6
+
+
+async def test_health_quirks_as_the_service_answers_today() -> None:
+    state = ServiceState(faults={"/health/system": "empty_checks"})
+    async with Simulator(state) as sim, httpx.AsyncClient(base_url=sim.base_url) as client:
+        ready = await client.get("/health/ready")
+        empty = (await client.get("/health/system")).json()
+        state.faults.clear()
+        system = (await client.get("/health/system")).json()
+    assert ready.status_code == 503  # whatever the state: theirs calls a missing method
+    assert (empty["status"], empty["checks"]) == ("healthy", {})
+    assert not system["timestamp"].endswith("Z")  # utcnow() without a zone
