@@ -4,7 +4,8 @@ connection manager, served by uvicorn on loopback with a real WebSocket client."
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -208,8 +209,14 @@ SHARED_MANAGER = ConnectionManager()
 
 
 def host_app(manager: ConnectionManager, **lifespan_options: Any) -> FastAPI:
-    """The reference service's shape: PAM's socket route registers sockets in the manager."""
-    app = FastAPI(lifespan=incident_fsm.lifespan(**lifespan_options))
+    """The reference service's shape: PAM's socket route registers sockets in the manager,
+    and its own lifespan enters the agent's in place of its bare `yield` (as the README says)."""
+    @asynccontextmanager
+    async def service_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with incident_fsm.lifespan(pam_manager=manager, **lifespan_options)(app):
+            yield
+
+    app = FastAPI(lifespan=service_lifespan)
 
     @app.get("/hello")
     async def hello() -> dict[str, str]:
@@ -242,8 +249,7 @@ async def test_embedded_alerts_wait_for_the_user_and_are_delivered_once_on_conne
         settings = replace(settings, channels=replace(
             settings.channels, pam_inprocess=PamInProcessSettings(user_ids=(USER,),
                                                                   watch_interval=0.05)))
-        app = host_app(manager, settings=settings, environ=ENV, journal_path=tmp_path / "j",
-                       pam_manager=manager)
+        app = host_app(manager, settings=settings, environ=ENV, journal_path=tmp_path / "j")
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on",
