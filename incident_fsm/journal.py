@@ -67,7 +67,14 @@ from .machine import (
     edge_destinations,
     triggers_from,
 )
-from .models import ActionRun, HealthCheck, Incident, IncidentId, OutboxMessage
+from .models import (
+    OUTCOME_SKIPPED,
+    ActionRun,
+    HealthCheck,
+    Incident,
+    IncidentId,
+    OutboxMessage,
+)
 from .store import ActionTally, Opened, Store, Timeline, strike_count_of
 
 T = TypeVar("T")
@@ -256,7 +263,8 @@ class JournalingStore(Store):
             return found
         return sum(1 for iid, runs in self._runs.items()
                    if iid in self._incidents and self._incidents[iid].target == target
-                   for r in runs.values() if not r.dry_run and r.started_at >= since)
+                   for r in runs.values() if not r.dry_run and r.started_at >= since
+                   and r.outcome != OUTCOME_SKIPPED)
 
     async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int:
         found = await self._try_online(lambda: super(JournalingStore, self).count_reopenings(

@@ -42,6 +42,8 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 STATES = ("detected", "remediating", "verifying", "resolved", "escalated")
 OPEN_STATES = ("detected", "remediating", "verifying", "escalated")
 ACTION_OUTCOMES = ("ok", "failed", "timed_out", "interrupted", "skipped")
+#: the outcome of an attempt found not applicable: it changed nothing at the service
+OUTCOME_SKIPPED = "skipped"
 NOTIFICATION_STATUSES = ("pending", "delivered", "dead", "skipped")
 
 

@@ -55,6 +55,7 @@ from .machine import (
     triggers_from,
 )
 from .models import (
+    OUTCOME_SKIPPED,
     ActionRun,
     HealthCheck,
     Incident,
@@ -890,11 +891,17 @@ class Store:
         return await self._run(work)
 
     async def count_actions(self, *, target: str, since: datetime) -> int:
-        """Real (not dry-run) attempts on `target` started at or after `since`, all incidents."""
+        """Real attempts on `target` started at or after `since`, all incidents.
+
+        Neither dry runs nor attempts found not applicable (`skipped`: they
+        changed nothing at the service) spend the action budget.
+        """
         query = (
             sa.select(sa.func.count()).select_from(ActionRun)
             .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
             .where(col(Incident.target) == target, col(ActionRun.dry_run).is_(False),
+                   sa.or_(col(ActionRun.outcome).is_(None),
+                          col(ActionRun.outcome) != OUTCOME_SKIPPED),
                    col(ActionRun.started_at) >= since)
         )
         return await self._run(self._count, query)

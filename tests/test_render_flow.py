@@ -110,6 +110,9 @@ async def test_autoscaling_passes_the_scale_over_without_a_strike_to_the_next_ac
     # Passing over costs no verify window: the restart ran at once.
     assert timeline.transitions[3].at == timeline.transitions[1].at
     assert await store.count_strikes(incident.incident_id) == 0
+    # Nor does it spend the target's action budget: only the restart acted.
+    since = timeline.transitions[0].at
+    assert await store.count_actions(target=incident.target, since=since) == 1
     assert KEY not in json.dumps([r.evidence for r in timeline.actions])
     assert KEY not in json.dumps([t.details for t in timeline.transitions])
 
