@@ -3,17 +3,18 @@
 Nothing here is staged: the agent polls the simulated service over HTTP on
 loopback, opens incidents from what it reads, runs real actions (Render-like
 API calls that change the simulated service, a disk cleanup that deletes real
-files in a temporary folder), verifies with fresh samples, and notifies a
-PAM-like WebSocket endpoint that, like PAM's real chat socket, answers the
-agent's `system_message` frames with `Unknown message type`: the summary
-counts those notifications as not delivered, with PAM's answer, because
-nobody received them. Only time is compressed (polls every 0.2 s).
+files in a temporary folder), verifies with fresh samples, and notifies PAM
+as it does embedded in the service: through the service's connection
+manager (the simulator's, of the same shape), to an operator whose socket is
+open. A notification counts as delivered only when it reached that socket.
+Only time is compressed (polls every 0.2 s).
 
 1. memory pressure: a leak -> `render_restart` -> verified -> resolved;
 2. disk spike: old logs fill the disk -> `disk_cleanup` deletes them -> resolved;
 3. worker failure: the Celery worker dies -> `restart_celery_workers` -> resolved;
-4. PAM outage: PAM goes down, a CPU spike is handled (`render_scale`) without it,
-   and the queued notifications are offered once PAM is back (and refused by it);
+4. PAM outage: the operator's PAM socket closes, a CPU spike is handled
+   (`render_scale`) without it, and the notifications that waited are delivered
+   once, in order, when the operator is back;
 then a health endpoint that stays down: a restart does not help, the
 failover (approval tier) is held and the incident escalated, for the
 operator to approve with `incident-fsm force`.
@@ -21,6 +22,7 @@ operator to approve with `incident-fsm force`.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -28,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -40,15 +43,17 @@ from .settings import (
     DependencyCheck,
     DiskCleanupSettings,
     FailoverSettings,
-    PamSettings,
+    PamInProcessSettings,
     RenderSettings,
     Settings,
     TargetSettings,
 )
-from .simulator import PamSimulator, ServiceState, Simulator
+from .simulator import ConnectionManager, ServiceState, Simulator
 from .store import Store
 
-PAM_TOKEN = "demo-pam-token"  # noqa: S105 - the simulator's own token, not a secret
+#: the PAM user told (a Supabase UUID in the real service)
+OPERATOR = "00000000-0000-4000-8000-00000000beef"
+PAM_CHANNEL = "pam_inprocess"
 RENDER_KEY = "rnd_simulated"
 #: How long one scenario may take before the demo gives up on it (seconds).
 SCENARIO_LIMIT = 30.0
@@ -65,7 +70,17 @@ class ScenarioResult:
     notifications: str
 
 
-def demo_settings(sim: Simulator, pam: PamSimulator, url: str, logs: Path) -> Settings:
+class OperatorSocket:
+    """The operator's open PAM socket, as the service's manager holds it: keeps what it got."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+
+    async def send_text(self, message: str) -> None:
+        self.received.append(json.loads(message))
+
+
+def demo_settings(sim: Simulator, url: str, logs: Path) -> Settings:
     target = TargetSettings(
         name="api", base_url=sim.base_url, render_service_id=sim.state.web_service_id,
         worker_service_id=sim.state.worker_service_id, fallback_local=False,
@@ -91,10 +106,8 @@ def demo_settings(sim: Simulator, pam: PamSimulator, url: str, logs: Path) -> Se
                 "cpu_high": ("render_scale",),
                 "health_endpoint_down": ("render_restart", "failover")},
         channels=ChannelsSettings(
-            pam=PamSettings(url=pam.url, user_id="ops", reconnect_initial=0.2,
-                            reconnect_max=1.0),
-            # PAM's socket refuses every notification frame: give up after two tries.
-            max_attempts=2, retry_initial=0.5, retry_max=2.0))
+            pam_inprocess=PamInProcessSettings(user_ids=(OPERATOR,), watch_interval=0.1),
+            retry_initial=0.5, retry_max=2.0))
 
 
 async def run_demo(url: str, *, workdir: Path,
@@ -103,15 +116,15 @@ async def run_demo(url: str, *, workdir: Path,
     logs = workdir / "app-logs"
     logs.mkdir(parents=True, exist_ok=True)
     state = ServiceState(disk_dir=logs, disk_capacity_bytes=2_000_000, disk_base_bytes=600_000)
-    pam = PamSimulator(token=PAM_TOKEN, ping_interval=5.0, heartbeat_interval=4.0,
-                       pong_timeout=14.0)
+    manager, operator = ConnectionManager(), OperatorSocket()
+    manager.connect(operator, OPERATOR)
     results: list[ScenarioResult] = []
     started = time.monotonic()
-    env = {"RENDER_API_KEY": RENDER_KEY, "PAM_TOKEN": PAM_TOKEN}
-    async with Simulator(state) as sim, pam, Store(url) as store:
-        settings = demo_settings(sim, pam, url, logs)
-        async with Agent(settings, environ=env, journal_path=workdir / "agent.journal") as agent, \
-                anyio.create_task_group() as tg:
+    env = {"RENDER_API_KEY": RENDER_KEY}
+    async with Simulator(state) as sim, Store(url) as store:
+        settings = demo_settings(sim, url, logs)
+        async with Agent(settings, environ=env, journal_path=workdir / "agent.journal",
+                         pam_manager=manager) as agent, anyio.create_task_group() as tg:
             tg.start_soon(_print_timeline, store, started, echo)
 
             async def scenario(name: str, kind: str, start: Callable[[], None],
@@ -135,17 +148,14 @@ async def run_demo(url: str, *, workdir: Path,
                            lambda: setattr(state, "worker_alive", False))
 
             async def pam_back(incident: Incident) -> None:
-                echo("   PAM is back: offering what waited")
-                await pam.start()
+                echo("   the operator is back on PAM: what waited goes out")
+                manager.connect(operator, OPERATOR)
                 await _until_pam_settled(agent.store, incident)
 
-            async def pam_down_then_spike() -> None:
-                await pam.stop()
-                echo("   PAM is down")
-                state.cpu_load_pct = 150.0  # 100 % on one instance, 75 % on two
-
             def outage() -> None:
-                tg.start_soon(pam_down_then_spike)
+                manager.disconnect(operator, OPERATOR)
+                echo("   the operator's PAM socket is closed: notifications wait")
+                state.cpu_load_pct = 150.0  # 100 % on one instance, 75 % on two
 
             await scenario("4. PAM outage (CPU spike handled without PAM)", "cpu_high",
                            outage, after=pam_back)
@@ -156,7 +166,8 @@ async def run_demo(url: str, *, workdir: Path,
                            done="escalated")
             await anyio.sleep(0.5)  # let the printer catch up
             tg.cancel_scope.cancel()
-    echo(f"\nall scenarios played in {time.monotonic() - started:.1f} s")
+    echo(f"\nall scenarios played in {time.monotonic() - started:.1f} s; the operator's PAM "
+         f"socket received {len(operator.received)} proactive_alert(s)")
     return results
 
 
@@ -184,7 +195,7 @@ async def _until_pam_settled(store: Store, incident: Incident) -> None:
     with anyio.move_on_after(SCENARIO_LIMIT):
         while True:
             rows = (await store.timeline(incident.incident_id)).notifications
-            pam = [n for n in rows if n.channel == "pam"]
+            pam = [n for n in rows if n.channel == PAM_CHANNEL]
             if pam and all(n.status in ("delivered", "dead") for n in pam):
                 return
             await anyio.sleep(0.1)
@@ -197,7 +208,7 @@ async def _summarise(store: Store, name: str, fingerprint: str, injected: dateti
     timeline = await store.timeline(incident.incident_id)
     real = [r for r in timeline.actions if not r.dry_run]
     first = (real[0].started_at - incident.opened_at).total_seconds() if real else None
-    pam = [n for n in timeline.notifications if n.channel == "pam"]
+    pam = [n for n in timeline.notifications if n.channel == PAM_CHANNEL]
     delivered = sum(n.status == "delivered" for n in pam)
     outcome = timeline.incident.state
     if real:
@@ -205,12 +216,8 @@ async def _summarise(store: Store, name: str, fingerprint: str, injected: dateti
     notifications = f"{delivered}/{len(pam)} to PAM"
     dead = sum(n.status == "dead" for n in pam)
     waiting = sum(n.status == "pending" for n in pam)
-    errors = [n.last_error for n in pam if n.status != "delivered" and n.last_error]
-    if errors:
-        # "gave up after 2 attempt(s): PAM answered with an error: Unknown message type: ..."
-        reason = errors[-1].split("attempt(s): ", 1)[-1]
-        reason = reason.split("answered with an error: ", 1)[-1]
-        notifications += f" ({dead} given up, {waiting} still retried; PAM: {reason[:60]})"
+    if dead or waiting:
+        notifications += f" ({dead} given up, {waiting} waiting)"
     return ScenarioResult(name, incident.id, fingerprint,
                           (incident.opened_at - injected).total_seconds(), first, outcome,
                           notifications)
