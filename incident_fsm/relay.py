@@ -33,7 +33,6 @@ memory and reaches only its own sockets.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -46,6 +45,7 @@ import anyio
 from loguru import logger
 
 from .channels.pam_inprocess import MAX_TEXT, ConnectionManager, deliver
+from .channels.pam_relay import sign
 from .status import ASGIApp, Receive, Scope, Send
 
 DEFAULT_SECRET_ENV: Final = "INCIDENT_FSM_PAM_RELAY_SECRET"  # noqa: S105 - a variable's name
@@ -139,8 +139,7 @@ def pam_relay(
         current = now()
         if abs(current - timestamp) > replay_window:
             raise _Refused(401, "timestamp outside the replay window")
-        expected = "sha256=" + hmac.new(secret.encode(), f"{stamp}.".encode() + body,
-                                        hashlib.sha256).hexdigest()
+        expected = sign(secret.encode(), stamp, body)  # the agent's channel signs the same way
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise _Refused(401, "bad signature")
         seen.add(signature, timestamp=timestamp, now=current)

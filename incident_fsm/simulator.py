@@ -691,34 +691,38 @@ class PamSimulator:
 class ConnectionManager:
     """The PAM service's in-process connection manager, in the reference's shape.
 
-    `user_connections[user_id]` lists the user's open sockets; `connect` /
-    `disconnect` are what the service's WebSocket route calls. As theirs,
-    `send_message_to_user` writes to every open socket of the user, drops a
-    socket that cannot be written to, and says nothing when the user has
-    none. A socket is anything with `async send_text(str)` (Starlette,
-    FastAPI) or `async send(str)` (websockets). `sent` lists each
-    (user id, message) written to at least one socket.
+    `user_connections[user_id]` maps each of the user's connection ids to its
+    open socket (a dict of dicts, as theirs); `connect` / `disconnect` are what
+    the service's WebSocket route calls (theirs also take the connection id;
+    here it is the socket's own). As theirs, `send_message_to_user` writes to
+    every open socket of the user, drops a socket that is closed or cannot be
+    written to, and says nothing when the user has none. A socket is anything
+    with `async send_text(str)` (Starlette, FastAPI) or `async send(str)`
+    (websockets). `sent` lists each (user id, message) written to at least
+    one socket.
     """
 
     def __init__(self) -> None:
-        self.user_connections: dict[str, list[Any]] = {}
+        self.user_connections: dict[str, dict[str, Any]] = {}
         self.sent: list[tuple[str, str]] = []
 
     def connect(self, websocket: Any, user_id: str) -> None:
-        self.user_connections.setdefault(user_id, []).append(websocket)
+        self.user_connections.setdefault(user_id, {})[str(id(websocket))] = websocket
 
     def disconnect(self, websocket: Any, user_id: str) -> None:
-        sockets = self.user_connections.get(user_id, [])
-        if websocket in sockets:
-            sockets.remove(websocket)
+        sockets = self.user_connections.get(user_id, {})
+        sockets.pop(str(id(websocket)), None)
         if not sockets:
             self.user_connections.pop(user_id, None)
 
     async def send_message_to_user(self, message: str, user_id: str) -> None:
         written = False
-        for websocket in list(self.user_connections.get(user_id, [])):
+        for websocket in list(self.user_connections.get(user_id, {}).values()):
             write = getattr(websocket, "send_text", None) or websocket.send
             try:
+                # Theirs skips a socket whose state says disconnected, then drops it.
+                if getattr(getattr(websocket, "client_state", None), "name", "") == "DISCONNECTED":
+                    raise ConnectionError("disconnected")
                 await write(message)
             except Exception:  # a dead socket: theirs drops it without a word
                 self.disconnect(websocket, user_id)
