@@ -15,6 +15,9 @@ as long as replica clocks agree within `skew_margin` (keep them NTP-synced).
 A standby takes over at most `ttl + renew_every` seconds after the leader
 died (defaults 15 + 5 s, inside the 30 s budget). With SQLite the agent is a
 single process and is always its own leader.
+
+Each replica logs when it becomes the leader or stops being it, and a
+standby says who leads once per change of leader, never per renewal.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class LeaderElector:
         self.renew_every = renew_every
         self.skew_margin = skew_margin
         self._valid_until: datetime | None = None
+        #: the holder this replica last found leading (itself included)
+        self._leader_seen: str | None = None
         self.changed = anyio.Event()
 
     @property
@@ -91,6 +96,13 @@ class LeaderElector:
         else:
             self._valid_until = None
         self._notify(was)
+        if lease.holder != self._leader_seen:
+            self._leader_seen = lease.holder
+            if lease.holder != self.holder:
+                # Once per leader, not per attempt: every few seconds for as long
+                # as another replica leads would bury everything else.
+                logger.bind(replica=self.holder).info(
+                    "standing by: {} leads until {}", lease.holder, lease.expires_at.isoformat())
         return self.is_leader
 
     def _notify(self, was: bool) -> None:

@@ -18,7 +18,9 @@ writes its `health_check` rows, logs the `📊 Health check` line, feeds the
 Polling waits through the injected clock: `poll_interval` normally,
 `fast_poll_interval` while anything on the target is suspect or open, up to
 `poll_jitter` of the interval early, and never more often than the target's
-`max_requests_per_minute` allows. A target that answers 429 is alive and
+`max_requests_per_minute` allows; where that stretches an interval, the
+first `run` says so once per target, and `cadence` gives both the configured
+and the effective intervals. A target that answers 429 is alive and
 busy: its next poll waits at least the `Retry-After` it gave, no fallback
 is read in its place, nothing is detected from it, and the stretch is
 logged once when it starts and once when it ends. Subscribers get every phase change as a
@@ -32,7 +34,7 @@ import random as _random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
 import anyio
 import httpx
@@ -75,7 +77,8 @@ def default_probes(target: TargetSettings, *, client: httpx.AsyncClient) -> Targ
     dependencies = dependency_checks(target, client=client)
     return TargetProbes(
         health=HttpProbe(base_url=target.base_url, endpoints=target.endpoints, client=client,
-                         timeout=target.probe_timeout, read_all=target.read_all_endpoints),
+                         timeout=target.probe_timeout, read_all=target.read_all_endpoints,
+                         name=target.name),
         fallback=LocalProbe(mounts=target.local_mounts, timeout=target.probe_timeout)
         if target.fallback_local else None,
         dependencies=dependencies,
@@ -110,6 +113,13 @@ class ProblemEvent:
 
 
 ProblemListener = Callable[[ProblemEvent], Awaitable[None]]
+
+
+class Cadence(NamedTuple):
+    """Seconds between polls: normally, and while anything on the target is suspect or open."""
+
+    normal: float
+    fast: float
 
 
 class Monitor:
@@ -160,6 +170,13 @@ class Monitor:
         #: target -> polls answered 429 in a row, and the wait the last one asked for
         self._throttled: dict[str, int] = {}
         self._retry_after: dict[str, float] = {}
+        # Fixed by the settings, so worked out once: a status view may ask every second.
+        configured = Cadence(agent.poll_interval, agent.fast_poll_interval)
+        self._cadence = {
+            name: (configured, Cadence(max(configured.normal, self.min_interval(name)),
+                                       max(configured.fast, self.min_interval(name))))
+            for name in self._targets}
+        self._cadence_said = False
 
     # --- what others read --------------------------------------------------------
 
@@ -192,6 +209,14 @@ class Monitor:
         settings = self._targets[target]
         return self._probes[target].requests_per_poll * 60.0 / settings.max_requests_per_minute
 
+    def cadence(self, target: str) -> tuple[Cadence, Cadence]:
+        """The configured intervals of `target` and the effective ones its rate limit allows.
+
+        Effective is before jitter (which only shortens, down to the rate
+        limit) and before any `Retry-After` the target asks for.
+        """
+        return self._cadence[target]
+
     def throttled(self, target: str) -> tuple[int, float | None]:
         """Polls of `target` answered 429 in a row, and the `Retry-After` of the last one."""
         return self._throttled.get(target, 0), self._retry_after.get(target)
@@ -217,6 +242,10 @@ class Monitor:
         except Exception as exc:
             # Monitoring starts anyway; such incidents are then left to their deadlines.
             logger.warning("❌ Failed to read open incidents at start: {}", type(exc).__name__)
+        if not self._cadence_said:
+            # Once per monitor: `run` starts again with every leadership term.
+            self._cadence_said = True
+            self._say_stretched_cadences()
         async with anyio.create_task_group() as tg:
             for name in self._targets:
                 tg.start_soon(self._loop, name, name=f"monitor:{name}")
@@ -236,6 +265,20 @@ class Monitor:
                     continue
                 if await self._store.find_open(f"{name}:{kind}") is not None:
                     self.detector.set_phase(name, kind, Phase.OPEN)
+
+    def _say_stretched_cadences(self) -> None:
+        # Without this line a fast interval stretched from 10 s to 40 s would
+        # only show as detection taking longer than the settings promise.
+        for name, (configured, effective) in self._cadence.items():
+            if effective == configured:
+                continue
+            settings = self._targets[name]
+            logger.bind(target=name).warning(
+                "⏱️ {} is polled every {:g} s (fast {:g} s), not the configured {:g} s "
+                "(fast {:g} s): max_requests_per_minute = {} allows one poll of {} "
+                "request(s) every {:g} s", name, effective.normal, effective.fast,
+                configured.normal, configured.fast, settings.max_requests_per_minute,
+                self._probes[name].requests_per_poll, self.min_interval(name))
 
     async def _loop(self, name: str) -> None:
         # A random start spreads many targets over the first interval.

@@ -8,7 +8,10 @@ whole body: a trickling body cannot hold it) and in size (a 50 MB body is
 cut off after the cap and is a failure). Each request costs the reference
 service about a second of its single event loop, so by default one endpoint
 is read per poll and the next only when it fails; `read_all` reads every
-endpoint concurrently and combines the answers. Every failure carries its
+endpoint concurrently and combines the answers. An endpoint that fails
+while another answers is logged once, when it starts failing, and once when
+it answers again (per endpoint, so polls that do not read it change
+nothing); `failing_endpoints` lists them. Every failure carries its
 cause (see `health`): only no answer or a 5xx says the endpoint is down; a
 429 says it is alive and busy (with the wait it asked for); any other
 answer that is not a reading says the probe itself is wrong.
@@ -32,6 +35,7 @@ from typing import Final, Protocol
 import anyio
 import httpx
 import psutil
+from loguru import logger
 
 from .health import (
     DOWN,
@@ -70,6 +74,7 @@ class HttpProbe:
         timeout: float = 5.0,
         max_body: int = MAX_BODY,
         read_all: bool = False,
+        name: str = "",
     ) -> None:
         if not endpoints:
             raise ValueError("an HTTP probe needs at least one endpoint")
@@ -80,12 +85,21 @@ class HttpProbe:
         self.timeout = timeout
         self.max_body = max_body
         self.read_all = read_all
+        #: the target, in log lines (its base URL if not given)
+        self.name = name or self.base_url
         self._client = client
+        #: endpoint -> (reason of its last failure, failed reads) while others answer
+        self._failing: dict[str, tuple[str, int]] = {}
 
     @property
     def requests_per_probe(self) -> int:
         """Requests a healthy poll sends (a failing first endpoint adds the next)."""
         return len(self.endpoints) if self.read_all else 1
+
+    @property
+    def failing_endpoints(self) -> dict[str, str]:
+        """Endpoints failing while another one answers -> the reason of their last failure."""
+        return {path: reason for path, (reason, _) in self._failing.items()}
 
     async def probe(self) -> ProbeResult:
         if not self.read_all:
@@ -100,6 +114,7 @@ class HttpProbe:
         async with anyio.create_task_group() as tg:
             for index, path in enumerate(self.endpoints):
                 tg.start_soon(read, index, path)
+        self._note_endpoints(list(zip(self.endpoints, results, strict=True)))
         return combine(results)
 
     async def _first_answer(self) -> ProbeResult:
@@ -111,7 +126,33 @@ class HttpProbe:
             # one would only spend more of its limit.
             if isinstance(result, HealthSnapshot) or result.cause == THROTTLED:
                 break
+        self._note_endpoints(list(zip(self.endpoints, results, strict=False)))
         return combine(results)
+
+    def _note_endpoints(self, read: Sequence[tuple[str, ProbeResult]]) -> None:
+        """Log an endpoint once when it fails while another answers, once when it answers again.
+
+        Only the endpoints read this time are judged: by default a poll reads
+        one, so a poll that did not ask an endpoint says nothing about it.
+        """
+        log = logger.bind(target=self.name)
+        answering = [path for path, result in read if isinstance(result, HealthSnapshot)]
+        for path, result in read:
+            if isinstance(result, HealthSnapshot):
+                ended = self._failing.pop(path, None)
+                if ended is not None:
+                    log.info("✅ {} answers on {} again, after {} failed read(s)",
+                             self.name, path, ended[1])
+            elif path in self._failing:
+                self._failing[path] = (result.reason, self._failing[path][1] + 1)
+            elif answering and result.cause != THROTTLED:
+                # Once per stretch: the target is still read through the other
+                # endpoint, so a warning every poll would only bury the log. With
+                # every endpoint failing the monitor warns per poll instead.
+                self._failing[path] = (result.reason, 1)
+                log.warning("❌ {}: endpoint {} fails while {} answers: {} (said once, "
+                            "until it answers again)", self.name, path,
+                            ", ".join(answering), result.reason)
 
     async def read_endpoint(self, path: str) -> ProbeResult:
         """GET one endpoint and parse it; every failure becomes a `ProbeFailure`."""

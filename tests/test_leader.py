@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -13,6 +13,8 @@ from incident_fsm.errors import StoreUnavailable
 from incident_fsm.leader import LeaderElector
 from incident_fsm.models import Lease
 from incident_fsm.store import Store
+
+from .logcapture import captured_logs
 
 pytestmark = pytest.mark.anyio
 
@@ -93,6 +95,40 @@ async def test_run_renews_and_hands_the_lease_back_on_cancel(
         tg.cancel_scope.cancel()
     assert not a.is_leader
     assert await b.try_acquire() is True  # released at once, no need to wait for expiry
+
+
+async def test_a_standby_says_who_leads_once_per_change_of_leader(
+    store: Store, start: ManualClock
+) -> None:
+    a = LeaderElector(store, clock=start, holder="a")
+    b = LeaderElector(store, clock=start, holder="b")
+    first_lease_ends = (start.now() + timedelta(seconds=15)).isoformat()
+    with captured_logs() as logs:
+        assert await a.try_acquire()
+        for _ in range(10):  # a renews, b stands by: ten attempts each
+            assert not await b.try_acquire()
+            start.advance(5)
+            assert await a.try_acquire()
+        start.advance(20)  # a dies; b takes over and renews
+        for _ in range(10):
+            assert await b.try_acquire()
+            assert not await a.try_acquire()  # a is back, a standby now
+            start.advance(5)
+        start.advance(20)  # b dies; a leads again; b comes back
+        for _ in range(10):
+            assert await a.try_acquire()
+            assert not await b.try_acquire()
+            start.advance(5)
+    said = [line.split("|")[1] for line in logs
+            if "standing by" in line or "the leader" in line]
+    assert said[0] == "replica a is now the leader"
+    assert said[1] == f"standing by: a leads until {first_lease_ends}"
+    assert [s.split(" leads")[0] for s in said] == [
+        "replica a is now the leader", "standing by: a",   # b's first attempt
+        "replica b is now the leader", "standing by: b",   # a's first attempt after
+        "replica a is now the leader", "standing by: a"]   # b's
+    assert all(line.startswith("INFO|") for line in logs
+               if "standing by" in line or "the leader" in line)
 
 
 def test_renewal_must_fit_inside_the_lease(tmp_path: Path, start: ManualClock) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -21,6 +22,7 @@ from incident_fsm.machine import ActionIntent, IncidentEngine, State, Verdict
 from incident_fsm.models import HealthCheck
 from incident_fsm.monitor import (
     MAX_CONCURRENT_POLLS,
+    Cadence,
     Monitor,
     ProblemEvent,
     TargetProbes,
@@ -31,6 +33,7 @@ from incident_fsm.settings import AgentSettings, TargetSettings
 from incident_fsm.store import Store
 
 from . import payloads
+from .logcapture import captured_logs
 from .monitor_helpers import HangingProbe, ScriptedProbe, run_virtual, snap
 
 pytestmark = pytest.mark.anyio
@@ -396,3 +399,71 @@ async def test_many_targets_due_together_poll_at_most_the_bound_at_once(
         await run_virtual(clock, monitor, 1)
     assert [p.calls for p in probes.values()] == [1] * len(probes)
     assert CountingProbe.most == MAX_CONCURRENT_POLLS
+
+
+async def test_intervals_stretched_by_the_rate_limit_are_said_once_at_start(
+    engine: IncidentEngine, store: Store, clock: ManualClock,
+) -> None:
+    # api: 2 requests a poll at 3 a minute, one poll per 40 s at most: both stretched.
+    # ops: 1 request at 4 a minute, one per 15 s: only the fast interval. web: neither.
+    api = ScriptedProbe(clock, lambda n: snap())
+    monitor = make(engine, store, clock,
+                   {"api": TargetProbes(api, requests_per_poll=2),
+                    "ops": TargetProbes(ScriptedProbe(clock, lambda n: snap())),
+                    "web": TargetProbes(ScriptedProbe(clock, lambda n: snap()))},
+                   targets=[target("api", max_requests_per_minute=3),
+                            target("ops", max_requests_per_minute=4), target("web")])
+    configured = Cadence(30.0, 10.0)
+    assert monitor.cadence("api") == (configured, Cadence(40.0, 40.0))
+    assert monitor.cadence("ops") == (configured, Cadence(30.0, 15.0))
+    assert monitor.cadence("web") == (configured, configured)
+    with captured_logs() as logs:
+        async with running(monitor):
+            await run_virtual(clock, monitor, 200)
+        polls = list(api.calls)
+        async with running(monitor):  # run again, as with every leadership term
+            await run_virtual(clock, monitor, 200)
+    said = [line for line in logs if "max_requests_per_minute" in line]
+    assert [line.split("|")[2].strip() for line in said] == ["{'target': 'api'}",
+                                                             "{'target': 'ops'}"]
+    assert all(line.startswith("WARNING|") for line in said)
+    assert ("api is polled every 40 s (fast 40 s), not the configured 30 s (fast 10 s): "
+            "max_requests_per_minute = 3 allows one poll of 2 request(s) every 40 s") in said[0]
+    assert "ops is polled every 30 s (fast 15 s), not the configured 30 s (fast 10 s)" in said[1]
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(polls)}
+    assert len(polls) == 6 and gaps == {40.0}  # what was said is what happens
+
+
+async def test_an_endpoint_failing_while_the_other_answers_is_warned_once_per_stretch(
+    engine: IncidentEngine, store: Store, clock: ManualClock,
+) -> None:
+    first_up = [False]
+
+    def first(request: httpx.Request) -> httpx.Response:
+        if not first_up[0]:
+            return httpx.Response(503)
+        return httpx.Response(200, json=payloads.resources(*payloads.LEVELS["normal"]))
+
+    async with httpx.AsyncClient() as client:
+        with respx.mock(base_url=BASE) as router:
+            router.get("/health/resources").mock(side_effect=first)
+            router.get("/health/system").respond(
+                200, json=payloads.system(*payloads.LEVELS["normal"]))
+            api = TargetSettings(name="api", base_url=BASE, fallback_local=False)
+            monitor = make(engine, store, clock, {"api": default_probes(api, client=client)},
+                           targets=[api])
+            with captured_logs() as logs:
+                async with running(monitor):
+                    await run_virtual(clock, monitor, 300)  # 11 polls, the first one failing
+                    first_up[0] = True
+                    await run_virtual(clock, monitor, 300)
+                    first_up[0] = False
+                    await run_virtual(clock, monitor, 300)
+    warned = [line for line in logs if "fails while" in line]
+    back = [line for line in logs if "answers on /health/resources again" in line]
+    assert len(warned) == 2 and all(line.startswith("WARNING|") for line in warned)
+    assert "endpoint /health/resources fails while /health/system answers: HTTP 503" in warned[0]
+    assert len(back) == 1 and back[0].startswith("INFO|")
+    assert "after 11 failed read(s)" in back[0]
+    assert not [line for line in logs if "Failed to probe" in line]  # the target answered
+    assert await store.list_incidents() == []

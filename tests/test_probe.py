@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from incident_fsm.retry_after import retry_after_seconds
 
 from . import payloads
 from .health_server import HealthServer
+from .logcapture import captured_logs
 from .respx_helpers import answer as respond
 
 pytestmark = pytest.mark.anyio
@@ -132,6 +134,97 @@ async def test_one_failing_endpoint_is_not_a_failed_target(failure: object) -> N
     assert result.source == "/health/system"
     assert len(result.partial_failures) == 1
     assert result.partial_failures[0].startswith("/health/resources: ")
+
+
+def _endpoint_lines(logs: list[str]) -> list[str]:
+    """The lines about one endpoint failing while another answers, and about its return."""
+    return [line for line in logs if "fails while" in line or "again, after" in line]
+
+
+def _endpoint_of(line: str) -> str:
+    found = re.search(r"endpoint (\S+) fails while|answers on (\S+) again", line)
+    assert found is not None, line
+    return found.group(1) or found.group(2)
+
+
+@respx.mock
+async def test_an_endpoint_failing_while_the_other_answers_is_said_once_per_stretch() -> None:
+    first = respx.get(f"{BASE}/health/resources")
+    respx.get(f"{BASE}/health/system").respond(200, json=payloads.system(50.0, 60.0, 10.0))
+    ok = httpx.Response(200, json=payloads.resources(50.0, 60.0, 10.0))
+    async with httpx.AsyncClient() as client:
+        probe = HttpProbe(base_url=BASE, endpoints=BOTH, client=client, name="api")
+        with captured_logs() as logs:
+            first.mock(return_value=httpx.Response(503))
+            for _ in range(20):
+                assert isinstance(await probe.probe(), HealthSnapshot)
+            assert probe.failing_endpoints == {"/health/resources": "HTTP 503"}
+            first.mock(return_value=ok)
+            for _ in range(20):
+                await probe.probe()
+            assert probe.failing_endpoints == {}
+            first.mock(side_effect=httpx.ConnectError("refused"))  # a new stretch
+            for _ in range(20):
+                await probe.probe()
+    lines = _endpoint_lines(logs)
+    assert [line.split("|")[0] for line in lines] == ["WARNING", "INFO", "WARNING"]
+    assert "endpoint /health/resources fails while /health/system answers: HTTP 503" in lines[0]
+    assert "'target': 'api'" in lines[0]
+    assert "api answers on /health/resources again, after 20 failed read(s)" in lines[1]
+    assert "ConnectError: refused" in lines[2]
+
+
+@respx.mock
+async def test_endpoint_stretches_are_kept_per_endpoint_when_one_is_read_per_poll() -> None:
+    # Three endpoints, read in order until one answers: a poll where the first
+    # answers does not read the second, and so says nothing about it.
+    paths = ("/health/resources", "/health/system", "/health/detailed")
+    routes = {p: respx.get(f"{BASE}{p}") for p in paths}
+    routes["/health/system"].mock(return_value=httpx.Response(500))
+    routes["/health/detailed"].mock(
+        return_value=httpx.Response(200, json=payloads.system(50.0, 60.0, 10.0)))
+    ok = httpx.Response(200, json=payloads.resources(50.0, 60.0, 10.0))
+    async with httpx.AsyncClient() as client:
+        probe = HttpProbe(base_url=BASE, endpoints=paths, client=client, name="api")
+        with captured_logs() as logs:
+            for first_answers in (False, True, True, False, False, True, False):
+                routes["/health/resources"].mock(
+                    return_value=ok if first_answers else httpx.Response(503))
+                for _ in range(5):
+                    await probe.probe()
+        assert routes["/health/system"].call_count == 20  # read only when the first failed
+    said = [(line.split("|")[0], _endpoint_of(line)) for line in _endpoint_lines(logs)]
+    # /health/system failed every time it was read: one warning, never an all-clear.
+    assert said == [("WARNING", "/health/resources"), ("WARNING", "/health/system"),
+                    ("INFO", "/health/resources"), ("WARNING", "/health/resources"),
+                    ("INFO", "/health/resources"), ("WARNING", "/health/resources")]
+
+
+@respx.mock
+async def test_reading_all_endpoints_says_which_one_fails_and_nothing_when_all_fail() -> None:
+    resources = respx.get(f"{BASE}/health/resources")
+    system = respx.get(f"{BASE}/health/system")
+    good = httpx.Response(200, json=payloads.system(50.0, 60.0, 10.0))
+    async with httpx.AsyncClient() as client:
+        probe = HttpProbe(base_url=BASE, endpoints=BOTH, client=client, read_all=True,
+                          name="api")
+        with captured_logs() as logs:
+            steps = [(httpx.Response(503), httpx.Response(503)),  # all down: the monitor's
+                     (good, httpx.Response(404)),                  # to say, every poll
+                     (good, good),
+                     (httpx.Response(429), good),                  # alive: not failing
+                     (httpx.Response(503), good)]
+            for first, second in steps:
+                resources.mock(return_value=first)
+                system.mock(return_value=second)
+                for _ in range(5):
+                    await probe.probe()
+    lines = _endpoint_lines(logs)
+    assert len(lines) == 3
+    assert "endpoint /health/system fails while /health/resources answers: HTTP 404" in lines[0]
+    assert "answers on /health/system again, after 5 failed read(s)" in lines[1]
+    assert "endpoint /health/resources fails while /health/system answers: HTTP 503" in lines[2]
+    assert "HTTP 429" not in "".join(lines)
 
 
 @pytest.mark.parametrize(("answer", "reason"), [
