@@ -13,6 +13,7 @@ from .errors import (
     IncidentNotFound,
     InvalidInput,
     InvalidTransition,
+    SchemaNotReady,
     StoreError,
     StoreUnavailable,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "OutboxMessage",
     "Outcome",
     "OutcomeStatus",
+    "SchemaNotReady",
     "State",
     "Store",
     "StoreError",

@@ -52,7 +52,7 @@ from .clock import Clock, SystemClock, sleep_or_wake
 from .config import load_settings
 from .detector import METRIC_KINDS, Change, Observation
 from .dispatcher import Dispatcher, dispatcher_from_settings
-from .errors import StoreError
+from .errors import SchemaNotReady, StoreError, StoreUnavailable
 from .health import DOWN, HealthSnapshot
 from .journal import JournalingStore
 from .leader import LeaderElector
@@ -61,6 +61,7 @@ from .models import Incident, IncidentId
 from .monitor import Monitor, ProblemEvent, TargetProbes, default_probes
 from .outbox import policy_from_settings
 from .policy import Limits
+from .preflight import PreflightFailed, start_failures
 from .remediator import Remediator, Verification
 from .settings import (
     HEALTH_ENDPOINT_DOWN,
@@ -143,6 +144,7 @@ class Agent:
         pam_manager: ConnectionManager | None = None,
     ) -> None:
         self.settings = settings
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self.clock: Clock = clock or SystemClock()
         url = database.resolve_url(settings.agent.database_url)
         self._own_http = http is None
@@ -239,24 +241,76 @@ class Agent:
             logger.warning("AUTONOMOUS_MONITORING_ENABLED is false: the agent does not start")
             task_status.started()
             return
-        self.started_at = self.clock.now()
-        logger.info("🤖 Technical Monitoring Agent initialized at {}", self.started_at.isoformat())
-        self.running = True
         try:
+            failures = start_failures(self.settings, environ=self._environ)
+            if failures:
+                raise PreflightFailed(failures)
+            schema_ready = await self._schema_ready()  # SchemaNotReady: refuse to start
+            self.started_at = self.clock.now()
+            logger.info("🤖 Technical Monitoring Agent initialized at {}",
+                        self.started_at.isoformat())
+            self.running = True
             async with anyio.create_task_group() as tg:
-                if self.elector is not None:
-                    # Not awaited: a silent database must not hold up the host's start-up.
-                    tg.start_soon(self.elector.run, name="agent:lease")
-                if isinstance(self.store, JournalingStore):
-                    tg.start_soon(self._keep_running, "journal", self._replay_journal,
-                                  name="agent:journal")
-                tg.start_soon(self._lead, name="agent:lead")
+                if schema_ready:
+                    self._start_parts(tg)
+                else:
+                    tg.start_soon(self._until_schema, tg, name="agent:schema")
                 task_status.started()
         finally:
             self.running = False
             with anyio.CancelScope(shield=True):
                 await self._close()
             logger.info("agent stopped")
+
+    def _start_parts(self, tg: TaskGroup) -> None:
+        if self.elector is not None:
+            # Not awaited: a silent database must not hold up the host's start-up.
+            tg.start_soon(self.elector.run, name="agent:lease")
+        if isinstance(self.store, JournalingStore):
+            tg.start_soon(self._keep_running, "journal", self._replay_journal,
+                          name="agent:journal")
+        tg.start_soon(self._lead, name="agent:lead")
+
+    async def _schema_ready(self) -> bool:
+        """Is the schema at head (SQLite: after migrating)? False if the database is away.
+
+        Raises `SchemaNotReady` for a database that answers without the schema
+        (Postgres is never migrated here): the agent must not start on it.
+        """
+        try:
+            await anyio.to_thread.run_sync(self._ensure_schema)
+        except StoreUnavailable as exc:
+            logger.error("❌ {}: the agent acts on nothing until it can read the schema", exc)
+            return False
+        return True
+
+    def _ensure_schema(self) -> None:
+        database.ensure_schema(self.store.url)
+
+    async def _until_schema(self, tg: TaskGroup) -> None:
+        """Retry the schema check with a growing pause; start acting once it passes.
+
+        The outage journal covers a database that went away after it worked,
+        never one whose schema was not seen: until then nothing is probed,
+        written or run.
+        """
+        pause = 1.0
+        while True:
+            await self.clock.sleep(pause)
+            pause = min(60.0, pause * 2)
+            try:
+                await anyio.to_thread.run_sync(self._ensure_schema)
+            except StoreUnavailable as exc:
+                logger.warning("database still unavailable ({}); next check in {:g} s", exc,
+                               pause)
+                continue
+            except SchemaNotReady as exc:
+                logger.error("❌ {}; the agent acts on nothing (next check in {:g} s)", exc,
+                             pause)
+                continue
+            logger.info("database schema at head: the agent starts acting")
+            self._start_parts(tg)
+            return
 
     async def _close(self) -> None:
         with anyio.move_on_after(10):

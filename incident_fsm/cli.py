@@ -19,7 +19,14 @@ import anyio
 import click
 
 from . import database
-from .errors import IncidentFSMError, InvalidInput, InvalidTransition, StoreError, StoreUnavailable
+from .errors import (
+    IncidentFSMError,
+    InvalidInput,
+    InvalidTransition,
+    SchemaNotReady,
+    StoreError,
+    StoreUnavailable,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,11 +65,25 @@ class When(click.ParamType):  # type: ignore[type-arg]  # generic only in newer 
 
 
 def _with_store(url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `work(store)` on a fresh store for `url` and close it."""
+    """Run `work(store)` on a fresh store for `url` and close it.
+
+    The database must exist and be at head: a command never creates a
+    SQLite file, nor reads tables of another revision.
+    """
     from .store import Store
 
+    resolved = database.resolve_url(url)
+    state = database.schema_state(resolved)
+    if not state.exists:
+        raise StoreUnavailable(f"no database at {database.redact(resolved)}: nothing to show "
+                               "(the agent creates it when it starts; --database-url or "
+                               f"{database.ENV_DATABASE_URL} says where it is)")
+    if not state.at_head:
+        raise SchemaNotReady(f"database {state.describe()}: run `incident-fsm db upgrade "
+                             f"--database-url {database.redact(resolved)}`")
+
     async def main() -> T:
-        async with Store(database.resolve_url(url)) as store:
+        async with Store(resolved) as store:
             return await work(store)
 
     return anyio.run(main)
@@ -77,7 +98,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _exit_code(exc: IncidentFSMError) -> int:
-    if isinstance(exc, StoreUnavailable):
+    if isinstance(exc, StoreUnavailable | SchemaNotReady):
         return 1
     if isinstance(exc, InvalidInput | InvalidTransition | StoreError):
         return 2
@@ -153,6 +174,31 @@ def db_current(database_url: str | None) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               envvar="INCIDENT_FSM_CONFIG", help="TOML configuration (env INCIDENT_FSM_CONFIG).")
 @database_url_option
+@json_option
+def check(config_path: str | None, database_url: str | None, as_json: bool) -> None:
+    """Check everything the agent will need, changing nothing: one line per check.
+
+    The configuration, each target's endpoints (readings shown), the secrets it
+    names (names only), the database and its schema, each Render service (a
+    GET), each channel's peer and credentials (nothing is delivered), cleanup
+    roots and dependency checks. Exit 0 when nothing failed, 1 when a check
+    failed, 2 when the configuration itself is invalid.
+
+    Example: incident-fsm check --config /etc/incident-fsm/agent.toml
+    """
+    from .config import load_settings
+    from .preflight import exit_code, report_json, report_text, run_checks
+
+    settings = load_settings(config_path, overrides={"database_url": database_url})
+    checks = anyio.run(lambda: run_checks(settings))
+    click.echo(report_json(checks) if as_json else report_text(checks))
+    sys.exit(exit_code(checks))
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              envvar="INCIDENT_FSM_CONFIG", help="TOML configuration (env INCIDENT_FSM_CONFIG).")
+@database_url_option
 @click.option("--poll-interval", type=float, default=None, help="Seconds between checks.")
 @click.option("--fast-poll-interval", type=float, default=None,
               help="Seconds between checks while something is suspect or open.")
@@ -184,15 +230,13 @@ def run(config_path: str | None, database_url: str | None, poll_interval: float 
                           "needs the agent inside the service's own process (its lifespan, "
                           "with pam_manager=); a standalone agent reaches PAM through "
                           "[channels.pam_relay], mounted in the service")
+    from .preflight import PreflightFailed, start_failures
+
+    failures = start_failures(settings)
+    if failures:
+        raise PreflightFailed(failures)
     url = database.resolve_url(settings.agent.database_url)
-    current, head = _schema_in_child(url, upgrade=False)
-    if current != head:
-        if migrate if migrate is not None else database.is_sqlite(url):
-            _schema_in_child(url, upgrade=True)
-        else:
-            raise InvalidInput(f"database {database.redact(url)} is at revision "
-                               f"{current or 'empty'}, the agent needs {head}: "
-                               "run `incident-fsm db upgrade` (or pass --migrate)")
+    database.ensure_schema(url, migrate=migrate)
     if not settings.targets:
         click.echo("warning: no [[targets]] configured: nothing will be monitored", err=True)
     _quiet_tracebacks(log_level.upper())
@@ -205,39 +249,6 @@ def _quiet_tracebacks(level: str) -> None:
 
     logger.remove()
     logger.add(sys.stderr, level=level, diagnose=False, backtrace=False)
-
-
-_SCHEMA_CHILD = """
-import os, sys
-from incident_fsm import database
-url = os.environ["INCIDENT_FSM_SCHEMA_URL"]
-if sys.argv[1] == "upgrade":
-    database.upgrade(url)
-print(database.current_revision(url) or "-", database.head_revision())
-"""
-
-
-def _schema_in_child(url: str, *, upgrade: bool) -> tuple[str | None, str]:
-    """(current, head) revision, after upgrading if asked, read by a short-lived child process.
-
-    Alembic costs the process about 6 MB that it never gives back; the agent
-    runs for months, so only the child loads it. The URL travels in the
-    child's environment, never on its command line.
-    """
-    import os
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-c", _SCHEMA_CHILD, "upgrade" if upgrade else "check"],
-        env={**os.environ, "INCIDENT_FSM_SCHEMA_URL": url}, capture_output=True, text=True,
-        timeout=300, check=False)
-    if done.returncode != 0:
-        # Only the exception's class: its text could carry the URL.
-        last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise StoreUnavailable(f"cannot read the schema of {database.redact(url)}: "
-                               f"{last.split(':', 1)[0]}")
-    current, head = done.stdout.split()[-2:]
-    return (None if current == "-" else current), head
 
 
 async def _serve(settings: Any) -> None:

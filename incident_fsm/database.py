@@ -10,7 +10,11 @@ to it. Passwords are never printed: use `redact` for anything shown.
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .errors import InvalidInput
+from .errors import InvalidInput, SchemaNotReady, StoreUnavailable
 
 ENV_DATABASE_URL = "INCIDENT_FSM_DATABASE_URL"
 DEFAULT_DATABASE_URL = "sqlite:///incident_fsm.db"
@@ -26,6 +30,10 @@ DEFAULT_DATABASE_URL = "sqlite:///incident_fsm.db"
 #: Seconds to wait for a connection, a lock, or a statement before giving up.
 CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT = 30
+
+#: The migration revision this code reads and writes. Spelled out so that checking a
+#: database needs no Alembic in the process; a test keeps it equal to the scripts' head.
+SCHEMA_HEAD = "7a3d6eb494d1"
 
 
 def resolve_url(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -170,3 +178,168 @@ def head_revision() -> str:
     if head is None:  # pragma: no cover - the repository always ships a revision
         raise RuntimeError("no migrations found")
     return head
+
+
+# --- is the schema there? ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database stands: its revision, the one this code needs, whether it exists."""
+
+    url: str
+    current: str | None
+    head: str = SCHEMA_HEAD
+    #: False for a SQLite file that is not there yet (nothing was created to find out)
+    exists: bool = True
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+    def describe(self) -> str:
+        where = redact(self.url)
+        if not self.exists:
+            return f"no database at {where} yet"
+        if self.at_head:
+            return f"{where} is at {self.current} (head)"
+        return f"{where} is at revision {self.current or 'empty'}, this agent needs {self.head}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, None for any other database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
+def schema_state(url: str) -> SchemaState:
+    """Read the database's revision without creating or changing anything.
+
+    A SQLite file that does not exist is reported as such, not created. Raises
+    `StoreUnavailable` naming the cause when the database cannot be read.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        return _sqlite_schema_state(url, path)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return SchemaState(url, None)
+            found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            return SchemaState(url, str(found) if found is not None else None)
+    except sa.exc.DBAPIError as exc:
+        raise StoreUnavailable(f"cannot read {redact(url)}: {describe_failure(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+def _sqlite_schema_state(url: str, path: Path) -> SchemaState:
+    if not path.parent.is_dir():
+        raise StoreUnavailable(f"cannot use {redact(url)}: the directory {path.parent} "
+                               "does not exist")
+    if not path.exists():
+        return SchemaState(url, None, exists=False)
+    try:
+        # Read-only URI: a check must never create or convert the file.
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                               timeout=STATEMENT_TIMEOUT)
+        try:
+            has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                               "AND name = 'alembic_version'").fetchone()
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone() \
+                if has else None
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot read {redact(url)}: {describe_failure(exc)}") from None
+    return SchemaState(url, str(row[0]) if row else None)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming why a database call failed, in words of our own.
+
+    Drivers' messages can carry SQL, parameters and URLs, so they are only
+    matched here, never repeated; an unknown failure is named by its class.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).lower()
+    for needles, meaning in _FAILURES:
+        if any(n in text for n in needles):
+            return meaning
+    return f"{type(orig).__name__} (no more detail is shown: it may hold data)"
+
+
+_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("no such table", "undefinedtable", "relation \"") ,
+     "tables are missing: run `incident-fsm db upgrade`"),
+    (("connection refused",), "connection refused: is the database server running there?"),
+    (("password authentication failed", "authentication failed"),
+     "authentication failed: check the user and password"),
+    (("does not exist",), "the database (or role) named in the URL does not exist"),
+    (("could not translate host name", "name or service not known",
+      "nodename nor servname", "temporary failure in name resolution"),
+     "the host name does not resolve"),
+    (("timeout expired", "timed out", "canceling statement due to statement timeout"),
+     "the database did not answer in time"),
+    (("server closed the connection", "terminating connection", "connection already closed",
+      "consuming input failed", "ssl syscall error"),
+     "the connection was closed by the server or the network"),
+    (("unable to open database file",),
+     "the file cannot be opened (missing directory or no permission)"),
+    (("readonly database", "attempt to write a readonly"),
+     "the database file is read-only for this user"),
+    (("database is locked",), "the database file stayed locked by another writer"),
+    (("disk i/o error", "database or disk is full"), "the disk failed or is full"),
+    (("file is not a database", "file is encrypted"), "the file is not a SQLite database"),
+)
+
+
+_UPGRADE_CHILD = """
+import os, sys
+from incident_fsm import database
+url = os.environ["INCIDENT_FSM_SCHEMA_URL"]
+try:
+    database.upgrade(url)
+except Exception as exc:
+    print("FAILED", database.describe_failure(exc))
+    sys.exit(1)
+"""
+
+
+def upgrade_in_child(url: str, *, timeout: float = 300.0) -> None:
+    """Migrate `url` to head in a short-lived child process.
+
+    Alembic costs a process about 6 MB it never gives back, and the agent
+    runs for months, so only the child loads it. The URL travels in the
+    child's environment, never on its command line. Blocking: call it from a
+    worker thread inside an event loop.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _UPGRADE_CHILD], env={**os.environ, "INCIDENT_FSM_SCHEMA_URL": url},
+        capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        said = [line for line in done.stdout.splitlines() if line.startswith("FAILED ")]
+        why = said[-1].removeprefix("FAILED ") if said else "the migration process failed"
+        raise StoreUnavailable(f"cannot migrate {redact(url)}: {why}")
+
+
+def ensure_schema(url: str, *, migrate: bool | None = None) -> SchemaState:
+    """Make sure the agent may act on `url`: at head, migrating first when allowed.
+
+    `migrate` defaults to yes for SQLite (a fresh file is the documented
+    embedded default) and no for Postgres, where a schema change is an
+    operator's step: there this raises `SchemaNotReady` naming the command.
+    """
+    state = schema_state(url)
+    if state.at_head:
+        return state
+    if migrate if migrate is not None else is_sqlite(url):
+        upgrade_in_child(url)
+        state = schema_state(url)
+        if state.at_head:
+            return state
+    raise SchemaNotReady(f"database {state.describe()}: run `incident-fsm db upgrade "
+                         f"--database-url {redact(url)}` first (or start with --migrate)")

@@ -7,7 +7,8 @@
     └── StoreError                   the database said no or could not be reached
         ├── IncidentNotFound (LookupError)
         ├── ConcurrentUpdate         the incident changed first: reload and decide again
-        └── StoreUnavailable         the database is unreachable: retry later, nothing half-written
+        ├── StoreUnavailable         the database is unreachable: retry later, nothing half-written
+        └── SchemaNotReady           tables missing or behind: migrate first, nothing written
 
 Messages are written for an operator at 3 a.m.: they name the incident, its
 state and what would have been allowed.
@@ -85,3 +86,11 @@ class ConcurrentUpdate(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database could not be reached or timed out; nothing was written."""
+
+
+class SchemaNotReady(StoreError):
+    """The database's schema is missing or not the revision this code needs; nothing was written.
+
+    Not a `StoreUnavailable`: the outage journal covers a database that went
+    away, never one the agent could not have written to in the first place.
+    """

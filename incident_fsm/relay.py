@@ -20,6 +20,10 @@ body>`, and the JSON body `{"user_ids": [...], "message": {"type":
 - 400: a body that is not such a document; 405: not a POST;
 - 503: the secret variable is not set (the relay then accepts nothing).
 
+A signed `{"user_ids": [...], "check": true}` (no message) is a preflight
+(`incident-fsm check`): answered 200 `{"check": "ok", "connected": [...]}`,
+delivering nothing.
+
 Answer: 200 `{"delivered_to": [the users that had an open socket and were
 sent the message]}`, possibly empty (nobody connected: the agent keeps the
 notification queued and offers it again); 502 when every send raised.
@@ -44,7 +48,7 @@ from typing import Any, Final
 import anyio
 from loguru import logger
 
-from .channels.pam_inprocess import MAX_TEXT, ConnectionManager, deliver
+from .channels.pam_inprocess import MAX_TEXT, ConnectionManager, connected, deliver
 from .channels.pam_relay import sign
 from .status import ASGIApp, Receive, Scope, Send
 
@@ -162,6 +166,11 @@ def pam_relay(
             return
         except _Disconnected:
             return
+        if document.get("check"):
+            # A preflight: the signature was good; say who is connected, deliver nothing.
+            await _answer(send, 200, {"check": "ok",
+                                      "connected": connected(manager, document["user_ids"])})
+            return
         message, user_ids = document["message"], document["user_ids"]
         reached, error = await deliver(manager, json.dumps(message, ensure_ascii=False),
                                        user_ids, send_timeout=send_timeout)
@@ -211,6 +220,8 @@ def _document(body: bytes) -> dict[str, Any]:
     if (not isinstance(users, list) or not 0 < len(users) <= MAX_USERS
             or not all(isinstance(u, str) and 0 < len(u) <= 100 for u in users)):
         raise _Refused(400, f"user_ids must be a list of 1 to {MAX_USERS} user ids")
+    if document.get("check") is True and "message" not in document:
+        return {"user_ids": list(dict.fromkeys(users)), "check": True}
     message = document.get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if (not isinstance(message, dict) or message.get("type") != "proactive_alert"

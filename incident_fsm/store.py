@@ -43,6 +43,7 @@ from .errors import (
     IncidentNotFound,
     InvalidInput,
     InvalidTransition,
+    SchemaNotReady,
     StoreError,
     StoreUnavailable,
 )
@@ -245,11 +246,14 @@ class Store:
             # The connection pool had nothing to give within its timeout.
             raise StoreUnavailable("database connections exhausted; nothing was written") from None
         except DBAPIError as exc:
-            # Only the driver's class name: its text can carry SQL and parameters.
+            # The driver's text can carry SQL and parameters: only our words for its cause.
+            cause = database.describe_failure(exc)
+            if _is_missing_table(exc):
+                raise SchemaNotReady(f"database {database.redact(self.url)}: {cause}; "
+                                     "nothing was written") from None
             if exc.connection_invalidated or _is_unavailable(exc):
                 raise StoreUnavailable(
-                    f"database unavailable ({type(exc.orig).__name__}); nothing was written"
-                ) from None
+                    f"database unavailable: {cause}; nothing was written") from None
             raise
         finally:
             with self._threads_lock:
@@ -1074,6 +1078,12 @@ def _statistics(session: Session, since: datetime | None) -> Statistics:
         )
     ]
     return Statistics(states, kinds, actions, channels, checks)
+
+
+def _is_missing_table(exc: DBAPIError) -> bool:
+    name = type(exc.orig).__name__
+    text = str(exc.orig).lower()
+    return name == "UndefinedTable" or (name == "OperationalError" and "no such table" in text)
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:

@@ -14,7 +14,8 @@ INTENDED = {
     "EDGES", "ActionIntent", "ActionRun", "Clock", "ConcurrentUpdate", "Edge", "GuardRejected",
     "Incident", "IncidentEngine", "IncidentFSMError", "IncidentId", "IncidentNotFound",
     "InvalidInput", "InvalidTransition", "MachinePolicy", "ManualClock", "Notification", "Opened",
-    "OutboxMessage", "State", "Store", "StoreError", "StoreUnavailable", "SystemClock",
+    "OutboxMessage", "State", "Store", "StoreError", "SchemaNotReady", "StoreUnavailable",
+    "SystemClock",
     "Timeline", "Transition", "Trigger", "Verdict",
     # the remediation plug-in interface, for host apps that bring their own actions
     "Action", "ActionContext", "Outcome", "OutcomeStatus", "Tier",

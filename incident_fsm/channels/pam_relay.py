@@ -10,6 +10,10 @@ body>`, signed with the secret in the variable `secret_env`, read at each
 send and never logged. Each attempt is signed afresh, so a retry is never
 refused as a replay.
 
+`check_relay` sends the relay a signed `{"user_ids": [...], "check": true}`:
+the relay checks the signature and says who is connected, delivering
+nothing (the preflight of `incident-fsm check`).
+
 Outcomes: a 200 whose `delivered_to` names at least one user is delivered;
 a 200 with an empty `delivered_to` means no configured user had an open
 socket: *unavailable*, the row stays pending without counting an attempt
@@ -34,7 +38,7 @@ from typing import Any, Final
 import httpx
 from loguru import logger
 
-from ..clock import Clock
+from ..clock import Clock, SystemClock
 from ..settings import PamRelaySettings
 from .base import Outcome, Outgoing
 from .pam_inprocess import proactive_alert
@@ -148,3 +152,43 @@ class RelayPamChannel:
             logger.error("{}: PAM relay notifications stay queued until it is fixed", why)
             self._complained = why
         return Outcome.unavailable(why, retry_after=CONFIG_RETRY)
+
+
+async def check_relay(settings: PamRelaySettings, *, http: httpx.AsyncClient,
+                      environ: Mapping[str, str],
+                      clock: Clock | None = None) -> tuple[bool | None, str]:
+    """Reach the relay with a signed check request: reachable, secret accepted, who listens.
+
+    Returns (True: fine, None: works but nobody listens now, False: broken; why).
+    """
+    secret = environ.get(settings.secret_env)
+    if not secret:
+        return (False, f"no secret: {settings.secret_env} is not set")
+    now = (clock or SystemClock()).now()
+    body = encode({"user_ids": list(settings.user_ids), "check": True})
+    timestamp = str(int(now.timestamp()))
+    headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
+               SIGNATURE_HEADER: sign(secret.encode(), timestamp, body)}
+    try:
+        response = await http.post(settings.url, content=body, headers=headers,
+                                   timeout=settings.timeout)
+    except httpx.HTTPError as exc:
+        return (False, f"unreachable ({type(exc).__name__})")
+    if response.status_code == 401:
+        return (False, f"the relay refused the signature (HTTP 401): check that both "
+                       f"sides have the same {settings.secret_env}, and the clocks")
+    if response.status_code == 503:
+        return (False, "the relay has no secret set (HTTP 503)")
+    try:
+        listening = response.json().get("connected") if response.status_code == 200 else None
+    except (ValueError, AttributeError):
+        listening = None
+    if not isinstance(listening, list):
+        return (False, f"HTTP {response.status_code}, not a relay's check answer "
+                       "(is the URL the relay's mount point?)")
+    users = len(settings.user_ids)
+    if not listening:
+        return (None, f"secret accepted; none of the {users} configured user(s) has "
+                      "an open socket now: alerts wait until one connects")
+    return (True, f"secret accepted; {len(listening)} of {users} user(s) connected "
+                  "(nothing was delivered)")
