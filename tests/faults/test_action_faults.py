@@ -69,6 +69,7 @@ async def test_hung_raising_and_garbage_actions_strike_out_while_another_target_
     sqlite_url: str, tmp_path: Path
 ) -> None:
     logs = tmp_path / "logs"
+    logs.mkdir()  # a cleanup root that does not exist stops the agent's start
     api = ServiceState(leaked_memory_pct=50.0, load_memory_pct=40.0)
     files = ServiceState(disk_dir=logs, disk_capacity_bytes=1_000_000)
     plug_ins = {"hangs": Hangs(), "raises": Raises(), "garbage": Garbage()}
