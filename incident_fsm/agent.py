@@ -54,6 +54,7 @@ from .detector import METRIC_KINDS, Change, Observation
 from .dispatcher import Dispatcher, dispatcher_from_settings
 from .errors import SchemaNotReady, StoreError, StoreUnavailable
 from .health import DOWN, HealthSnapshot
+from .heartbeat import Heartbeat
 from .journal import JournalingStore
 from .leader import LeaderElector
 from .machine import AUTOMATED_STATES, IncidentEngine, MachinePolicy
@@ -263,6 +264,8 @@ class Agent:
             logger.info("agent stopped")
 
     def _start_parts(self, tg: TaskGroup) -> None:
+        # Every replica beats, leading or not: `force` and `status` tell who is alive.
+        tg.start_soon(Heartbeat(self.store, self.clock, self.replica).run, name="agent:heartbeat")
         if self.elector is not None:
             # Not awaited: a silent database must not hold up the host's start-up.
             tg.start_soon(self.elector.run, name="agent:lease")

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -444,7 +445,8 @@ def stats(database_url: str | None, since: datetime | None, as_json: bool) -> No
               help="With approve: the action to run (default: the one that was held).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               envvar="INCIDENT_FSM_CONFIG",
-              help="The agent's TOML, so the step notifies its channels like any other.")
+              help="The agent's TOML (env INCIDENT_FSM_CONFIG): its deadlines and channels, "
+                   "and the actions --action may name. Required with --action.")
 @json_option
 def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
           actor: str | None, action_name: str | None, config_path: str | None,
@@ -458,46 +460,122 @@ def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
     from .outbox import policy_from_settings
     from .report import to_json
 
+    if action_name is not None and trigger != "approve":
+        raise InvalidInput("--action goes only with approve")
+    if action_name is not None and config_path is None:
+        # Without it nothing says what the agent could run: a typo would be approved,
+        # notified as an action taken, spend a strike and fail.
+        raise InvalidInput("--action needs the agent's configuration (--config FILE or env "
+                           "INCIDENT_FSM_CONFIG) to check the name against the actions of "
+                           "the incident's target; nothing was written")
     who = actor if actor is not None else getpass.getuser()
     settings = load_settings(config_path)
     outbox = policy_from_settings(settings)
     policy = MachinePolicy.from_settings(settings.agent)
-    incident = _with_store(database_url, lambda store: _force(
+    forced = _with_store(database_url, lambda store: _force(
         store, incident_id=incident_id, trigger=trigger, reason=reason, actor=who,
-        action_name=action_name, outbox=outbox, policy=policy))
+        action_name=action_name, outbox=outbox, policy=policy, settings=settings))
+    incident = forced.incident
     if as_json:
         click.echo(to_json(incident))
     else:
         click.echo(f"incident {incident.id} is now {incident.state} ({trigger} by {who})")
+    if config_path is None:
+        click.echo("note: no configuration (--config / INCIDENT_FSM_CONFIG): deadlines are the "
+                   f"defaults (and INCIDENT_FSM_* variables): {_force_deadlines(policy)}",
+                   err=True)
+    if not forced.agents:
+        waiting = (f"the approved {forced.action} waits until one runs, and so do the step's "
+                   "notifications" if forced.action else
+                   "the step's notifications wait in the outbox until one runs")
+        click.echo("warning: no agent has been seen alive (no current heartbeat in the "
+                   f"database): {waiting}", err=True)
+
+
+def _force_deadlines(policy: Any) -> str:
+    """The deadline an incident gets on entering each state, as `force` applies them."""
+    from .machine import State
+
+    start = datetime.now(UTC)
+    parts = []
+    for state in (State.DETECTED, State.REMEDIATING, State.VERIFYING, State.ESCALATED):
+        deadline = policy.deadline_for(state, start)
+        parts.append(f"{state.value} {(deadline - start).total_seconds():g}s")
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class _Forced:
+    """What `force` did: the incident afterwards, the action it approved, the agents alive."""
+
+    incident: Any
+    action: str | None
+    agents: list[tuple[str, datetime]]
 
 
 async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, actor: str,
-                 action_name: str | None, outbox: Any, policy: Any) -> Any:
+                 action_name: str | None, outbox: Any, policy: Any,
+                 settings: Any) -> _Forced:
     from .clock import SystemClock
-    from .machine import ActionIntent, IncidentEngine, Verdict, triggers_from
+    from .machine import (
+        ActionIntent,
+        IncidentEngine,
+        Verdict,
+        operator_triggers_from,
+        triggers_from,
+    )
     from .models import IncidentId
 
     iid = IncidentId(incident_id)
     incident = await store.get_incident(iid)
-    allowed = triggers_from(incident.state)
-    if trigger not in allowed:
+    if trigger not in triggers_from(incident.state):
         # Say what the graph allows before asking about a held action.
         raise InvalidTransition(incident_id=iid, state=incident.state, trigger=trigger,
-                                allowed=allowed)
+                                allowed=operator_triggers_from(incident.state))
     intent = None
     if trigger == "approve":
         held = await _held_action(store, iid)
-        name = action_name or (held or {}).get("action")
-        if not name:
-            raise InvalidInput(f"incident {incident_id} has no held action; name one with --action")
-        tier = (held or {}).get("tier", "approval") if name == (held or {}).get("action") else (
-            "approval")
-        intent = ActionIntent(name, str(tier), Verdict.APPROVED, f"approved by {actor}: {reason}")
-    elif action_name is not None:
-        raise InvalidInput("--action goes only with approve")
-    engine = IncidentEngine(store, clock=SystemClock(), outbox=outbox, policy=policy)
-    return await engine.fire(iid, trigger, actor=actor, reason=reason,
-                             details={"forced": True}, intent=intent)
+        if action_name is not None:
+            tiers = await _approvable(settings, target=incident.target, kind=incident.kind)
+            if action_name not in tiers:
+                unknown_target = all(t.name != incident.target for t in settings.targets)
+                hint = (f"; {incident.target} is not a [[targets]] entry of the configuration"
+                        if unknown_target else "")
+                raise InvalidInput(
+                    f"'{action_name}' is not an action the agent may run for {incident.kind} "
+                    f"on {incident.target} (configured: {', '.join(tiers) or 'none'}){hint}; "
+                    "nothing was written")
+            name, tier = action_name, tiers[action_name]
+        else:
+            if held is None:
+                raise InvalidInput(
+                    f"incident {incident_id} has no held action; name one with --action")
+            name, tier = str(held["action"]), str(held.get("tier", "approval"))
+        intent = ActionIntent(name, tier, Verdict.APPROVED, f"approved by {actor}: {reason}")
+    clock = SystemClock()
+    engine = IncidentEngine(store, clock=clock, outbox=outbox, policy=policy)
+    moved = await engine.fire(iid, trigger, actor=actor, reason=reason,
+                              details={"forced": True}, intent=intent)
+    agents = await store.agents_seen(clock.now())
+    return _Forced(moved, None if intent is None else intent.action, agents)
+
+
+async def _approvable(settings: Any, *, target: str, kind: str) -> dict[str, str]:
+    """Action name -> tier of what the agent may run for `kind` on `target`, best first.
+
+    The agent's own choice: the target's actions under the configuration,
+    narrowed by the policy for the kind (`[policy]` or the default list).
+    """
+    import httpx
+
+    from .actions.catalog import Catalog
+    from .policy import candidates
+
+    # The actions only keep the client for when they run; none runs here.
+    async with httpx.AsyncClient() as http:
+        available = Catalog.from_settings(settings, http=http).for_target(target)
+        names = candidates(kind, available=available, override=settings.policy or None)
+        return {name: str(available[name].tier) for name in names}
 
 
 async def _held_action(store: Any, incident_id: Any) -> dict[str, Any] | None:

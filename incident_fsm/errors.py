@@ -11,7 +11,7 @@
         └── SchemaNotReady           tables missing or behind: migrate first, nothing written
 
 Messages are written for an operator at 3 a.m.: they name the incident, its
-state and what would have been allowed.
+state and what an operator could do there instead.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ class InvalidInput(IncidentFSMError, ValueError):
 
 
 class InvalidTransition(IncidentFSMError):
-    """A trigger was fired from a state whose edges do not include it."""
+    """A trigger was fired from a state whose edges do not include it.
+
+    `allowed` is what a person could do from that state instead: the operator
+    triggers with an edge out of it (`machine.operator_triggers_from`), never
+    the agent's internal ones.
+    """
 
     def __init__(
         self,
@@ -46,7 +51,7 @@ class InvalidTransition(IncidentFSMError):
         allowed_text = ", ".join(self.allowed) if self.allowed else "none"
         message = (
             f"incident {incident_id} is '{state}': trigger '{trigger}' is not allowed there "
-            f"(allowed: {allowed_text})"
+            f"(operator triggers allowed: {allowed_text})"
         )
         if detail:
             message = f"{message}; {detail}"

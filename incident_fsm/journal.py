@@ -28,7 +28,8 @@ back to a local copy when the database is unreachable (`StoreUnavailable`):
   cleared only when nothing is left in it.
 
 Not journaled: health-check rows (statistics only; they are dropped while
-offline and counted in `dropped_health_checks`), and reads other than the
+offline and counted in `dropped_health_checks`), heartbeats (skipped while
+offline: `beat` answers False), and reads other than the
 working set (history, statistics: they wait for the database). Offline, the
 remediator's queries answer from the local copy: no learned ranking (policy
 order decides), guardrail counts from the actions known locally, and a
@@ -65,7 +66,7 @@ from .machine import (
     StepRequest,
     Verdict,
     edge_destinations,
-    triggers_from,
+    operator_triggers_from,
 )
 from .models import (
     OUTCOME_SKIPPED,
@@ -289,6 +290,20 @@ class JournalingStore(Store):
         if found is not LOCAL:
             return found
         return None  # offline a returning problem opens a new incident
+
+    # --- heartbeat ----------------------------------------------------------------
+
+    async def beat(self, replica: str, *, now: datetime, ttl: float) -> bool:
+        """The database's heartbeat, or False (skipped) while the database is away.
+
+        Never journaled: a beat replayed later would claim the agent was seen
+        when nobody could see it. It is tried even while journal entries wait,
+        as it depends on nothing in them.
+        """
+        try:
+            return await super().beat(replica, now=now, ttl=ttl)
+        except StoreUnavailable:
+            return False
 
     # --- writes -------------------------------------------------------------------
 
@@ -682,7 +697,8 @@ def _validate_offline_step(step: StepRequest) -> None:
     # The same checks the database path makes before it writes anything.
     if step.dest not in edge_destinations(step.trigger, step.source):
         raise InvalidTransition(incident_id=step.incident_id, state=step.source,
-                                trigger=step.trigger, allowed=triggers_from(step.source))
+                                trigger=step.trigger,
+                                allowed=operator_triggers_from(step.source))
     if not step.reason.strip() or not step.actor.strip():
         raise InvalidInput("a transition needs an actor and a reason")
 

@@ -273,6 +273,15 @@ def triggers_from(state: str) -> frozenset[str]:
     return frozenset(e.trigger.value for e in EDGES if state in e.sources)
 
 
+def operator_triggers_from(state: str) -> frozenset[str]:
+    """The operator triggers (`incident-fsm force`) that have an edge out of `state`.
+
+    What an `InvalidTransition` lists: the way out a person can take, never
+    the agent's internal steps (`action_finished`, `timeout`...).
+    """
+    return frozenset(t for t in triggers_from(state) if t in OPERATOR_TRIGGERS)
+
+
 def edge_destinations(trigger: str, source: str) -> frozenset[str]:
     """Every state `trigger` may lead to from `source` (the source itself for internal edges)."""
     return frozenset(

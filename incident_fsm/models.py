@@ -192,7 +192,8 @@ class ActionRun(_Base, table=True):
     executing_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     outcome: str | None = Field(default=None, max_length=20)
-    # The verdict of the verification that followed: the only thing that counts as success.
+    # The verdict of the verification that followed: did the problem clear after this attempt?
+    # A success also needs the action itself to have worked (`store.succeeded_condition`).
     verified: bool | None = Field(default=None)
     output_excerpt: str = Field(default="", max_length=4000)
     evidence: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)

@@ -1,9 +1,12 @@
 """Learned action choice: rank candidates by how often they really fixed this kind of problem.
 
-The record comes from `action_run`: an attempt is a success when the
-verification after it passed (`verified` true) -- not when the action
-merely returned ok -- and a failure when verification said no, or the
-action failed or timed out and was never judged. Dry runs do not count.
+The record comes from `action_run`, counted by the store with the same
+definitions `stats` uses (`store.succeeded_condition`,
+`store.failed_condition`): an attempt is a success when its action worked
+(`ok`) *and* the verification after it passed -- not when the action merely
+returned ok, nor when the problem cleared after an action that failed -- and
+a failure when verification said no, or the action failed, timed out or was
+interrupted. Dry runs do not count.
 The score is the mean of a Beta(1, 1) posterior, (successes + 1) /
 (attempts + 2): an action never tried scores 0.5, so it still gets its turn
 ahead of one that keeps not helping. Actions already tried in this

@@ -14,6 +14,12 @@ An action that reports itself not applicable (outcome `skipped`, e.g. a
 scale while Render autoscales) changed nothing: it is no strike and is not
 verified; `still_failing` follows at once with the next choice.
 
+An attempt whose action failed (an error answer, HTTP 4xx/5xx even from an
+action that called it ok, not available for the target, timed out,
+interrupted) is still verified: if the problem cleared anyway, the incident
+is resolved "cleared without a working action" (reason and details say so)
+and the attempt is never counted as the action's success.
+
 The graph does the rest: `still_failing` escalates at `max_strikes` or
 when no action is left. Every attempt is recorded by the engine before it
 runs; an attempt found unfinished when `drive` starts (the agent stopped
@@ -46,7 +52,7 @@ from .machine import ActionIntent, IncidentEngine, State, Verdict
 from .models import ActionRun, Incident, IncidentId
 from .policy import DEFAULT_RULES, Limits, Rule, Situation, candidates, decide
 from .ranking import Ranked, rank
-from .store import Store
+from .store import OUTCOME_OK, Store
 from .timebox import within
 
 #: Extra seconds an action gets past its limit to report its own timeout, with evidence.
@@ -55,6 +61,10 @@ MAX_REASON: Final = 1000
 #: Seconds a dry run's preview (e.g. scanning the cleanup roots) may take.
 PREVIEW_LIMIT: Final = 60.0
 ACTOR: Final = "agent"
+#: How a recovery is recorded when the attempt before it had failed.
+CLEARED_ANYWAY: Final = "cleared without a working action"
+_FAILED_HOW: Final = {"failed": "failed", "timed_out": "timed out",
+                      "interrupted": "was interrupted"}
 
 
 @dataclass(frozen=True)
@@ -266,6 +276,10 @@ class Remediator:
                                       f"{redact(str(exc))[:300]}")
             if not isinstance(result, Outcome):
                 return Outcome.failed(f"{name} returned {type(result).__name__}, not an outcome")
+            if result.status is OutcomeStatus.OK and (result.http_status or 0) >= 400:
+                # An error answer is no success, whatever the action made of it.
+                return replace(result, status=OutcomeStatus.FAILED,
+                               summary=f"{result.summary} (answered HTTP {result.http_status})")
             return result
 
         try:
@@ -332,7 +346,16 @@ class Remediator:
                 await self._store.judge_action(run.id, verified=verification.cleared)
             except InvalidInput as exc:  # judged before a restart; the stored verdict stands
                 _log(incident).warning("keeping the earlier verdict: {}", exc)
-        details = {"verification": _plain(dict(verification.evidence))}
+        details: dict[str, Any] = {"verification": _plain(dict(verification.evidence))}
+        if verification.cleared and run is not None and run.outcome != OUTCOME_OK:
+            # `verified` records that the problem cleared after the attempt; the action
+            # itself did not work, so the recovery is not put down to it (nor learned).
+            how = _FAILED_HOW.get(run.outcome or "", "did not finish")
+            details |= {"recovery": CLEARED_ANYWAY, "action_outcome": run.outcome}
+            return await self._fire(
+                incident, "recovered",
+                f"{CLEARED_ANYWAY} ({label} {how}): {verification.summary or 'cleared'}",
+                details=details)
         if verification.cleared:
             return await self._fire(incident, "recovered",
                                     f"verified after {label}: {verification.summary or 'cleared'}",

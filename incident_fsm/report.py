@@ -13,7 +13,7 @@ from typing import Any
 
 from .models import ActionRun, Incident, Notification, Transition
 from .ranking import Ranked
-from .store import Statistics, Timeline
+from .store import Statistics, Timeline, cleared_without_working_action
 from .text import one_line
 
 
@@ -56,18 +56,40 @@ def timeline_text(timeline: Timeline) -> str:
             f"{t.dest:<11}  by {one_line(t.actor, 200)}: {one_line(t.reason)}"
             for t in timeline.transitions]
     out += ["", "actions:"]
-    out += [_action_line(r) for r in timeline.actions] or ["  none"]
+    out += [_action_line(r, timeline) for r in timeline.actions] or ["  none"]
     out += ["", "notifications:"]
     out += [_notification_line(n) for n in timeline.notifications] or ["  none"]
     return "\n".join(out)
 
 
-def _action_line(run: ActionRun) -> str:
+def attempt_status(run: ActionRun, *, approved: bool = False) -> str:
+    """Where an attempt stands, in a few words (`show`, and `status` in its JSON).
+
+    An attempt nobody has started yet is waiting for an agent, not running:
+    an operator's approval is only recorded, a running agent then runs it.
+    """
+    if run.outcome is None:
+        if run.executing_at is not None:
+            return "running"
+        return "approved, waiting for an agent" if approved else "waiting for an agent"
+    if cleared_without_working_action(run):
+        # `verified` says the problem cleared after it; the action did not do it.
+        return f"{run.outcome}, cleared without a working action"
     verdict = {True: "verified", False: "not verified", None: "not judged"}[run.verified]
+    return f"{run.outcome}, {verdict}"
+
+
+def _approved(run: ActionRun, timeline: Timeline) -> bool:
+    """Whether an operator's approval recorded the attempt (it is written with that step)."""
+    return any(t.trigger == "approve" and t.at == run.started_at for t in timeline.transitions)
+
+
+def _action_line(run: ActionRun, timeline: Timeline) -> str:
     evidence = ", ".join(f"{k}={v}" for k, v in run.evidence.items())
     dry = " (dry run)" if run.dry_run else ""
+    status = attempt_status(run, approved=_approved(run, timeline))
     return (f"  #{run.attempt}  {_when(run.started_at)}  {run.action}{dry} [{run.tier}]  "
-            f"{run.outcome or 'running'}, {verdict}" + (f"  ({evidence})" if evidence else ""))
+            f"{status}" + (f"  ({evidence})" if evidence else ""))
 
 
 def _notification_line(n: Notification) -> str:
@@ -107,7 +129,8 @@ def _plain(value: Any) -> Any:
         return {
             "incident": _plain(value.incident),
             "transitions": _plain(value.transitions),
-            "actions": _plain(value.actions),
+            "actions": [dict(_plain(r), status=attempt_status(r, approved=_approved(r, value)))
+                        for r in value.actions],
             "notifications": _plain(value.notifications),
         }
     if hasattr(value, "model_dump"):
@@ -138,7 +161,7 @@ def statistics_text(stats: Statistics,
         [[k.kind, str(k.incidents), str(k.open), str(k.resolved), _pct(k.escalation_rate),
           _secs(k.resolution_p50_s), _secs(k.resolution_p95_s)] for k in stats.kinds],
     ) if stats.kinds else "  none")
-    parts += ["", "actions (success = verification passed afterwards):"]
+    parts += ["", "actions (success = the action worked and verification passed afterwards):"]
     parts.append(_table(
         ["KIND", "ACTION", "ATTEMPTS", "VERIFIED", "FAILED", "SUCCESS", "DRY RUNS"],
         [[a.kind, a.action, str(a.attempts), str(a.verified), str(a.failed),

@@ -21,6 +21,7 @@ Invariants the store keeps:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,7 +54,7 @@ from .machine import (
     State,
     StepRequest,
     edge_destinations,
-    triggers_from,
+    operator_triggers_from,
 )
 from .models import (
     OUTCOME_SKIPPED,
@@ -74,6 +75,8 @@ MAX_ACTOR = 200
 MAX_EXCERPT = 4000
 #: How often `open_incident` retries after losing a race on the fingerprint.
 OPEN_RETRIES = 3
+#: Names of the `lease` rows that are heartbeats (`Store.beat`), not leases.
+HEARTBEAT_PREFIX = "heartbeat:"
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,9 @@ class ActionStats:
     kind: str
     action: str
     attempts: int
+    #: attempts that worked: the action returned ok and verification passed after it
     verified: int
+    #: attempts that did not: see `failed_condition`
     failed: int
     dry_runs: int
 
@@ -156,6 +161,42 @@ class Statistics:
     actions: list[ActionStats]
     channels: list[ChannelStats]
     checks: list[CheckStats]
+
+
+#: Outcomes of an attempt whose action did not work, whatever the problem did afterwards.
+FAILED_OUTCOMES = ("failed", "timed_out", "interrupted")
+#: The only outcome of an action that did what it was asked.
+OUTCOME_OK = "ok"
+
+
+def succeeded_condition() -> sa.ColumnElement[bool]:
+    """An attempt succeeded if its action worked (`ok`) and the problem cleared after it.
+
+    The one definition of success: the learned ranking and `stats` both count
+    it. `verified` alone only says the problem cleared after the attempt; an
+    action that failed (an HTTP error, not available, timed out, interrupted)
+    did not make it clear, so it never counts as a success.
+    """
+    return sa.and_(
+        col(ActionRun.dry_run).is_(False),
+        col(ActionRun.outcome) == OUTCOME_OK,
+        col(ActionRun.verified).is_(True),
+    )
+
+
+def failed_condition() -> sa.ColumnElement[bool]:
+    """An attempt failed if verification said no, or its action failed, timed out or was
+    interrupted -- even when the problem cleared after it. Every strike is a failure; the
+    learned ranking and `stats` count failures against the action."""
+    return sa.and_(
+        col(ActionRun.dry_run).is_(False),
+        sa.or_(col(ActionRun.verified).is_(False), col(ActionRun.outcome).in_(FAILED_OUTCOMES)),
+    )
+
+
+def cleared_without_working_action(run: ActionRun) -> bool:
+    """The problem cleared after the attempt, but its action had failed: no success."""
+    return not run.dry_run and run.verified is True and run.outcome in FAILED_OUTCOMES
 
 
 def strike_count_of(runs: Iterable[ActionRun]) -> int:
@@ -423,7 +464,7 @@ class Store:
         if step.dest not in edge_destinations(step.trigger, step.source):
             raise InvalidTransition(
                 incident_id=step.incident_id, state=step.source, trigger=step.trigger,
-                allowed=triggers_from(step.source),
+                allowed=operator_triggers_from(step.source),
                 detail=f"no edge leads from '{step.source}' to '{step.dest}'",
             )
         _check_text("reason", step.reason, MAX_REASON)
@@ -509,7 +550,7 @@ class Store:
         return await self._run(self._update_run, run_id, finish)
 
     async def judge_action(self, run_id: int, *, verified: bool) -> ActionRun:
-        """Record the verification verdict of an attempt: the only measure of its success."""
+        """Record whether the problem cleared after an attempt (see `succeeded_condition`)."""
         def judge(run: ActionRun) -> None:
             if run.verified is not None and run.verified != verified:
                 raise InvalidInput(
@@ -803,6 +844,63 @@ class Store:
                 session.commit()
         await self._run(work)
 
+    # --- heartbeats: which agents are alive (rows `heartbeat:<replica>` in `lease`) -----
+    # A heartbeat row is no lease: nobody competes for it, each replica only ever
+    # writes its own. It lives in the `lease` table because it has the same shape
+    # (who, since when, until when), so knowing who is alive needs no migration.
+
+    async def beat(self, replica: str, *, now: datetime, ttl: float) -> bool:
+        """Record that `replica` is alive until `now + ttl`; True once written.
+
+        The row keeps the time of the replica's first beat (`acquired_at`).
+        See `incident_fsm.heartbeat.Heartbeat` for the loop that calls this.
+        """
+        _check_text("replica", replica, MAX_ACTOR)
+        if ttl <= 0:
+            raise InvalidInput("a heartbeat's ttl must be greater than 0")
+        name = _heartbeat_name(replica)
+        expires = now + timedelta(seconds=ttl)
+
+        def work() -> bool:
+            table = Lease.__table__  # type: ignore[attr-defined]
+            insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+            stmt = insert(table).values(name=name, holder=replica, acquired_at=now,
+                                        renewed_at=now, expires_at=expires)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[table.c.name],
+                set_={"holder": stmt.excluded.holder, "renewed_at": stmt.excluded.renewed_at,
+                      "expires_at": stmt.excluded.expires_at},
+            )
+            with self._session() as session:
+                session.execute(stmt)
+                session.commit()
+            return True
+        return await self._run(work)
+
+    async def end_beat(self, replica: str) -> None:
+        """Remove `replica`'s heartbeat at once (it is stopping cleanly)."""
+        name = _heartbeat_name(replica)
+
+        def work() -> None:
+            with self._session() as session:
+                session.execute(sa.delete(Lease).where(col(Lease.name) == name,
+                                                       col(Lease.holder) == replica))
+                session.commit()
+        await self._run(work)
+
+    async def agents_seen(self, now: datetime) -> list[tuple[str, datetime]]:
+        """(replica, alive until) of every agent whose last heartbeat is still valid at `now`."""
+        query = (
+            sa.select(col(Lease.holder), col(Lease.expires_at))
+            .where(col(Lease.name).startswith(HEARTBEAT_PREFIX, autoescape=True),
+                   col(Lease.expires_at) > now)
+            .order_by(col(Lease.holder))
+        )
+
+        def work() -> list[tuple[str, datetime]]:
+            with self._session() as session:
+                return [(str(holder), until) for holder, until in session.execute(query).all()]
+        return await self._run(work)
 
     # --- statistics --------------------------------------------------------------
 
@@ -861,9 +959,11 @@ class Store:
         return await self._run(work)
 
     # --- remediation: attempts, the learned record, guardrail counts --------------
-    # Read-only queries for the remediator (incident_fsm/remediator.py). Success and
-    # failure are defined exactly like strikes (`strike_condition`), so the ranking
-    # and the three-strike rule can never disagree about what failed.
+    # Read-only queries for the remediator (incident_fsm/remediator.py). Success is
+    # `succeeded_condition` and failure `failed_condition`, the same ones `stats`
+    # counts: every strike is a failure, so the ranking never learns from an attempt
+    # the three-strike rule counted as failed. The one failure that is no strike: an
+    # action that failed while the problem cleared anyway (that incident is over).
 
     async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
         """The incident's action runs (dry runs included), in attempt order."""
@@ -876,9 +976,9 @@ class Store:
         return await self._run(work)
 
     async def action_record(self, kind: str) -> dict[str, ActionTally]:
-        """Per action, verified successes and failures on incidents of `kind` (no dry runs)."""
-        success = sa.case((col(ActionRun.verified).is_(True), 1), else_=0)
-        failure = sa.case((strike_condition(), 1), else_=0)
+        """Per action, successes and failures on incidents of `kind` (no dry runs)."""
+        success = sa.case((succeeded_condition(), 1), else_=0)
+        failure = sa.case((failed_condition(), 1), else_=0)
         query = (
             sa.select(col(ActionRun.action), sa.func.sum(success), sa.func.sum(failure))
             .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
@@ -926,6 +1026,16 @@ class Store:
 
 
 # --- helpers (run inside a session, in the worker thread) --------------------------
+
+
+def _heartbeat_name(replica: str) -> str:
+    """The `lease` row of `replica`'s heartbeat (the column holds 100 characters)."""
+    name = HEARTBEAT_PREFIX + replica
+    if len(name) <= 100:
+        return name
+    # Two long replica names with the same beginning must not share a row.
+    digest = hashlib.sha256(replica.encode()).hexdigest()[:16]
+    return f"{name[:83]}~{digest}"
 
 
 def _open_by_fingerprint(fingerprint: str) -> Any:
@@ -1037,9 +1147,9 @@ def _statistics(session: Session, since: datetime | None) -> Statistics:
                                int(escalated or 0), _percentile(durations, 0.5),
                                _percentile(durations, 0.95)))
 
-    judged_ok = sa.func.sum(sa.case((col(ActionRun.verified).is_(True), 1), else_=0))
-    judged_bad = sa.func.sum(sa.case((sa.and_(col(ActionRun.dry_run).is_(False),
-                                               strike_condition()), 1), else_=0))
+    # The same success and failure as the learned ranking (`action_record`).
+    judged_ok = sa.func.sum(sa.case((succeeded_condition(), 1), else_=0))
+    judged_bad = sa.func.sum(sa.case((failed_condition(), 1), else_=0))
     dry = sa.func.sum(sa.case((col(ActionRun.dry_run).is_(True), 1), else_=0))
     actions = [
         ActionStats(str(kind), str(action), int(n), int(ok or 0), int(bad or 0), int(d or 0))

@@ -14,6 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from incident_fsm import database
+from incident_fsm.leader import LEADER_LEASE
 from incident_fsm.models import Lease
 from incident_fsm.simulator import Simulator
 
@@ -89,7 +90,10 @@ def lease_holder_pid(url: str) -> int | None:
     engine = database.create_engine(url)
     try:
         with engine.connect() as conn:
-            holder = conn.execute(sa.select(Lease.holder)).scalar()  # type: ignore[call-overload]
+            # The leader's row only: every replica also has a heartbeat row in `lease`.
+            holder = conn.execute(
+                sa.select(Lease.holder).where(Lease.name == LEADER_LEASE)  # type: ignore[call-overload]
+            ).scalar()
     finally:
         engine.dispose()
     return None if holder is None else int(str(holder).split(":")[1])

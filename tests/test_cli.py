@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from incident_fsm import cli, database
 from incident_fsm.clock import ManualClock
 from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
+from incident_fsm.models import IncidentId
 from incident_fsm.store import Store
 
 from .conftest import TABLES
@@ -217,8 +218,9 @@ def test_force_approves_the_held_action_with_actor_and_reason(db_url: str) -> No
     ("args", "message"),
     [
         (["force", "999", "resolve", "--reason", "x"], "no incident with id 999"),
-        (["force", "{a}", "escalate", "--reason", "x"], "allowed: reopen"),
-        (["force", "{c}", "approve", "--reason", "x"], "allowed: acknowledge, escalate"),
+        (["force", "{a}", "escalate", "--reason", "x"], "(operator triggers allowed: none)"),
+        (["force", "{c}", "approve", "--reason", "x"],
+         "(operator triggers allowed: acknowledge, escalate, resolve)"),
         (["force", "{c}", "resolve", "--reason", "   "], "needs a reason"),
         (["force", "{c}", "resolve", "--reason", "x" * 5000], "limit is 4000"),
         (["force", "{c}", "resolve"], "Missing option '--reason'"),
@@ -311,8 +313,170 @@ def test_forced_approval_uses_the_configured_action_deadline(db_url: str, tmp_pa
     result = _run(db_url, "force", str(ids["b"]), "approve", "--reason", "go",
                   "--config", str(config), "--json")
     assert result.exit_code == 0, result.output
-    incident = json.loads(result.output)
+    incident = json.loads(result.stdout)
     approved_at = json.loads(_run(db_url, "show", str(ids["b"]), "--json").output)[
         "transitions"][-1]["at"]
     deadline = datetime.fromisoformat(incident["deadline_at"])
     assert (deadline - datetime.fromisoformat(approved_at)).total_seconds() == 42
+
+
+# --- force: what an approval may name, what it applies, and who will run it ---------------
+
+WORKER = """
+[[targets]]
+name = "worker"
+base_url = "http://127.0.0.1:9"
+render_service_id = "srv-web"
+"""
+
+
+def _invoke(url: str, *args: str, config: Path | None = None) -> Any:
+    """The CLI with no configuration but the one given (INCIDENT_FSM_CONFIG unset)."""
+    extra = [] if config is None else ["--config", str(config)]
+    return CliRunner().invoke(cli.cli, [*args, *extra, "--database-url", url],
+                              env={"INCIDENT_FSM_CONFIG": None})
+
+
+def test_force_approve_with_an_action_needs_the_configuration(db_url: str) -> None:
+    ids = _seed(db_url)
+    before = _dump(db_url)
+    result = _invoke(db_url, "force", str(ids["b"]), "approve", "--reason", "go",
+                     "--action", "render_restart")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --action needs the agent's configuration")
+    assert "INCIDENT_FSM_CONFIG" in result.stderr and result.stderr.count("\n") == 1
+    assert _dump(db_url) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "allowed"),
+    [
+        ("render_restrat", WORKER, "render_restart, render_scale"),  # a typo
+        # the target has it, but not for this problem kind
+        ("disk_cleanup", WORKER + "[actions.disk_cleanup]\nroots = ['/tmp']\n",
+         "render_restart, render_scale"),
+        # the operator's policy leaves it out for this kind
+        ("render_restart", WORKER + "[policy]\nmemory_high = ['render_scale']\n",
+         "render_scale"),
+        # the incident's target is not configured at all
+        ("render_restart", WORKER.replace('"worker"', '"api"'), "none"),
+    ],
+)
+def test_force_approve_refuses_an_action_not_configured_for_the_target_and_kind(
+    db_url: str, tmp_path: Path, name: str, config: str, allowed: str
+) -> None:
+    ids = _seed(db_url)
+    path = tmp_path / "agent.toml"
+    path.write_text(config)
+    before = _dump(db_url)
+    result = _invoke(db_url, "force", str(ids["b"]), "approve", "--reason", "go",
+                     "--action", name, config=path)
+    assert result.exit_code == 2, result.output
+    assert f"'{name}' is not an action the agent may run for memory_high on worker" in \
+        result.stderr
+    assert f"(configured: {allowed})" in result.stderr
+    assert _dump(db_url) == before  # no step, no attempt, no outbox row, no strike
+
+
+def test_force_approve_runs_a_configured_action_with_its_own_tier(
+    db_url: str, tmp_path: Path
+) -> None:
+    ids = _seed(db_url)
+    path = tmp_path / "agent.toml"
+    path.write_text(WORKER)
+    result = _invoke(db_url, "force", str(ids["b"]), "approve", "--reason", "restart instead",
+                     "--action", "render_restart", config=path)
+    assert result.exit_code == 0, result.output
+    data = json.loads(_invoke(db_url, "show", str(ids["b"]), "--json").stdout)
+    assert [(a["action"], a["tier"]) for a in data["actions"]] == [("render_restart", "major")]
+    assert data["transitions"][-1]["details"]["action"] == "render_restart"
+
+
+def test_force_without_configuration_says_which_defaults_it_applied(
+    db_url: str, tmp_path: Path
+) -> None:
+    ids = _seed(db_url)
+    result = _invoke(db_url, "force", str(ids["b"]), "approve", "--reason", "go")
+    assert result.exit_code == 0, result.output
+    [note] = [ln for ln in result.stderr.splitlines() if "default" in ln]
+    assert "no configuration" in note
+    assert "detected 120s, remediating 300s, verifying 150s, escalated 1800s" in note
+    path = tmp_path / "agent.toml"
+    path.write_text("[agent]\naction_deadline = 42\n")
+    configured = _invoke(db_url, "force", str(ids["b"]), "acknowledge", "--reason", "mine",
+                         config=path)
+    assert configured.exit_code == 0, configured.output
+    assert "default" not in configured.stderr
+
+
+def _beat(url: str, replica: str) -> None:
+    async def work() -> None:
+        async with Store(url) as store:
+            await store.beat(replica, now=datetime.now(UTC), ttl=60)
+
+    anyio.run(work)
+
+
+def test_force_warns_when_no_agent_is_alive_to_act_on_it(db_url: str) -> None:
+    ids = _seed(db_url)
+    lonely = _invoke(db_url, "force", str(ids["b"]), "approve", "--reason", "go")
+    assert lonely.exit_code == 0, lonely.output
+    [warning] = [ln for ln in lonely.stderr.splitlines() if ln.startswith("warning:")]
+    assert "no agent has been seen alive" in warning
+    assert "failover waits until one runs" in warning
+    _beat(db_url, "host-a:1")
+    seen = _invoke(db_url, "force", str(ids["b"]), "acknowledge", "--reason", "watching it")
+    assert seen.exit_code == 0, seen.output
+    assert "warning:" not in seen.stderr
+
+
+def test_show_tells_an_approved_attempt_waiting_for_an_agent_from_a_running_one(
+    db_url: str
+) -> None:
+    ids = _seed(db_url)
+    assert _invoke(db_url, "force", str(ids["b"]), "approve", "--reason", "go").exit_code == 0
+    text = _invoke(db_url, "show", str(ids["b"])).stdout
+    [line] = [ln for ln in text.splitlines() if "failover [approval]" in ln]
+    assert "approved, waiting for an agent" in line and "running" not in line
+    data = json.loads(_invoke(db_url, "show", str(ids["b"]), "--json").stdout)
+    assert data["actions"][0]["status"] == "approved, waiting for an agent"
+
+    async def claim() -> None:
+        async with Store(db_url) as store:
+            run = (await store.attempts(IncidentId(ids["b"])))[0]
+            assert await store.claim_attempt(run.id or 0, at=datetime.now(UTC))
+
+    anyio.run(claim)
+    text = _invoke(db_url, "show", str(ids["b"])).stdout
+    [line] = [ln for ln in text.splitlines() if "failover [approval]" in ln]
+    assert "running" in line and "waiting" not in line
+    data = json.loads(_invoke(db_url, "show", str(ids["b"]), "--json").stdout)
+    assert data["actions"][0]["status"] == "running"
+
+
+def test_show_says_when_a_problem_cleared_without_a_working_action(db_url: str) -> None:
+    async def seed() -> int:
+        clock = ManualClock(datetime(2026, 11, 28, 2, 0, tzinfo=UTC))
+        async with Store(db_url) as store:
+            engine = IncidentEngine(store, clock=clock)
+            opened = (await engine.open(target="api", kind="health_endpoint_down",
+                                        severity="critical", reason="5xx twice")).incident
+            await engine.fire(opened.incident_id, "remediate", actor="agent", reason="restart",
+                              intent=ActionIntent("render_restart", "major", Verdict.NOTIFY,
+                                                  "major"))
+            run = (await store.attempts(opened.incident_id))[0]
+            await store.finish_action(run.id or 0, outcome="failed",
+                                      finished_at=clock.advance(1),
+                                      evidence={"http_status": 404})
+            await store.judge_action(run.id or 0, verified=True)
+            return opened.id or 0
+
+    iid = anyio.run(seed)
+    text = _invoke(db_url, "show", str(iid)).stdout
+    [line] = [ln for ln in text.splitlines() if "render_restart [major]" in ln]
+    assert "failed, cleared without a working action" in line and ", verified" not in line
+    data = json.loads(_invoke(db_url, "show", str(iid), "--json").stdout)
+    assert data["actions"][0]["status"] == "failed, cleared without a working action"
+    stats = json.loads(_invoke(db_url, "stats", "--json").stdout)
+    assert [(a["action"], a["success_rate"]) for a in stats["actions"]] == [
+        ("render_restart", 0.0)]

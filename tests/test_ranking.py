@@ -13,7 +13,7 @@ from incident_fsm.actions.render import RenderApi, RenderRestart, RenderScale
 from incident_fsm.clock import ManualClock
 from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
 from incident_fsm.models import Incident
-from incident_fsm.ranking import rank, score
+from incident_fsm.ranking import learned_rankings, rank, score
 from incident_fsm.remediator import Remediator, Verification
 from incident_fsm.settings import CommandSettings, RenderSettings
 from incident_fsm.store import ActionTally, Store
@@ -131,3 +131,29 @@ async def test_the_best_verified_action_is_chosen_and_the_useless_one_sinks(
     again = await remediator.choose(incident)
     assert again.intent is not None and again.intent.action == "render_scale"
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("outcome", ["failed", "timed_out", "interrupted"])
+async def test_an_action_that_failed_is_no_success_even_when_the_problem_cleared_after(
+    store: Store, engine: IncidentEngine, clock: ManualClock, outcome: str
+) -> None:
+    # A restart that got 404 twice, each time followed by the problem clearing by itself,
+    # against a scale that worked once and did not help once.
+    for n in range(2):
+        await seed(store, engine, clock, target=f"gone-{n}", kind="memory_high",
+                   action="render_restart", outcome=outcome, verified=True)
+    await seed(store, engine, clock, target="scaled-0", kind="memory_high",
+               action="render_scale", outcome="ok", verified=True)
+    await seed(store, engine, clock, target="scaled-1", kind="memory_high",
+               action="render_scale", outcome="ok", verified=False)
+
+    assert await store.action_record("memory_high") == {
+        "render_restart": ActionTally(0, 2), "render_scale": ActionTally(1, 1)}
+    ranked = (await learned_rankings(store, ["memory_high"]))["memory_high"]
+    assert [r.action for r in ranked][:2] == ["restart_celery_workers", "render_scale"]
+    assert ranked[-1].action == "render_restart"
+    by_action = {a.action: a for a in (await store.statistics()).actions}
+    restart, scale = by_action["render_restart"], by_action["render_scale"]
+    assert (restart.attempts, restart.verified, restart.failed, restart.success_rate) == (
+        2, 0, 2, 0.0)
+    assert (scale.verified, scale.failed, scale.success_rate) == (1, 1, 0.5)

@@ -23,8 +23,9 @@ from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
 from incident_fsm.models import Incident, IncidentId
 from incident_fsm.policy import Limits
 from incident_fsm.remediator import Remediator, Verification
+from incident_fsm.report import timeline_text
 from incident_fsm.settings import CommandSettings, FailoverSettings, RenderSettings
-from incident_fsm.store import Store, Timeline
+from incident_fsm.store import ActionTally, Store, Timeline
 from incident_fsm.sweeper import DeadlineSweeper
 
 from .support import advance_when_waiting, alive, run_with_waits, wait_until
@@ -217,6 +218,97 @@ async def test_render_failing_until_the_deadline_escalates_the_incident_at_the_d
         "timed_out", 14, 503)
     assert route.call_count == 14
     assert final.strikes == 1
+
+
+CLEARED_ANYWAY = "cleared without a working action"
+
+
+async def test_a_restart_that_got_404_is_no_success_when_the_problem_cleared_anyway(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    async with respx.mock() as router, httpx.AsyncClient() as http:
+        router.post("https://api.render.test/v1/services/srv-web/restart").mock(
+            return_value=httpx.Response(404))
+        api = RenderApi(RenderSettings(api_url="https://api.render.test/v1"), http=http,
+                        environ={"RENDER_API_KEY": "k" * 20})
+        rem = remediator(engine, store, clock,
+                         {"render_restart": RenderRestart(api, service_id="srv-web", kinds=())},
+                         ScriptedVerifier(True))
+        iid = await open_incident(engine, kind="health_endpoint_down")
+        final = await drive(rem, clock, iid, [VERIFY])
+    assert final.state == "resolved"
+    timeline = await store.timeline(iid)
+    [run] = timeline.actions
+    # The problem did clear after the attempt (that is what `verified` records) ...
+    assert (run.outcome, run.verified, run.evidence["http_status"]) == ("failed", True, 404)
+    recovered = timeline.transitions[-1]
+    assert recovered.trigger == "recovered"
+    # ... but the restart did not do it, and nothing may learn that it did.
+    assert CLEARED_ANYWAY in recovered.reason and "verified after" not in recovered.reason
+    assert recovered.details["recovery"] == CLEARED_ANYWAY
+    assert recovered.details["action_outcome"] == "failed"
+    assert await store.action_record("health_endpoint_down") == {
+        "render_restart": ActionTally(0, 1)}
+    (stats,) = (await store.statistics()).actions
+    assert (stats.verified, stats.failed, stats.success_rate) == (0, 1, 0.0)
+    line = next(ln for ln in timeline_text(timeline).splitlines()
+                if "render_restart [major]" in ln)
+    assert f"failed, {CLEARED_ANYWAY}" in line and ", verified" not in line
+
+
+class Reporting:
+    """A plug-in that changes nothing and reports a fixed outcome."""
+
+    tier, kinds, timeout = Tier.SAFE, frozenset({"disk_high"}), 10.0
+
+    def __init__(self, name: str, outcome: Outcome) -> None:
+        self.name, self.outcome = name, outcome
+
+    async def run(self, ctx: ActionContext) -> Outcome:
+        return self.outcome
+
+
+@pytest.mark.parametrize(("outcome", "stored"), [
+    (Outcome.ok("restart requested", http_status=404), "failed"),  # says ok, got an error
+    (Outcome.ok("restart requested", http_status=503), "failed"),
+    (Outcome.timed_out("no answer within 10 s"), "timed_out"),
+    (None, "failed"),  # approved by name, but the target has no such action
+])
+async def test_an_attempt_whose_action_failed_is_never_a_verified_success(
+    store: Store, engine: IncidentEngine, clock: ManualClock, outcome: Outcome | None,
+    stored: str
+) -> None:
+    actions: dict[str, Action] = {} if outcome is None else {
+        "fix": Reporting("fix", outcome)}
+    rem = remediator(engine, store, clock, actions, ScriptedVerifier(True))
+    iid = await open_incident(engine)
+    await engine.fire(iid, "hold", actor="agent", reason="needs approval")
+    await engine.fire(iid, "approve", actor="alice", reason="go",
+                      intent=ActionIntent("fix", "approval", Verdict.APPROVED, "approved"))
+    final = await drive(rem, clock, iid, [VERIFY])
+    assert final.state == "resolved"
+    timeline = await store.timeline(iid)
+    [run] = timeline.actions
+    assert (run.outcome, run.verified) == (stored, True)
+    assert CLEARED_ANYWAY in timeline.transitions[-1].reason
+    assert timeline.transitions[-1].details["recovery"] == CLEARED_ANYWAY
+    assert await store.action_record("disk_high") == {"fix": ActionTally(0, 1)}
+
+
+async def test_an_action_that_worked_and_was_verified_is_a_success(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    rem = remediator(engine, store, clock,
+                     {"fix": Reporting("fix", Outcome.ok("done", http_status=202))},
+                     ScriptedVerifier(True))
+    iid = await open_incident(engine)
+    final = await drive(rem, clock, iid, [VERIFY])
+    timeline = await store.timeline(iid)
+    assert final.state == "resolved"
+    assert [(r.outcome, r.verified) for r in timeline.actions] == [("ok", True)]
+    assert "verified after fix" in timeline.transitions[-1].reason
+    assert "recovery" not in timeline.transitions[-1].details
+    assert await store.action_record("disk_high") == {"fix": ActionTally(1, 0)}
 
 
 class Stuck:
@@ -480,6 +572,9 @@ async def test_an_attempt_left_unfinished_by_a_crash_is_judged_not_run_again(
     timeline = await store.timeline(iid)
     assert [(r.outcome, r.verified) for r in timeline.actions] == [("interrupted", True)]
     assert "cleanup was interrupted and is not run again" in timeline.transitions[2].reason
+    # Nobody knows whether the interrupted cleanup did it: no success to learn from.
+    assert CLEARED_ANYWAY in timeline.transitions[-1].reason
+    assert await store.action_record("disk_high") == {"cleanup": ActionTally(0, 1)}
     assert runs(tmp_path, "cleanup") == 0
 
 

@@ -24,7 +24,7 @@ from incident_fsm.errors import SchemaNotReady, StoreUnavailable
 from incident_fsm.simulator import ServiceState, Simulator
 from incident_fsm.store import Store
 
-from .conftest import create_database, drop_database
+from .conftest import _empty_postgres, create_database, drop_database
 from .scenario import ENV, sim_settings, until
 from .tcp_proxy import TcpProxy
 
@@ -98,6 +98,7 @@ def test_run_on_postgres_without_the_schema_exits_1_naming_the_command(tmp_path:
 
 async def test_a_database_away_at_start_is_waited_for_and_nothing_acts_meanwhile(
         postgres_url: str) -> None:
+    _empty_postgres(postgres_url)  # the session's database: no incident of earlier tests
     parsed = sa.engine.make_url(postgres_url)
     async with TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432) as proxy:
         url = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(

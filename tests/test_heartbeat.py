@@ -1,0 +1,138 @@
+"""The agents' heartbeat: rows in `lease` that say which replicas are alive, and until when."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy.engine import make_url
+
+from incident_fsm.clock import ManualClock
+from incident_fsm.errors import StoreUnavailable
+from incident_fsm.heartbeat import Heartbeat
+from incident_fsm.journal import JournalingStore
+from incident_fsm.store import Store
+
+from .logcapture import captured_logs
+from .scenario import until
+from .support import advance_when_waiting, wait_until
+from .tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.anyio
+
+
+def _s(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+async def test_a_beat_is_seen_until_its_ttl_runs_out_and_a_new_beat_renews_it(
+    store: Store, clock: ManualClock
+) -> None:
+    t0 = clock.now()
+    assert await store.agents_seen(t0) == []
+    assert await store.beat("host-a:1", now=t0, ttl=30) is True
+    assert await store.beat("host-b:2", now=t0 + _s(10), ttl=30) is True
+    assert await store.agents_seen(t0 + _s(29)) == [
+        ("host-a:1", t0 + _s(30)), ("host-b:2", t0 + _s(40))]
+    assert await store.agents_seen(t0 + _s(30)) == [("host-b:2", t0 + _s(40))]
+    assert await store.beat("host-a:1", now=t0 + _s(35), ttl=30)
+    assert await store.agents_seen(t0 + _s(50)) == [("host-a:1", t0 + _s(65))]
+    await store.end_beat("host-a:1")
+    assert await store.agents_seen(t0 + _s(50)) == []
+
+
+async def test_heartbeats_and_the_leader_lease_leave_each_other_alone(
+    store: Store, clock: ManualClock
+) -> None:
+    now = clock.now()
+    await store.acquire_lease("agent-leader", "host-z:9", now=now, ttl=15)
+    assert await store.agents_seen(now) == []  # a leader lease is no heartbeat
+    await store.beat("host-a:1", now=now, ttl=30)
+    lease = await store.acquire_lease("agent-leader", "host-a:1", now=now, ttl=15)
+    assert lease.holder == "host-z:9"  # beating does not take or free the leader lease
+    assert [replica for replica, _ in await store.agents_seen(now)] == ["host-a:1"]
+
+
+class Flaky:
+    """A store whose first beats fail: the database away, then something unexpected."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.failures: list[BaseException] = [StoreUnavailable("database unavailable"),
+                                              RuntimeError("driver bug")]
+        self.beats = 0
+
+    async def beat(self, replica: str, *, now: datetime, ttl: float) -> bool:
+        self.beats += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return await self.store.beat(replica, now=now, ttl=ttl)
+
+    async def end_beat(self, replica: str) -> None:
+        await self.store.end_beat(replica)
+
+
+async def test_the_heartbeat_beats_on_its_clock_rides_out_errors_and_ends_its_row_on_stop(
+    store: Store, clock: ManualClock
+) -> None:
+    flaky = Flaky(store)
+    heartbeat = Heartbeat(flaky, clock, "host-a:1", every=10)
+    assert heartbeat.ttl == 30  # three missed beats and the replica counts as gone
+    t0 = clock.now()
+    with captured_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat.run)
+            await advance_when_waiting(clock, 10)  # the first beat failed: it waits, alive
+            await advance_when_waiting(clock, 10)  # so did the second
+            await wait_until(lambda: clock.now() + _s(10) in clock.wakeups())
+            assert flaky.beats == 3
+            assert await store.agents_seen(clock.now()) == [("host-a:1", t0 + _s(20 + 30))]
+            tg.cancel_scope.cancel()
+    assert await store.agents_seen(clock.now()) == []  # a stopped agent is not alive
+    warnings = [line for line in logs if line.startswith("WARNING|")]
+    assert len(warnings) == 1 and "StoreUnavailable" in warnings[0]  # once per outage
+    assert any("RuntimeError" in line for line in logs)
+    assert any(line.startswith("INFO|") and "beating again" in line for line in logs)
+
+
+async def test_a_heartbeat_needs_a_positive_interval(store: Store, clock: ManualClock) -> None:
+    with pytest.raises(ValueError, match="every"):
+        Heartbeat(store, clock, "host-a:1", every=0)
+    with pytest.raises(ValueError, match="ttl"):
+        Heartbeat(store, clock, "host-a:1", every=10, ttl=5)
+
+
+async def test_a_journaling_store_skips_a_beat_while_the_database_is_away(
+    postgres_url: str, proxy: TcpProxy, clock: ManualClock, tmp_path: Path
+) -> None:
+    url = make_url(postgres_url).set(port=proxy.port).render_as_string(hide_password=False)
+    store = JournalingStore(url, journal_path=tmp_path / "agent.journal", call_timeout=2)
+    try:
+        proxy.cut("refuse")
+        assert await store.beat("host-a:1", now=clock.now(), ttl=30) is False
+        assert not (tmp_path / "agent.journal").exists()  # a beat is never journaled
+        proxy.restore()
+        assert await store.beat("host-a:1", now=clock.now(), ttl=30) is True
+        assert [r for r, _ in await store.agents_seen(clock.now())] == ["host-a:1"]
+    finally:
+        await store.close()
+
+
+async def test_a_running_agent_is_seen_alive_and_gone_once_it_stops(db_url: str) -> None:
+    from datetime import UTC
+
+    from incident_fsm import Agent
+    from incident_fsm.settings import AgentSettings, Settings
+
+    settings = Settings(agent=AgentSettings(database_url=db_url, leader_election=False))
+    async with Store(db_url) as store:
+        async with Agent(settings, environ={}) as agent:
+
+            async def seen() -> bool:
+                alive = await store.agents_seen(datetime.now(UTC))
+                return [replica for replica, _ in alive] == [agent.replica]
+
+            await until(seen, within=10)
+        assert await store.agents_seen(datetime.now(UTC)) == []  # a clean stop says so at once
