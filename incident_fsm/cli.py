@@ -276,37 +276,29 @@ async def _serve(settings: Any) -> None:
 
 
 @cli.command()
-@database_url_option
+@click.option("--database", "database_path", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE",
+              help="The SQLite file the demo writes (default: incident_fsm_demo.db here). It "
+                   "must not exist, or be one an earlier demo wrote; it is then replaced. The "
+                   "demo never reads INCIDENT_FSM_DATABASE_URL.")
 @click.option("--verbose", is_flag=True, help="Also show the agent's own log lines.")
-def demo(database_url: str | None, verbose: bool) -> None:
-    """Play the four PRD scenarios against the built-in simulator (SQLite, no setup needed).
+def demo(database_path: str | None, verbose: bool) -> None:
+    """Play the PRD scenarios against the built-in simulator, in a fresh database of its own.
 
-    Example: incident-fsm demo && incident-fsm incidents --database-url sqlite:///incident_fsm_demo.db
+    Example: incident-fsm demo   (then run the commands it prints to explore what happened)
     """
     import tempfile
     from pathlib import Path
 
-    from .demo import run_demo, summary_table
+    from .demo import DEFAULT_DATABASE, closing_advice, prepare_database, run_demo, summary_table
 
-    if database_url is None:
-        path = Path("incident_fsm_demo.db").resolve()
-        for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.journal")):
-            stale.unlink(missing_ok=True)  # the demo's own file: start fresh
-        database_url = f"sqlite:///{path}"
-    url = database.resolve_url(database_url)
-    database.upgrade(url)
+    url = prepare_database(Path(database_path or DEFAULT_DATABASE))
     _quiet_tracebacks("INFO" if verbose else "ERROR")
     click.echo(f"database: {database.redact(url)}")
     with tempfile.TemporaryDirectory(prefix="incident-fsm-demo-") as workdir:
         results = anyio.run(lambda: run_demo(url, workdir=Path(workdir), echo=click.echo))
     click.echo("\n" + summary_table(results))
-    held = next((r for r in results if r.outcome.startswith("escalated")), None)
-    click.echo(f"\nexplore it:\n  export {database.ENV_DATABASE_URL}={database.redact(url)}\n"
-               "  incident-fsm incidents\n  incident-fsm show 1\n  incident-fsm stats\n"
-               "  incident-fsm graph")
-    if held is not None and held.incident_id is not None:
-        click.echo(f"  incident-fsm force {held.incident_id} approve --reason \"failover approved\""
-                   "   # the held failover")
+    click.echo("\n" + closing_advice(url, results))
     if any(r.incident_id is None for r in results):
         raise click.ClickException("a scenario did not finish in time (see above)")
 

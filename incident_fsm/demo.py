@@ -18,15 +18,25 @@ Only time is compressed (polls every 0.2 s).
 then a health endpoint that stays down: a restart does not help, the
 failover (approval tier) is held and the incident escalated, for the
 operator to approve with `incident-fsm force`.
+
+The demo never touches anyone's data. `prepare_database` gives it a fresh
+SQLite file of its own (marked as the demo's, so a later demo may replace it
+and nothing else is ever replaced), and `run_demo` refuses a database that
+already holds incidents: the agent would otherwise act on them, e.g. run a
+failover an operator approved elsewhere. The demo follows only the incidents
+its own agent opened, by id.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
+import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +44,11 @@ from typing import Any
 
 import anyio
 
+from . import database
 from .agent import Agent
-from .models import Incident
+from .errors import InvalidInput
+from .journal import JournalingStore
+from .models import Incident, IncidentId, Transition
 from .settings import (
     ActionsSettings,
     AgentSettings,
@@ -49,7 +62,7 @@ from .settings import (
     TargetSettings,
 )
 from .simulator import ConnectionManager, ServiceState, Simulator
-from .store import Store
+from .store import Opened, Store
 
 #: the PAM user told (a Supabase UUID in the real service)
 OPERATOR = "00000000-0000-4000-8000-00000000beef"
@@ -57,6 +70,11 @@ PAM_CHANNEL = "pam_inprocess"
 RENDER_KEY = "rnd_simulated"
 #: How long one scenario may take before the demo gives up on it (seconds).
 SCENARIO_LIMIT = 30.0
+#: Where `incident-fsm demo` writes by default (in the working directory).
+DEFAULT_DATABASE = "incident_fsm_demo.db"
+#: SQLite's `application_id` header field of a database the demo wrote ("IFSD"): the
+#: only mark that lets a later demo replace the file.
+DEMO_APPLICATION_ID = 0x49465344
 
 
 @dataclass(frozen=True)
@@ -71,13 +89,67 @@ class ScenarioResult:
 
 
 class OperatorSocket:
-    """The operator's open PAM socket, as the service's manager holds it: keeps what it got."""
+    """The operator's open PAM socket, as the service's manager holds it: keeps what it got,
+    and shows each alert's text as the operator reads it."""
 
-    def __init__(self) -> None:
+    def __init__(self, echo: Callable[[str], None] = lambda _line: None) -> None:
         self.received: list[dict[str, Any]] = []
+        self._echo = echo
 
     async def send_text(self, message: str) -> None:
-        self.received.append(json.loads(message))
+        alert = json.loads(message)
+        self.received.append(alert)
+        self._echo(f"   📱 PAM ▸ {alert.get('content', {}).get('message', '')}")
+
+
+class DemoStore(JournalingStore):
+    """The demo agent's store; it notes the incidents it opens, the only ones the demo follows."""
+
+    def __init__(self, url: str, *, journal_path: Path) -> None:
+        super().__init__(url, journal_path=journal_path)
+        self.opened: list[IncidentId] = []
+
+    async def open_incident(self, **kwargs: Any) -> Opened:
+        opened = await super().open_incident(**kwargs)
+        if opened.created:
+            self.opened.append(opened.incident.incident_id)
+        return opened
+
+
+def prepare_database(path: Path) -> str:
+    """A fresh, migrated SQLite database at `path` for the demo; returns its URL.
+
+    `path` must not exist, or be a database an earlier demo wrote (it is
+    replaced, with its -wal/-shm/.journal files); anything else is refused
+    (`InvalidInput`) and left as it was.
+    """
+    path = path.resolve()
+    if path.exists() or path.is_symlink():
+        if not is_demo_database(path):
+            raise InvalidInput(
+                f"{path} exists and is not a database an earlier demo wrote; the demo only "
+                "writes a fresh database of its own: pass a new file with --database")
+        for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.journal")):
+            stale.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA application_id = {DEMO_APPLICATION_ID}")
+        conn.commit()
+    url = f"sqlite:///{path}"
+    database.upgrade(url)
+    return url
+
+
+def is_demo_database(path: Path) -> bool:
+    """Whether `path` is a regular SQLite file carrying the demo's mark (read-only check)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+            (found,) = conn.execute("PRAGMA application_id").fetchone()
+    except sqlite3.Error:
+        return False  # not SQLite at all
+    return bool(found == DEMO_APPLICATION_ID)
 
 
 def demo_settings(sim: Simulator, url: str, logs: Path) -> Settings:
@@ -112,33 +184,48 @@ def demo_settings(sim: Simulator, url: str, logs: Path) -> Settings:
 
 async def run_demo(url: str, *, workdir: Path,
                    echo: Callable[[str], None] = print) -> list[ScenarioResult]:
-    """Play every scenario against a migrated database at `url`; returns the summary rows."""
+    """Play every scenario against the migrated database at `url`; returns the summary rows.
+
+    The database must hold no incident (`InvalidInput` otherwise, before anything
+    runs): the demo's agent would act on every open incident it finds.
+    """
+    async with Store(url) as check:
+        if await check.list_incidents(limit=1):
+            raise InvalidInput(f"the demo runs only on a database of its own, and "
+                               f"{database.redact(url)} already holds incidents")
     logs = workdir / "app-logs"
     logs.mkdir(parents=True, exist_ok=True)
     state = ServiceState(disk_dir=logs, disk_capacity_bytes=2_000_000, disk_base_bytes=600_000)
-    manager, operator = ConnectionManager(), OperatorSocket()
+    manager, operator = ConnectionManager(), OperatorSocket(echo)
     manager.connect(operator, OPERATOR)
     results: list[ScenarioResult] = []
     started = time.monotonic()
     env = {"RENDER_API_KEY": RENDER_KEY}
-    async with Simulator(state) as sim, Store(url) as store:
+    store = DemoStore(url, journal_path=workdir / "agent.journal")
+    # The demo reads through a store of its own, so its polling never meddles with the
+    # agent's working set; the agent closes its store when it stops.
+    async with Simulator(state) as sim, Store(url) as reader:
         settings = demo_settings(sim, url, logs)
-        async with Agent(settings, environ=env, journal_path=workdir / "agent.journal",
-                         pam_manager=manager) as agent, anyio.create_task_group() as tg:
-            tg.start_soon(_print_timeline, store, started, echo)
+        async with Agent(settings, environ=env, store=store,
+                         pam_manager=manager), anyio.create_task_group() as tg:
+            tg.start_soon(_print_timeline, reader, store.opened, started, echo)
 
             async def scenario(name: str, kind: str, start: Callable[[], None],
-                               done: str = "resolved",
-                               after: Callable[[Incident], Awaitable[None]] | None = None,
-                               ) -> None:
+                               done: str = "resolved", *, pam_back: bool = False) -> None:
                 echo(f"\n== {name}")
                 injected = datetime.now(UTC)
+                already = len(store.opened)
                 start()
-                incident = await _until_state(agent.store, f"api:{kind}", done, injected)
-                if incident is not None and after is not None:
-                    await after(incident)
-                results.append(await _summarise(agent.store, name, f"api:{kind}",
-                                                injected, incident))
+                incident = await _until_state(reader, store.opened, already, f"api:{kind}",
+                                              done)
+                if incident is not None:
+                    if pam_back:
+                        echo("   the operator is back on PAM: what waited goes out")
+                        manager.connect(operator, OPERATOR)
+                    # Counted once everything it owed the operator went out.
+                    await _until_pam_settled(reader, incident)
+                results.append(await _summarise(reader, name, f"api:{kind}", injected,
+                                                incident))
 
             await scenario("1. memory pressure (a leak)", "memory_high",
                            lambda: setattr(state, "leaked_memory_pct", 50.0))
@@ -147,18 +234,13 @@ async def run_demo(url: str, *, workdir: Path,
             await scenario("3. worker failure (Celery worker died)", "service_down:celery",
                            lambda: setattr(state, "worker_alive", False))
 
-            async def pam_back(incident: Incident) -> None:
-                echo("   the operator is back on PAM: what waited goes out")
-                manager.connect(operator, OPERATOR)
-                await _until_pam_settled(agent.store, incident)
-
             def outage() -> None:
                 manager.disconnect(operator, OPERATOR)
                 echo("   the operator's PAM socket is closed: notifications wait")
                 state.cpu_load_pct = 150.0  # 100 % on one instance, 75 % on two
 
             await scenario("4. PAM outage (CPU spike handled without PAM)", "cpu_high",
-                           outage, after=pam_back)
+                           outage, pam_back=True)
             await scenario("5. health endpoint down: restart fails, failover held",
                            "health_endpoint_down",
                            lambda: state.faults.update({"/health/resources": "500",
@@ -179,24 +261,37 @@ def _old_logs(root: Path, *, files: int, size: int) -> None:
         os.utime(path, (stamp, stamp))
 
 
-async def _until_state(store: Store, fingerprint: str, state: str,
-                       since: datetime) -> Incident | None:
+async def _until_state(store: Store, opened: Sequence[IncidentId], already: int,
+                       fingerprint: str, state: str) -> Incident | None:
+    """The incident for `fingerprint` opened after the first `already` of `opened`, once in
+    `state`. Only incidents this demo's agent opened are looked at, by id.
+    """
     with anyio.move_on_after(SCENARIO_LIMIT):
+        followed: IncidentId | None = None
         while True:
-            for incident in await store.list_incidents(since=since, limit=20):
-                if incident.fingerprint == fingerprint and incident.state == state:
+            if followed is None:
+                for iid in opened[already:]:
+                    if (await store.get_incident(iid)).fingerprint == fingerprint:
+                        followed = iid
+                        break
+            if followed is not None:
+                incident = await store.get_incident(followed)
+                if incident.state == state:
                     return incident
             await anyio.sleep(0.1)
     return None
 
 
 async def _until_pam_settled(store: Store, incident: Incident) -> None:
-    """Until every PAM row of `incident` is delivered or given up on."""
+    """Until every PAM row of `incident` is delivered or given up on.
+
+    Every row the incident owes up to its current state exists already: the
+    engine writes a step's rows in the step's own transaction.
+    """
     with anyio.move_on_after(SCENARIO_LIMIT):
         while True:
             rows = (await store.timeline(incident.incident_id)).notifications
-            pam = [n for n in rows if n.channel == PAM_CHANNEL]
-            if pam and all(n.status in ("delivered", "dead") for n in pam):
+            if all(n.status in ("delivered", "dead") for n in rows if n.channel == PAM_CHANNEL):
                 return
             await anyio.sleep(0.1)
 
@@ -223,15 +318,18 @@ async def _summarise(store: Store, name: str, fingerprint: str, injected: dateti
                           notifications)
 
 
-async def _print_timeline(store: Store, started: float, echo: Callable[[str], None]) -> None:
+async def _print_timeline(store: Store, opened: Sequence[IncidentId], started: float,
+                          echo: Callable[[str], None]) -> None:
+    """Echo each step of the incidents in `opened` (the demo agent's), as it is written."""
     seen: set[int] = set()
-    since = datetime.now(UTC)
     while True:
-        for step, incident in await store.history(since=since, limit=500):
-            if step.id in seen or step.id is None:
-                continue
-            seen.add(step.id)
-            line = (f"  +{time.monotonic() - started:5.1f}s  incident {incident.id} "
+        steps: list[Transition] = []
+        for iid in list(opened):
+            steps += [t for t in (await store.timeline(iid)).transitions
+                      if t.id is not None and t.id not in seen]
+        for step in sorted(steps, key=lambda t: (t.at, t.id or 0)):
+            seen.add(step.id or 0)
+            line = (f"  +{time.monotonic() - started:5.1f}s  incident {step.incident_id} "
                     f"{(step.source or '-'):>11} → {step.dest:<11} {step.trigger}: {step.reason}")
             echo(line if len(line) <= 160 else line[:157] + "...")
         await anyio.sleep(0.1)
@@ -249,3 +347,27 @@ def summary_table(results: list[ScenarioResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
+
+
+def closing_advice(url: str, results: Sequence[ScenarioResult]) -> str:
+    """Commands to explore what the demo did, each naming the demo's own database.
+
+    The URL goes on every command rather than into the environment, so nothing
+    else the user runs afterwards reads the demo's database by accident.
+    """
+    where = f"--database-url {shlex.quote(url)}"
+    ids = [r.incident_id for r in results if r.incident_id is not None]
+    held = next((r.incident_id for r in results
+                 if r.incident_id is not None and r.outcome.startswith("escalated")), None)
+    lines = ["explore it (every command names this demo's database):",
+             f"  incident-fsm incidents {where}"]
+    if ids:
+        lines.append(f"  incident-fsm show {ids[0]} {where}")
+    lines += [f"  incident-fsm history {where}", f"  incident-fsm stats {where}"]
+    if held is not None:
+        lines += [f"  incident-fsm graph --incident {held} {where}",
+                  f"  incident-fsm force {held} approve --reason 'failover approved' {where}"
+                  "   # the held failover: recorded; an agent on this database would run it"]
+    else:
+        lines.append("  incident-fsm graph")
+    return "\n".join(lines)

@@ -29,7 +29,7 @@ from loguru import logger
 from transitions.core import EventData
 from transitions.extensions.asyncio import AsyncMachine
 
-from .errors import GuardRejected, InvalidInput, InvalidTransition
+from .errors import GuardRejected, InvalidInput, InvalidTransition, StoreUnavailable
 from .text import one_line
 
 if TYPE_CHECKING:
@@ -397,6 +397,7 @@ class _Model:
     details: Mapping[str, Any]
     notifications: Sequence[Any]
     notified_before: bool = False
+    attempt: AttemptView | None = None
     written_notifications: bool = False
     result: Incident | None = None
 
@@ -457,12 +458,26 @@ class StepRequest:
 
 
 @dataclass(frozen=True)
+class AttemptView:
+    """The incident's latest real action attempt, as a notification policy sees it."""
+
+    action: str
+    tier: str
+    #: how it ended (`ok`, `failed`, `timed_out`, `skipped`, `interrupted`); None while it runs
+    outcome: str | None = None
+    #: the action's own one-line account of what it did
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class StepView:
     """What a notification policy sees of one step: plain data, guards passed, not yet written.
 
     `incident_id` is None when the step opens a new incident (the row has no
     id yet); `source` is None there too. `notified_before` says whether the
-    incident already has outbox rows (read only for steps that can resolve it).
+    incident already has outbox rows (read only for steps that can resolve it
+    and for `action_finished`). `attempt` is the latest real attempt, read
+    only for steps leaving `remediating` or `verifying`.
     """
 
     trigger: str
@@ -479,6 +494,7 @@ class StepView:
     flap_count: int = 0
     strikes: int = 0
     notified_before: bool = False
+    attempt: AttemptView | None = None
 
 
 #: Turns a step into the notifications it owes (see `incident_fsm.outbox`).
@@ -573,17 +589,21 @@ class IncidentEngine:
         if not actor or not actor.strip():
             raise InvalidInput("a transition needs an actor")
         incident = await self._store.get_incident(incident_id)
-        allowed = triggers_from(incident.state)
-        if trigger not in allowed:
+        allowed = operator_triggers_from(incident.state)
+        if trigger not in triggers_from(incident.state):
             raise InvalidTransition(
                 incident_id=incident_id, state=incident.state, trigger=trigger, allowed=allowed
             )
         # Read before the step: the version check makes it still true at commit.
         notified = (
             self._outbox is not None
-            and State.RESOLVED.value in edge_destinations(trigger, incident.state)
+            and (State.RESOLVED.value in edge_destinations(trigger, incident.state)
+                 or trigger == Trigger.ACTION_FINISHED)
             and await self._store.has_notifications(incident_id)
         )
+        attempt = None
+        if self._outbox is not None and incident.state in (State.REMEDIATING, State.VERIFYING):
+            attempt = await self._latest_attempt(incident_id)
         model = _Model(
             ctx=GuardContext(incident=incident, now=self._clock.now(), policy=self.policy,
                              intent=intent),
@@ -593,6 +613,7 @@ class IncidentEngine:
             details=dict(details or {}),
             notifications=tuple(notifications),
             notified_before=notified,
+            attempt=attempt,
         )
         self._machine.add_model(model, initial=incident.state)
         try:
@@ -625,6 +646,21 @@ class IncidentEngine:
         if self._on_outbox is not None:
             self._on_outbox()
 
+    async def _latest_attempt(self, incident_id: IncidentId) -> AttemptView | None:
+        """The latest real attempt, for the notification's wording; None if unknown."""
+        try:
+            runs = await self._store.attempts(incident_id)
+        except StoreUnavailable:
+            # Only the wording of a message depends on it: never fail a step over it.
+            return None
+        real = [r for r in runs if not r.dry_run]
+        if not real:
+            return None
+        run = real[-1]
+        summary = (run.evidence or {}).get("summary")
+        return AttemptView(run.action, run.tier, run.outcome,
+                           summary if isinstance(summary, str) else "")
+
     async def _persist(self, event: EventData) -> None:
         model = event.model
         assert isinstance(model, _Model)
@@ -656,7 +692,7 @@ class IncidentEngine:
                 incident_id=incident.incident_id, target=incident.target, kind=incident.kind,
                 severity=incident.severity, actor=model.actor, reason=model.reason, at=now,
                 details=step_details, flap_count=flap_count, strikes=incident.strikes,
-                notified_before=model.notified_before,
+                notified_before=model.notified_before, attempt=model.attempt,
             )
             notifications = _merge_outbox(notifications, self._outbox(view))
         request = StepRequest(

@@ -76,12 +76,15 @@ async def test_pam_down_the_agent_works_on_and_delivers_later(db_url: str,
             await until(lambda: _resolved(agent.store, "api:memory_high"))
             assert pam.received == []
             async with pam:
-                await until(lambda: _delivered(pam, 3))
+                await until(lambda: _delivered(pam, 4))
             (incident,) = await agent.store.list_incidents(kind="memory_high")
             timeline = await agent.store.timeline(incident.incident_id)
     texts = [m["message"] for m in pam.system_messages]
-    assert [t.split(" ", 1)[0] for t in texts] == ["⚠️", "🔧", "✅"]
-    assert len({m["metadata"]["dedupe_key"] for m in pam.system_messages}) == 3
+    assert [t.split(" ", 1)[0] for t in texts] == ["⚠️", "🔧", "🔧", "✅"]
+    # The restart is announced as it starts, and reported once it returned, with its outcome.
+    assert "starting render_restart" in texts[1]
+    assert "Action taken: render_restart finished" in texts[2]
+    assert len({m["metadata"]["dedupe_key"] for m in pam.system_messages}) == 4
     assert all(n.status == "delivered" for n in timeline.notifications if n.channel == "pam")
 
 

@@ -282,7 +282,10 @@ async def test_embedded_alerts_wait_for_the_user_and_are_delivered_once_on_conne
                 received = [json.loads(await _recv(ws)) for _ in rows]
                 assert [m["id"] for m in received] == [n.dedupe_key for n in rows]
                 assert all(m["type"] == "proactive_alert" for m in received)
-                assert received[0]["content"]["message"].startswith("⚠️ System Alert: memory")
+                opening = received[0]["content"]["message"]
+                assert opening.startswith("⚠️ System Alert: high memory use on api")
+                # Written before the incident had an id; sent with it.
+                assert opening.endswith(f"incident-fsm show {rows[0].incident_id}")
                 assert received[0]["content"]["priority"] == "high"
 
                 # While connected, a new alert is pushed as it happens.

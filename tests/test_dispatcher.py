@@ -230,11 +230,11 @@ async def test_pam_down_at_the_start_then_every_queued_notification_arrives_once
             assert {r.status for r in log_rows} == {"delivered"}  # other channels unaffected
             pam.mode = "up"
             await pass_time(clock, 30)
-            await eventually(lambda: len(pam.system_messages) == 5, what="the backlog")
+            await eventually(lambda: len(pam.system_messages) == 6, what="the backlog")
             await anyio.sleep(0.1)
         keys = [m["metadata"]["dedupe_key"] for m in pam.system_messages]
-        assert len(keys) == len(set(keys)) == 5
-        for iid, seqs in ((a, [1, 2, 4]), (b, [1, 2])):
+        assert len(keys) == len(set(keys)) == 6
+        for iid, seqs in ((a, [1, 2, 3, 4]), (b, [1, 2])):
             mine = [k for k in keys if k.startswith(f"incident-{iid}-")]
             assert mine == [f"incident-{iid}-seq-{s}-pam" for s in seqs]
             assert [(r.status, r.attempts) for r in await rows(store, iid, "pam")] == [
@@ -408,23 +408,26 @@ async def test_pam_down_ten_minutes_during_an_incident_then_the_operator_gets_it
         assert resolved.state == "resolved"
         await pass_time(clock, 600 - 130)
         assert channel.failures >= 10  # it kept trying, and PAM kept refusing
-        assert [r.status for r in await rows(store, iid, "pam")] == ["pending"] * 3
-        assert [r.status for r in await rows(store, iid, "log")] == ["delivered"] * 3
+        assert [r.status for r in await rows(store, iid, "pam")] == ["pending"] * 4
+        assert [r.status for r in await rows(store, iid, "log")] == ["delivered"] * 4
 
         async with FakePam(token=TOKEN, port=port, accepts=ACCEPTS) as pam:
             await pass_time(clock, 30)
-            await eventually(lambda: len(pam.system_messages) == 3, what="the backlog")
+            await eventually(lambda: len(pam.system_messages) == 4, what="the backlog")
             await anyio.sleep(0.2)
     texts = [m["message"] for m in pam.system_messages]
     assert [t.split(":")[0] for t in texts] == [
-        "⚠️ System Alert", "🔧 System Alert", "✅ System Recovery"]
-    assert "Action taken: render_restart" in texts[1]
+        "⚠️ System Alert", "🔧 System Alert", "🔧 System Alert", "✅ System Recovery"]
+    assert "starting render_restart" in texts[1]
+    assert "Action taken: render_restart" in texts[2]
+    assert all(t.endswith(f"incident-fsm show {iid}") for t in texts)
     metas = [m["metadata"] for m in pam.system_messages]
-    assert [m["dedupe_key"] for m in metas] == [f"incident-{iid}-seq-{s}-pam" for s in (1, 2, 4)]
+    assert [m["dedupe_key"] for m in metas] == [
+        f"incident-{iid}-seq-{s}-pam" for s in (1, 2, 3, 4)]
     assert {m["incident_id"] for m in metas} == {iid}
-    assert [m["state"] for m in metas] == ["detected", "remediating", "resolved"]
+    assert [m["state"] for m in metas] == ["detected", "remediating", "verifying", "resolved"]
     assert [(r.status, r.attempts) for r in await rows(store, iid, "pam")] == [
-        ("delivered", 1)] * 3
+        ("delivered", 1)] * 4
 
 
 # --- secrets -------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ Outcomes:
   rejected credentials, rate budget spent); the attempt does not count and
   the row waits for the channel to come back.
 
+A channel sends `Outgoing.text`, the text `incident_fsm.outbox` wrote for
+the row, and writes none of its own; it only frames it (a PAM frame, a
+webhook body) and carries the structured fields next to it.
+
 Errors in outcomes end up in the database and the logs: channels put status
 codes and exception class names there, never URLs with tokens, secrets or
 response bodies.
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..models import IncidentId
+from ..outbox import notification_text
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,8 @@ class Outgoing:
 
     @property
     def text(self) -> str:
-        text = self.payload.get("text")
-        if isinstance(text, str) and text:
-            return text
-        return f"incident {self.incident_id}: {self.payload.get('event', 'notification')}"
+        """What the channel sends as the message: written by `incident_fsm.outbox`, never here."""
+        return notification_text(self.incident_id, self.payload)
 
     def metadata(self) -> dict[str, Any]:
         """The structured fields: the payload without its text, plus id and dedupe key."""

@@ -123,7 +123,7 @@ async def test_killed_with_notifications_queued_they_all_arrive_after_the_restar
         exposure.files += [tmp_path / "a.log", tmp_path / "b.log"]
         with agent_process(config, tmp_path / "a.log", env) as proc:
             await until(lambda: _is(store, "resolved"), within=45)
-            await until(lambda: _queued(store, 3), within=10)
+            await until(lambda: _queued(store, 4), within=10)
             await _kill(proc)
         async with pam:
             with agent_process(config, tmp_path / "b.log", env):
@@ -134,8 +134,9 @@ async def test_killed_with_notifications_queued_they_all_arrive_after_the_restar
     assert state.requests[RESTARTS] == 1
     sent = [m["metadata"]["dedupe_key"] for m in pam.system_messages]
     owed = [n.dedupe_key for n in timeline.notifications if n.channel == "pam"]
-    assert len(owed) == 3 and sorted(set(sent)) == sorted(owed)  # none lost
-    assert [m["message"].split(" ", 1)[0] for m in pam.system_messages] == ["⚠️", "🔧", "✅"]
+    assert len(owed) == 4 and sorted(set(sent)) == sorted(owed)  # none lost
+    assert [m["message"].split(" ", 1)[0] for m in pam.system_messages] == [
+        "⚠️", "🔧", "🔧", "✅"]
     assert all(n.status == "delivered" for n in timeline.notifications)
 
 

@@ -23,7 +23,7 @@ from .exposure import ENV, Exposure
 
 pytestmark = pytest.mark.anyio
 
-EVENTS = ["⚠️", "🔧", "✅"]  # opened (critical), major action taken, recovered
+EVENTS = ["⚠️", "🔧", "✅"]  # opened (critical), major action started and taken, recovered
 
 
 @pytest.mark.parametrize("fault", ["refuse", "freeze"])
