@@ -36,6 +36,7 @@ import shlex
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ from .agent import Agent
 from .errors import InvalidInput
 from .journal import JournalingStore
 from .models import Incident, IncidentId, Transition
+from .preflight import FAIL, OK, WARN, run_checks
 from .settings import (
     ActionsSettings,
     AgentSettings,
@@ -206,6 +208,13 @@ async def run_demo(url: str, *, workdir: Path,
     # agent's working set; the agent closes its store when it stops.
     async with Simulator(state) as sim, Store(url) as reader:
         settings = demo_settings(sim, url, logs)
+        # What `incident-fsm check` says of this configuration, before the agent may act.
+        checks = await run_checks(settings, environ=env)
+        counts = Counter(c.status for c in checks)
+        echo(f"preflight (incident-fsm check): {counts[OK]} ok, {counts[WARN]} warning(s), "
+             f"{counts[FAIL]} failed")
+        for failed in (c for c in checks if c.status == FAIL):
+            echo(f"   {failed.line()}")
         async with Agent(settings, environ=env, store=store,
                          pam_manager=manager), anyio.create_task_group() as tg:
             tg.start_soon(_print_timeline, reader, store.opened, started, echo)

@@ -80,6 +80,9 @@ def test_demo_plays_every_scenario(tmp_path: Path, capsys: pytest.CaptureFixture
         print(f"\n[demo took {time.monotonic() - started:.1f} s]")
     check_summary(result.output.split("SCENARIO", 1)[1], received_by_the_socket(result.output))
     assert printed_database(result.output) == f"sqlite:///{tmp_path / 'demo.db'}"
+    # `incident-fsm check` passes on the demo's own configuration, before anything acts.
+    assert re.search(r"preflight \(incident-fsm check\): \d+ ok, 1 warning\(s\), 0 failed",
+                     result.output), result.output[:2000]
     assert "incident-fsm force 5 approve" in result.output
     # What the operator read: texts written for people, never the machine's reasons.
     assert "📱 PAM ▸ ⚠️ System Alert: " in result.output
