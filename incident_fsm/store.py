@@ -813,27 +813,42 @@ class Store:
 
         def work() -> Lease:
             table = Lease.__table__  # type: ignore[attr-defined]
-            insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-            stmt = insert(table).values(name=name, holder=holder, acquired_at=now,
-                                        renewed_at=now, expires_at=expires)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[table.c.name],
-                set_={
-                    "holder": stmt.excluded.holder,
-                    "acquired_at": sa.case((table.c.holder == holder, table.c.acquired_at),
-                                           else_=stmt.excluded.acquired_at),
-                    "renewed_at": stmt.excluded.renewed_at,
-                    "expires_at": stmt.excluded.expires_at,
-                },
-                where=sa.or_(table.c.holder == holder, table.c.expires_at < now),
-            )
-            with self._session() as session:
-                session.execute(stmt)
-                lease = session.get(Lease, name, populate_existing=True)
-                session.commit()
-                assert lease is not None
-                return lease
+            lease = self._upsert_lease(
+                name, holder, now=now, expires=expires,
+                keep_first=table.c.holder == holder,
+                only_if=sa.or_(table.c.holder == holder, table.c.expires_at < now))
+            assert lease is not None
+            return lease
         return await self._run(work)
+
+    def _upsert_lease(self, name: str, holder: str, *, now: datetime, expires: datetime,
+                      keep_first: sa.ColumnElement[bool],
+                      only_if: sa.ColumnElement[bool] | None) -> Lease | None:
+        """Insert or update row `name` of `lease` in one statement (a worker-thread call).
+
+        `acquired_at` is kept where `keep_first` holds; the update happens only
+        where `only_if` holds (None: always).
+        """
+        table = Lease.__table__  # type: ignore[attr-defined]
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(table).values(name=name, holder=holder, acquired_at=now,
+                                    renewed_at=now, expires_at=expires)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.name],
+            set_={
+                "holder": stmt.excluded.holder,
+                "acquired_at": sa.case((keep_first, table.c.acquired_at),
+                                       else_=stmt.excluded.acquired_at),
+                "renewed_at": stmt.excluded.renewed_at,
+                "expires_at": stmt.excluded.expires_at,
+            },
+            where=only_if,
+        )
+        with self._session() as session:
+            session.execute(stmt)
+            lease = session.get(Lease, name, populate_existing=True)
+            session.commit()
+            return lease
 
     async def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up at once (on clean shutdown), if `holder` still has it."""
@@ -863,30 +878,15 @@ class Store:
 
         def work() -> bool:
             table = Lease.__table__  # type: ignore[attr-defined]
-            insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-            stmt = insert(table).values(name=name, holder=replica, acquired_at=now,
-                                        renewed_at=now, expires_at=expires)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[table.c.name],
-                set_={"holder": stmt.excluded.holder, "renewed_at": stmt.excluded.renewed_at,
-                      "expires_at": stmt.excluded.expires_at},
-            )
-            with self._session() as session:
-                session.execute(stmt)
-                session.commit()
+            # Each replica writes only its own row: no condition, the first beat's time kept.
+            self._upsert_lease(name, replica, now=now, expires=expires,
+                               keep_first=table.c.holder == replica, only_if=None)
             return True
         return await self._run(work)
 
     async def end_beat(self, replica: str) -> None:
         """Remove `replica`'s heartbeat at once (it is stopping cleanly)."""
-        name = _heartbeat_name(replica)
-
-        def work() -> None:
-            with self._session() as session:
-                session.execute(sa.delete(Lease).where(col(Lease.name) == name,
-                                                       col(Lease.holder) == replica))
-                session.commit()
-        await self._run(work)
+        await self.release_lease(_heartbeat_name(replica), replica)
 
     async def agents_seen(self, now: datetime) -> list[tuple[str, datetime]]:
         """(replica, alive until) of every agent whose last heartbeat is still valid at `now`."""
