@@ -420,9 +420,10 @@ class Monitor:
                           type(exc).__name__, str(exc)[:200])
                 return
             if (finding.change is Change.CLEARED and incident is not None
-                    and incident.state in (State.REMEDIATING, State.VERIFYING)):
-                # The driver judges it, possibly from a sample taken before this one;
-                # stay open so the next clear sample recovers it if the driver escalates.
+                    and incident.state != State.RESOLVED):
+                # Still open: the driver judges it (possibly from a sample taken before
+                # this one), or it moved under our write. Stay open, so the next clear
+                # sample recovers it once it is detected or escalated again.
                 self.detector.set_phase(problem.target, problem.kind, Phase.OPEN)
         else:
             log.info("{} {}: {}", problem.fingerprint, finding.change.value, problem.reason)
@@ -463,7 +464,9 @@ class Monitor:
             return await self._engine.fire(incident.incident_id, Trigger.RECOVERED, actor=ACTOR,
                                            reason=problem.reason, details=dict(problem.details))
         except (InvalidTransition, ConcurrentUpdate):
-            # It moved on meanwhile (a driver picked it up); not ours to recover any more.
+            # It moved meanwhile: a driver picked it up (it verifies it itself), or held
+            # it (escalated: the caller keeps the problem open, the next clear sample
+            # recovers it). Either way this sample's recovery is not lost.
             return await self._store.get_incident(incident.incident_id)
 
 

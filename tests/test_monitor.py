@@ -467,3 +467,34 @@ async def test_an_endpoint_failing_while_the_other_answers_is_warned_once_per_st
     assert "after 11 failed read(s)" in back[0]
     assert not [line for line in logs if "Failed to probe" in line]  # the target answered
     assert await store.list_incidents() == []
+
+
+async def test_a_recovery_that_loses_a_race_with_the_driver_is_not_forgotten(
+    engine: IncidentEngine, store: Store, clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The monitor reads the incident as detected and fires `recovered`; meanwhile the
+    # driver holds it (detected -> escalated), so the monitor's write is refused as a
+    # concurrent update. The problem is gone all the same: it must still be resolved.
+    memory = {"api": 90.0}
+    probes = {"api": TargetProbes(ScriptedProbe(clock, lambda _: snap(memory=memory["api"])))}
+    monitor = make(engine, store, clock, probes)
+    original = store.apply_transition
+    raced = []
+
+    async def racing(step: Any) -> Any:
+        if step.trigger == "recovered" and not raced:
+            raced.append(step.incident_id)
+            monkeypatch.setattr(store, "apply_transition", original)
+            await engine.fire(step.incident_id, "hold", actor="driver", reason="needs approval")
+        return await original(step)
+
+    async with running(monitor):
+        await run_virtual(clock, monitor, 11)
+        api = await store.find_open("api:memory_high")
+        assert api is not None and api.state == State.DETECTED
+        monkeypatch.setattr(store, "apply_transition", racing)
+        memory["api"] = 50.0
+        await run_virtual(clock, monitor, 30)
+    assert raced == [api.incident_id]
+    assert (await store.get_incident(api.incident_id)).state == State.RESOLVED
