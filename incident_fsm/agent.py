@@ -22,7 +22,9 @@ group:
 
 Embedded: `async with Agent(settings) as agent:` (or `lifespan(settings)` for
 FastAPI); inside the PAM service, `pam_manager=` hands the agent the service's
-connection manager for the `pam_inprocess` channel. Standalone: `incident-fsm run`.
+connection manager for the `pam_inprocess` channel; `migrate=True` lets it
+migrate a Postgres schema that is behind (SQLite always is). Standalone:
+`incident-fsm run`.
 Cancelling the agent stops it: a running action is stopped and recorded as
 interrupted (a restart judges it, never reruns it), and everything written
 before is durable.
@@ -143,8 +145,11 @@ class Agent:
         replica: str | None = None,
         max_concurrent_incidents: int = 256,
         pam_manager: ConnectionManager | None = None,
+        migrate: bool | None = None,
     ) -> None:
         self.settings = settings
+        #: migrate a database behind the code's schema first (default: SQLite only)
+        self._migrate = migrate
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self.clock: Clock = clock or SystemClock()
         url = database.resolve_url(settings.agent.database_url)
@@ -261,7 +266,8 @@ class Agent:
             self.running = False
             with anyio.CancelScope(shield=True):
                 await self._close()
-            logger.info("agent stopped")
+            if self.started_at is not None:  # a refused start said why already
+                logger.info("agent stopped")
 
     def _start_parts(self, tg: TaskGroup) -> None:
         # Every replica beats, leading or not: `force` and `status` tell who is alive.
@@ -288,7 +294,7 @@ class Agent:
         return True
 
     def _ensure_schema(self) -> None:
-        database.ensure_schema(self.store.url)
+        database.ensure_schema(self.store.url, migrate=self._migrate)
 
     async def _until_schema(self, tg: TaskGroup) -> None:
         """Retry the schema check with a growing pause; start acting once it passes.

@@ -76,8 +76,8 @@ def _with_store(url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     resolved = database.resolve_url(url)
     state = database.schema_state(resolved)
     if not state.exists:
-        raise StoreUnavailable(f"no database at {database.redact(resolved)}: nothing to show "
-                               "(the agent creates it when it starts; --database-url or "
+        raise StoreUnavailable(f"no database at {database.redact(resolved)} (the agent creates "
+                               "it when it starts; --database-url or "
                                f"{database.ENV_DATABASE_URL} says where it is)")
     if not state.at_head:
         raise SchemaNotReady(f"database {state.describe()}: run `incident-fsm db upgrade "
@@ -165,10 +165,13 @@ def db_current(database_url: str | None) -> None:
     Example: incident-fsm db current
     """
     url = database.resolve_url(database_url)
-    current = database.current_revision(url)
-    head = database.head_revision()
-    state = "up to date" if current == head else "needs `incident-fsm db upgrade`"
-    click.echo(f"current: {current or 'empty'}  head: {head}  ({state})")
+    schema = database.schema_state(url)  # reads only: a missing SQLite file stays missing
+    if not schema.exists:
+        click.echo(f"current: none (no database at {database.redact(url)} yet)  "
+                   f"head: {schema.head}  (`incident-fsm db upgrade` creates it)")
+        return
+    state = "up to date" if schema.at_head else "needs `incident-fsm db upgrade`"
+    click.echo(f"current: {schema.current or 'empty'}  head: {schema.head}  ({state})")
 
 
 @cli.command()
@@ -237,11 +240,17 @@ def run(config_path: str | None, database_url: str | None, poll_interval: float 
     if failures:
         raise PreflightFailed(failures)
     url = database.resolve_url(settings.agent.database_url)
-    database.ensure_schema(url, migrate=migrate)
+    try:
+        database.ensure_schema(url, migrate=migrate)
+    except StoreUnavailable as exc:
+        # Not a reason to exit (systemd may start us before the database): the agent
+        # waits for it and acts on nothing until it has seen the schema.
+        click.echo(f"warning: {exc}; the agent waits for it and acts on nothing until then",
+                   err=True)
     if not settings.targets:
         click.echo("warning: no [[targets]] configured: nothing will be monitored", err=True)
     _quiet_tracebacks(log_level.upper())
-    anyio.run(_serve, settings)
+    anyio.run(_serve, settings, migrate)
 
 
 def _quiet_tracebacks(level: str) -> None:
@@ -252,7 +261,7 @@ def _quiet_tracebacks(level: str) -> None:
     logger.add(sys.stderr, level=level, diagnose=False, backtrace=False)
 
 
-async def _serve(settings: Any) -> None:
+async def _serve(settings: Any, migrate: bool | None) -> None:
     """Run the agent; the first SIGTERM or SIGINT stops it cleanly."""
     import signal
 
@@ -260,7 +269,7 @@ async def _serve(settings: Any) -> None:
 
     from .agent import Agent
 
-    agent = Agent(settings)
+    agent = Agent(settings, migrate=migrate)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -460,13 +469,18 @@ def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
         raise InvalidInput("--action needs the agent's configuration (--config FILE or env "
                            "INCIDENT_FSM_CONFIG) to check the name against the actions of "
                            "the incident's target; nothing was written")
+    if not (click.get_current_context().find_root().obj or {}).get("debug"):
+        _quiet_tracebacks("WARNING")  # the engine's step line is for the agent's log
     who = actor if actor is not None else getpass.getuser()
     settings = load_settings(config_path)
     outbox = policy_from_settings(settings)
     policy = MachinePolicy.from_settings(settings.agent)
-    forced = _with_store(database_url, lambda store: _force(
+    # The agent's own database unless one is named: force acts where the agent does.
+    url = database_url or settings.agent.database_url
+    forced = _with_store(url, lambda store: _force(
         store, incident_id=incident_id, trigger=trigger, reason=reason, actor=who,
-        action_name=action_name, outbox=outbox, policy=policy, settings=settings))
+        action_name=action_name, outbox=outbox, policy=policy, settings=settings,
+        configured=config_path is not None))
     incident = forced.incident
     if as_json:
         click.echo(to_json(incident))
@@ -507,7 +521,7 @@ class _Forced:
 
 async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, actor: str,
                  action_name: str | None, outbox: Any, policy: Any,
-                 settings: Any) -> _Forced:
+                 settings: Any, configured: bool = False) -> _Forced:
     from .clock import SystemClock
     from .machine import (
         ActionIntent,
@@ -543,6 +557,14 @@ async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, act
                 raise InvalidInput(
                     f"incident {incident_id} has no held action; name one with --action")
             name, tier = str(held["action"]), str(held.get("tier", "approval"))
+            if configured and any(t.name == incident.target for t in settings.targets):
+                # Held under another configuration, maybe: the agent would refuse to run it.
+                tiers = await _approvable(settings, target=incident.target, kind=incident.kind)
+                if name not in tiers:
+                    raise InvalidInput(
+                        f"the held action '{name}' is not one the configuration allows for "
+                        f"{incident.kind} on {incident.target} (configured: "
+                        f"{', '.join(tiers) or 'none'}); nothing was written")
         intent = ActionIntent(name, tier, Verdict.APPROVED, f"approved by {actor}: {reason}")
     clock = SystemClock()
     engine = IncidentEngine(store, clock=clock, outbox=outbox, policy=policy)

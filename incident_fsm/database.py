@@ -148,9 +148,17 @@ def alembic_config(url: str) -> Any:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate `url` to `revision`; `StoreUnavailable` names the cause when it cannot."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    path = sqlite_path(url)
+    if path is not None and not path.parent.is_dir():
+        raise StoreUnavailable(f"cannot migrate {redact(url)}: the directory {path.parent} "
+                               "does not exist")
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except sa.exc.DBAPIError as exc:
+        raise StoreUnavailable(f"cannot migrate {redact(url)}: {describe_failure(exc)}") from None
 
 
 def downgrade(url: str, revision: str = "base") -> None:
@@ -342,4 +350,5 @@ def ensure_schema(url: str, *, migrate: bool | None = None) -> SchemaState:
         if state.at_head:
             return state
     raise SchemaNotReady(f"database {state.describe()}: run `incident-fsm db upgrade "
-                         f"--database-url {redact(url)}` first (or start with --migrate)")
+                         f"--database-url {redact(url)}` first (or let the agent migrate it: "
+                         "`incident-fsm run --migrate`, `lifespan(..., migrate=True)`)")

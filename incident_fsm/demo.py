@@ -213,8 +213,8 @@ async def run_demo(url: str, *, workdir: Path,
         counts = Counter(c.status for c in checks)
         echo(f"preflight (incident-fsm check): {counts[OK]} ok, {counts[WARN]} warning(s), "
              f"{counts[FAIL]} failed")
-        for failed in (c for c in checks if c.status == FAIL):
-            echo(f"   {failed.line()}")
+        for told in (c for c in checks if c.status != OK):
+            echo(f"   {told.line()}")
         async with Agent(settings, environ=env, store=store,
                          pam_manager=manager), anyio.create_task_group() as tg:
             tg.start_soon(_print_timeline, reader, store.opened, started, echo)

@@ -322,7 +322,8 @@ def mermaid(*, visited: Sequence[str] = ()) -> str:
     """The state diagram as Mermaid text, drawn from `EDGES` by transitions' Mermaid backend.
 
     `visited` (e.g. the states of one incident's history) are marked with a
-    `visited` class so a renderer shows that incident's path.
+    `visited` class so a renderer shows that incident's path; the last of them
+    is the one drawn as current.
     """
     # Imported here: the diagram code is for the CLI, not for the running agent.
     from transitions.extensions.diagrams import GraphMachine
@@ -337,7 +338,7 @@ def mermaid(*, visited: Sequence[str] = ()) -> str:
         model=drawing,
         states=[s.value for s in State],
         transitions=transition_table(),
-        initial=State.DETECTED.value,
+        initial=_current(visited),
         auto_transitions=False,
         graph_engine="mermaid",
         show_conditions=True,
@@ -351,6 +352,12 @@ def mermaid(*, visited: Sequence[str] = ()) -> str:
             f"  class {','.join(states)} visited\n"
         )
     return text
+
+
+def _current(visited: Sequence[str]) -> str:
+    """The state a drawing marks as current: where the path ends (else the entry state)."""
+    known = [s for s in visited if s in set(State)]
+    return known[-1] if known else State.DETECTED.value
 
 
 def render_image(path: str, *, visited: Sequence[str] = ()) -> None:
@@ -370,7 +377,7 @@ def render_image(path: str, *, visited: Sequence[str] = ()) -> None:
 
     drawing = type("_Drawing", (), {name: (lambda self: True) for name in GUARDS})()
     machine = GraphMachine(model=drawing, states=[s.value for s in State],
-                           transitions=transition_table(), initial=State.DETECTED.value,
+                           transitions=transition_table(), initial=_current(visited),
                            auto_transitions=False, graph_engine="graphviz",
                            show_conditions=True, title="incident")
     styles = machine.model_graphs[id(drawing)]

@@ -327,9 +327,14 @@ async def channel_checks(settings: Settings, http: httpx.AsyncClient,
         try:
             with anyio.fail_after(hook.timeout):
                 reply = await http.head(hook.url)
-            checks.append(Check(OK, name, f"reachable (HTTP {reply.status_code} to HEAD); its "
-                                          "signature is checked by the receiver only on a "
-                                          "delivery"))
+            if reply.status_code in (404, 410):
+                # Most receivers answer HEAD on their POST route with 405, not "no such path".
+                checks.append(Check(WARN, name, f"reachable, but HTTP {reply.status_code} to "
+                                                "HEAD: is the path right?"))
+            else:
+                checks.append(Check(OK, name, f"reachable (HTTP {reply.status_code} to HEAD); "
+                                              "its signature is checked by the receiver only "
+                                              "on a delivery"))
         except (httpx.HTTPError, TimeoutError) as exc:
             checks.append(Check(FAIL, name, f"unreachable ({type(exc).__name__})"))
     if channels.pam_relay is not None:
@@ -407,7 +412,9 @@ async def run_checks(settings: Settings, *, environ: Mapping[str, str] | None = 
     """Every check, in the order the report shows them (the configuration was loaded)."""
     env = os.environ if environ is None else environ
     url = database.resolve_url(settings.agent.database_url, environ=env)
-    checks = [Check(OK, "configuration", _summary(settings))]
+    checks = [Check(OK, "configuration", _summary(settings)) if settings.targets else
+              Check(WARN, "configuration", "valid, but no [[targets]]: nothing would be "
+                                           "monitored (was --config forgotten?)")]
     checks += local_checks(settings, environ=env)
     checks.append(await anyio.to_thread.run_sync(database_check, url))
     own = http is None

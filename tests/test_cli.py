@@ -41,7 +41,7 @@ def test_db_upgrade_then_current(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     runner = CliRunner()
     before = runner.invoke(cli.cli, ["db", "current", "--database-url", url])
-    assert before.exit_code == 0 and "current: empty" in before.output
+    assert before.exit_code == 0 and "current: none (no database at" in before.output
     result = runner.invoke(cli.cli, ["db", "upgrade", "--database-url", url])
     assert result.exit_code == 0, result.output
     assert database.head_revision() in result.output
@@ -265,6 +265,10 @@ def test_graph_highlights_one_incidents_path(db_url: str) -> None:
     assert result.exit_code == 0, result.output
     assert "%% incident 1: detected → remediating → verifying → resolved" in result.output
     assert "class detected,remediating,verifying,resolved visited" in result.output
+    assert "Class resolved s_active" in result.output  # where it ended is drawn as current
+    held = _run(db_url, "graph", "--incident", str(ids["b"]))
+    assert "Class escalated s_active" in held.output and "Class detected s_active" not in (
+        held.output)
     assert _run(db_url, "graph", "--incident", "999").exit_code == 2
 
 
@@ -480,3 +484,30 @@ def test_show_says_when_a_problem_cleared_without_a_working_action(db_url: str) 
     stats = json.loads(_invoke(db_url, "stats", "--json").stdout)
     assert [(a["action"], a["success_rate"]) for a in stats["actions"]] == [
         ("render_restart", 0.0)]
+
+
+def test_force_approve_of_a_held_action_the_configuration_does_not_allow_exits_2(
+    db_url: str, tmp_path: Path
+) -> None:
+    ids = _seed(db_url)
+    path = tmp_path / "agent.toml"
+    path.write_text(WORKER)  # no failover hook configured: the held failover cannot run
+    before = _dump(db_url)
+    result = _invoke(db_url, "force", str(ids["b"]), "approve", "--reason", "go", config=path)
+    assert result.exit_code == 2, result.output
+    assert "the held action 'failover' is not one the configuration allows" in result.stderr
+    assert _dump(db_url) == before
+
+
+def test_force_acts_on_the_configurations_database_and_logs_no_line(
+    db_url: str, tmp_path: Path
+) -> None:
+    ids = _seed(db_url)
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[agent]\ndatabase_url = "{db_url}"\n')
+    result = CliRunner().invoke(
+        cli.cli, ["force", str(ids["b"]), "acknowledge", "--reason", "on it", "--config",
+                  str(path)], env={"INCIDENT_FSM_CONFIG": None, database.ENV_DATABASE_URL: None})
+    assert result.exit_code == 0, result.output
+    assert f"incident {ids['b']} is now escalated" in result.stdout
+    assert "| INFO" not in result.stderr and "incident_fsm.machine" not in result.stderr

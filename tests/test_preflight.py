@@ -300,3 +300,14 @@ async def test_run_refuses_to_start_without_the_render_key(sim: Simulator,
     assert sum(sim.state.requests.values()) == 0
     assert database.sqlite_path(f"sqlite:///{tmp_path / 'agent.db'}") is not None
     assert not (tmp_path / "agent.db").exists()
+
+
+async def test_a_configuration_without_targets_or_with_a_wrong_webhook_path_warns(
+        sim: Simulator, tmp_path: Path) -> None:
+    nothing = the(await run_checks(Settings(), environ={}), "configuration")
+    assert nothing.status == WARN and "no [[targets]]" in nothing.detail
+    good = demo(sim, tmp_path)
+    hook = replace(good, channels=replace(good.channels, webhook=WebhookSettings(
+        url=f"{sim.base_url}/no/such/hook", timeout=2.0)))
+    webhook = the(await run_checks(hook, environ=ENV), "channel webhook")
+    assert webhook.status == WARN and "HTTP 404 to HEAD: is the path right?" in webhook.detail

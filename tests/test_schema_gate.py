@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from incident_fsm import Agent, cli, database, lifespan
 from incident_fsm.errors import SchemaNotReady, StoreUnavailable
+from incident_fsm.settings import AgentSettings, Settings
 from incident_fsm.simulator import ServiceState, Simulator
 from incident_fsm.store import Store
 
@@ -167,3 +168,63 @@ def test_read_commands_on_an_old_schema_name_the_upgrade(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "is at revision aa0454ec9f58, this agent needs" in result.output
     assert "run `incident-fsm db upgrade --database-url" in result.output
+
+
+def test_run_waits_for_a_database_it_cannot_reach_instead_of_exiting(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    config = tmp_path / "agent.toml"
+    config.write_text('[agent]\nleader_election = false\n\n'
+                      '[[targets]]\nname = "api"\nbase_url = "http://127.0.0.1:9"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from incident_fsm.cli import main; main()", "run",
+         "--config", str(config), "--log-level", "INFO",
+         "--database-url", "postgresql+psycopg://postgres@127.0.0.1:9/none"],
+        stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    try:
+        time.sleep(4.0)  # a refused connect is immediate: it would have exited by now
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "connection refused" in err and "the agent waits for it" in err
+    assert "database still unavailable" in err  # retried while it waited
+    assert "Health check" not in err  # nothing was polled meanwhile
+
+
+async def test_the_agent_may_be_told_to_migrate_postgres_itself() -> None:
+    url = create_database()
+    try:
+        async with Agent(sim_settings_without_target(url), environ=ENV, migrate=True):
+            pass
+        assert database.schema_state(url).at_head
+    finally:
+        drop_database(url)
+
+
+def sim_settings_without_target(url: str) -> Settings:
+    return Settings(agent=AgentSettings(database_url=url, leader_election=False))
+
+
+def test_db_current_on_a_path_with_no_database_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "none.db"
+    result = CliRunner().invoke(cli.cli, ["db", "current", "--database-url", f"sqlite:///{path}"])
+    assert result.exit_code == 0, result.output
+    assert "current: none (no database at" in result.output
+    assert not path.exists()
+
+
+def test_db_upgrade_names_the_cause_in_one_line(tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'nodir' / 'a.db'}"
+    result = CliRunner().invoke(cli.cli, ["db", "upgrade", "--database-url", missing])
+    assert result.exit_code == 1
+    assert result.output.strip().endswith(f"the directory {tmp_path / 'nodir'} does not exist")
+    refused = "postgresql+psycopg://postgres@127.0.0.1:9/none"
+    result = CliRunner().invoke(cli.cli, ["db", "upgrade", "--database-url", refused])
+    assert result.exit_code == 1
+    assert "cannot migrate" in result.output and "connection refused" in result.output
+    assert len(result.output.strip().splitlines()) == 1
