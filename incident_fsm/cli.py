@@ -456,10 +456,7 @@ def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
 
     Example: incident-fsm force 3 approve --reason "failover approved by on-call" --actor alice
     """
-    from .config import load_settings
-    from .machine import MachinePolicy
-    from .outbox import policy_from_settings
-    from .report import to_json
+    from loguru import logger
 
     if action_name is not None and trigger != "approve":
         raise InvalidInput("--action goes only with approve")
@@ -469,8 +466,26 @@ def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
         raise InvalidInput("--action needs the agent's configuration (--config FILE or env "
                            "INCIDENT_FSM_CONFIG) to check the name against the actions of "
                            "the incident's target; nothing was written")
-    if not (click.get_current_context().find_root().obj or {}).get("debug"):
-        _quiet_tracebacks("WARNING")  # the engine's step line is for the agent's log
+    # The engine's own line about the step is for the agent's log, not this terminal.
+    quiet = not (click.get_current_context().find_root().obj or {}).get("debug")
+    if quiet:
+        logger.disable("incident_fsm.machine")
+    try:
+        _force_command(database_url, incident_id, trigger, reason, actor, action_name,
+                       config_path, as_json)
+    finally:
+        if quiet:
+            logger.enable("incident_fsm.machine")
+
+
+def _force_command(database_url: str | None, incident_id: int, trigger: str, reason: str,
+                   actor: str | None, action_name: str | None, config_path: str | None,
+                   as_json: bool) -> None:
+    from .config import load_settings
+    from .machine import MachinePolicy
+    from .outbox import policy_from_settings
+    from .report import to_json
+
     who = actor if actor is not None else getpass.getuser()
     settings = load_settings(config_path)
     outbox = policy_from_settings(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -505,9 +506,18 @@ def test_force_acts_on_the_configurations_database_and_logs_no_line(
     ids = _seed(db_url)
     path = tmp_path / "agent.toml"
     path.write_text(f'[agent]\ndatabase_url = "{db_url}"\n')
-    result = CliRunner().invoke(
-        cli.cli, ["force", str(ids["b"]), "acknowledge", "--reason", "on it", "--config",
-                  str(path)], env={"INCIDENT_FSM_CONFIG": None, database.ENV_DATABASE_URL: None})
-    assert result.exit_code == 0, result.output
-    assert f"incident {ids['b']} is now escalated" in result.stdout
-    assert "| INFO" not in result.stderr and "incident_fsm.machine" not in result.stderr
+    # A process of its own: loguru writes to the real stderr, which CliRunner cannot see.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("INCIDENT_FSM_CONFIG", database.ENV_DATABASE_URL)}
+    command = [sys.executable, "-c", "from incident_fsm.cli import main; main()"]
+    args = ["force", str(ids["b"]), "acknowledge", "--reason", "on it", "--config", str(path)]
+    done = subprocess.run([*command, *args], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"incident {ids['b']} is now escalated" in done.stdout
+    assert "incident_fsm.machine" not in done.stderr  # no log line without --debug
+    debug = subprocess.run([*command, "--debug", *args[:2], "resolve", "--reason", "fixed",
+                            "--config", str(path)], capture_output=True, text=True, env=env,
+                           timeout=60, check=False)
+    assert debug.returncode == 0, debug.stderr
+    assert "incident_fsm.machine" in debug.stderr  # with --debug it is there
