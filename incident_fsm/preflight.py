@@ -123,6 +123,35 @@ def local_checks(settings: Settings, *, environ: Mapping[str, str] | None = None
         checks.append(_token_file_check(pam.token_file))
     for root in settings.actions.disk_cleanup.roots:
         checks.append(cleanup_root_check(root))
+    checks += _package_checks(settings)
+    return checks
+
+
+#: the package each dependency-check kind needs, and the extra that installs it
+CHECK_PACKAGES: Final = {"redis": ("redis", "redis"), "celery": ("celery", "celery")}
+
+
+def installed(module: str) -> bool:
+    """Is `module` importable here (without importing it)?"""
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
+
+
+def _package_checks(settings: Settings) -> list[Check]:
+    """Redis and Celery are optional installs: a check of their kind needs its package."""
+    kinds = sorted({dep.kind for t in settings.targets for dep in t.dependencies
+                    if dep.kind in CHECK_PACKAGES})
+    checks = []
+    for kind in kinds:
+        module, extra = CHECK_PACKAGES[kind]
+        name = f"package {module}"
+        if installed(module):
+            checks.append(Check(OK, name, f"installed (for the {kind} dependency checks)"))
+        else:
+            # Without it the check could only fail: the dependency would look down.
+            checks.append(Check(FAIL, name, f"not installed, and a {kind} dependency check is "
+                                            f"configured: pip install 'incident-fsm[{extra}]'"))
     return checks
 
 

@@ -311,3 +311,24 @@ async def test_a_configuration_without_targets_or_with_a_wrong_webhook_path_warn
         url=f"{sim.base_url}/no/such/hook", timeout=2.0)))
     webhook = the(await run_checks(hook, environ=ENV), "channel webhook")
     assert webhook.status == WARN and "HTTP 404 to HEAD: is the path right?" in webhook.detail
+
+
+async def test_a_redis_or_celery_check_without_its_package_stops_the_start(
+        sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from incident_fsm import preflight
+
+    good = demo(sim, tmp_path, channels=ChannelsSettings())
+    target = good.targets[0]
+    settings = replace(good, targets=(replace(target, dependencies=(
+        DependencyCheck(name="cache", kind="redis", url_env="CACHE_URL"),
+        DependencyCheck(name="workers", kind="celery", url_env="CACHE_URL"))),))
+    env = {**ENV, "CACHE_URL": "redis://127.0.0.1:6379/0"}
+    assert [c.status for c in by_name(start_failures(settings, environ=env), "package")] == []
+    monkeypatch.setattr(preflight, "installed", lambda module: module != "celery")
+    [missing] = start_failures(settings, environ=env)
+    assert missing.name == "package celery"
+    assert "pip install 'incident-fsm[celery]'" in missing.detail
+    with pytest.raises(PreflightFailed, match=r"package celery: not installed"):
+        async with Agent(settings, environ=env):
+            pytest.fail("started with a check that could only fail")
+    assert sum(sim.state.requests.values()) == 0
