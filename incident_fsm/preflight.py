@@ -131,6 +131,10 @@ def local_checks(settings: Settings, *, environ: Mapping[str, str] | None = None
 CHECK_PACKAGES: Final = {"redis": ("redis", "redis"), "celery": ("celery", "celery")}
 
 
+#: the package each dependency probe class imports when it checks
+_MODULE_OF: Final = {"RedisCheck": "redis", "CeleryCheck": "celery"}
+
+
 def installed(module: str) -> bool:
     """Is `module` importable here (without importing it)?"""
     from importlib.util import find_spec
@@ -271,6 +275,11 @@ async def target_checks(settings: Settings, http: httpx.AsyncClient) -> list[Che
             checks.append(Check(FAIL, f"target {target.name} dependencies", str(exc)))
             continue
         for dep in deps:
+            module = _MODULE_OF.get(type(dep).__name__)
+            if module is not None and not installed(module):
+                checks.append(Check(FAIL, f"target {target.name} dependency {dep.name}",
+                                    f"cannot be checked: the {module} package is not installed"))
+                continue
             status = await dep.check()
             result_status = OK if status.state == "up" else FAIL
             checks.append(Check(result_status, f"target {target.name} dependency {dep.name}",

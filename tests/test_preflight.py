@@ -332,3 +332,6 @@ async def test_a_redis_or_celery_check_without_its_package_stops_the_start(
         async with Agent(settings, environ=env):
             pytest.fail("started with a check that could only fail")
     assert sum(sim.state.requests.values()) == 0
+    checks = await run_checks(settings, environ=env)  # the check runs, naming the gap
+    skipped = the(checks, "target api dependency workers")
+    assert skipped.status == FAIL and "the celery package is not installed" in skipped.detail
