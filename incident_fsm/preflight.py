@@ -399,15 +399,9 @@ async def pam_check(settings: Settings, environ: Mapping[str, str]) -> Check:
     assert pam is not None
     channel = PamChannel(pam, clock=SystemClock(), environ=environ)
     name = f"channel pam {channel.url()}"
-    if pam.token_file is not None:
-        try:
-            token = (await anyio.Path(pam.token_file).read_text(encoding="utf-8")).strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            return Check(FAIL, name, f"cannot read the token file ({type(exc).__name__})")
-    else:
-        token = environ.get(pam.token_env, "").strip()
+    token, problem = await channel.read_token()  # as the channel reads it at each connect
     if not token:
-        return Check(FAIL, name, "no token (see the secret check)")
+        return Check(FAIL, name, problem or "no token (see the secret check)")
     try:
         with anyio.fail_after(pam.timeout):
             async with connect(channel.url(token=token), open_timeout=pam.timeout,

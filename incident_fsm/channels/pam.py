@@ -248,7 +248,7 @@ class PamChannel:
                 self.url(), error, delay)
             await self._nap(delay)
 
-    async def _token(self) -> tuple[str | None, str | None]:
+    async def read_token(self) -> tuple[str | None, str | None]:
         """(token, None), or (None, why not) -- why is final only for a missing variable."""
         s = self._settings
         if s.token_file is None:
@@ -268,7 +268,7 @@ class PamChannel:
 
     async def _connect_once(self) -> str | None:
         """One connection's life. Returns why it ended, or None if it is decided already."""
-        token, problem = await self._token()
+        token, problem = await self.read_token()
         if token is None:
             return problem
         digest = _digest(token)
