@@ -3,10 +3,10 @@
 The public surface is re-exported here; everything else is internal.
 """
 
-from .actions import Action, ActionContext, Outcome, OutcomeStatus, Tier
-from .agent import Agent, lifespan
-from .clock import Clock, ManualClock, SystemClock
-from .errors import (
+from typing import TYPE_CHECKING, Any
+
+from incident_fsm.clock import Clock, SystemClock
+from incident_fsm.errors import (
     ConcurrentUpdate,
     GuardRejected,
     IncidentFSMError,
@@ -17,19 +17,37 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
-from .machine import (
-    EDGES,
-    ActionIntent,
-    Edge,
-    IncidentEngine,
-    MachinePolicy,
-    State,
-    Trigger,
-    Verdict,
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.graph import EDGES, Edge
+from incident_fsm.fsm.steps import ActionIntent, MachinePolicy
+from incident_fsm.models import (
+    ActionRun,
+    Incident,
+    IncidentId,
+    Notification,
+    Opened,
+    OutboxMessage,
+    Timeline,
+    Transition,
 )
-from .models import ActionRun, Incident, IncidentId, Notification, OutboxMessage, Transition
-from .relay import pam_relay
-from .store import Opened, Store, Timeline
+from incident_fsm.notify.relay import pam_relay
+from incident_fsm.persistence.store import Store
+from incident_fsm.remediation.actions import Action, ActionContext, Outcome, OutcomeStatus, Tier
+from incident_fsm.runtime.agent import Agent, lifespan
+from incident_fsm.vocabulary import State, Trigger, Verdict
+
+if TYPE_CHECKING:
+    from incident_fsm.testing import ManualClock
+
+
+def __getattr__(name: str) -> Any:
+    # The test clock reads asyncio internals: it is loaded only when asked for.
+    if name == "ManualClock":
+        from incident_fsm.testing import ManualClock
+
+        return ManualClock
+    raise AttributeError(f"module 'incident_fsm' has no attribute {name!r}")
+
 
 __all__ = [
     "EDGES",

@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 
 from loguru import logger
 
-from .errors import InvalidInput
-from .settings import (
+from incident_fsm.errors import InvalidInput
+from incident_fsm.settings import (
     STATIC_KINDS,
     ActionsSettings,
     AgentSettings,

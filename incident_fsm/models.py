@@ -269,3 +269,21 @@ class Lease(_Base, table=True):
     acquired_at: datetime = Field(sa_type=UTCDateTime)
     renewed_at: datetime = Field(sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The result of `open_incident`: the open incident, and whether this call created it."""
+
+    incident: Incident
+    created: bool
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One incident and everything that happened to it, each list in order."""
+
+    incident: Incident
+    transitions: list[Transition]
+    actions: list[ActionRun]
+    notifications: list[Notification]

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import anyio
 
-from .clock import Clock
+from incident_fsm.clock import Clock
 
 T = TypeVar("T")
 

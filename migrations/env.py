@@ -1,6 +1,6 @@
 """Alembic environment: runs migrations against the URL the agent itself would use.
 
-The URL comes from the Alembic config (set by `incident_fsm.database`), else
+The URL comes from the Alembic config (set by `incident_fsm.persistence.database`), else
 from INCIDENT_FSM_DATABASE_URL or the default SQLite file. SQLite gets batch
 mode, since it cannot ALTER most things in place.
 """
@@ -13,8 +13,8 @@ from typing import Any
 from alembic import context
 from sqlmodel.sql.sqltypes import AutoString
 
-from incident_fsm import database
 from incident_fsm.models import UTCDateTime, metadata
+from incident_fsm.persistence import database
 
 config = context.config
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from incident_fsm import database
-from incident_fsm.leader import LEADER_LEASE
+from incident_fsm.demo.simulator import Simulator
 from incident_fsm.models import Lease
-from incident_fsm.simulator import Simulator
+from incident_fsm.persistence import database
+from incident_fsm.runtime.leader import LEADER_LEASE
 
 from .scenario import RENDER_KEY
 
@@ -67,7 +67,7 @@ def agent_process(config: Path, log: Path,
     env = {**os.environ, "RENDER_API_KEY": RENDER_KEY, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from incident_fsm.cli import main; main()", "run",
+            [sys.executable, "-c", "from incident_fsm.cli.main import main; main()", "run",
              "--config", str(config)],
             stdout=out, stderr=subprocess.STDOUT, env=env)
     try:

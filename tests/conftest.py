@@ -19,10 +19,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from incident_fsm import database
-from incident_fsm.clock import ManualClock
-from incident_fsm.machine import IncidentEngine, MachinePolicy
-from incident_fsm.store import Store
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import MachinePolicy
+from incident_fsm.persistence import database
+from incident_fsm.persistence.store import Store
+from incident_fsm.testing import ManualClock
 
 from .tcp_proxy import TcpProxy
 

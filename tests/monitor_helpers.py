@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 import anyio
 
-from incident_fsm.clock import ManualClock
-from incident_fsm.health import HealthSnapshot, ProbeResult
-from incident_fsm.monitor import Monitor
+from incident_fsm.detection.payload import HealthSnapshot, ProbeResult
+from incident_fsm.runtime.monitor import Monitor
+from incident_fsm.testing import ManualClock
 
 
 def snap(memory: float = 50.0, disk: float = 60.0, cpu: float = 10.0,

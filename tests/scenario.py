@@ -11,6 +11,8 @@ from typing import Any
 
 import anyio
 
+from incident_fsm.demo.simulator import Simulator
+from incident_fsm.persistence.store import Store
 from incident_fsm.settings import (
     ActionsSettings,
     AgentSettings,
@@ -22,8 +24,6 @@ from incident_fsm.settings import (
     Settings,
     TargetSettings,
 )
-from incident_fsm.simulator import Simulator
-from incident_fsm.store import Store
 
 RENDER_KEY = "rnd_simulated"
 PAM_TOKEN = "pam-jwt-secret-token"

@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 import anyio
 
-from incident_fsm.actions.base import ActionContext
-from incident_fsm.clock import Clock, ManualClock
+from incident_fsm.clock import Clock
 from incident_fsm.models import Incident
+from incident_fsm.remediation.actions.base import ActionContext
+from incident_fsm.testing import ManualClock
 
 T = TypeVar("T")
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)

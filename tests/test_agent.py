@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from incident_fsm.agent import Agent
-from incident_fsm.simulator import ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.agent import Agent
 
 from .pam_server import ACCEPTS, FakePam
 from .scenario import ENV, PAM_TOKEN, incident_state, old_logs, sim_settings, until

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from incident_fsm.agent import Agent
-from incident_fsm.journal import JournalingStore
-from incident_fsm.simulator import ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.persistence.journal import JournalingStore
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.agent import Agent
 
 from .scenario import ENV, fast_agent, incident_state, sim_settings, until
 from .tcp_proxy import TcpProxy

@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from incident_fsm.simulator import ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.persistence.store import Store
 
 from .agent_process import (
     agent_process,

@@ -7,12 +7,12 @@ from types import MappingProxyType
 import httpx
 import pytest
 
-from incident_fsm.actions.catalog import Catalog, secret_names
-from incident_fsm.actions.command import CommandAction
-from incident_fsm.actions.disk_cleanup import DiskCleanup
-from incident_fsm.actions.failover import Failover
-from incident_fsm.actions.render import RenderRestart, RenderScale
 from incident_fsm.errors import InvalidInput
+from incident_fsm.remediation.actions.catalog import Catalog, secret_names
+from incident_fsm.remediation.actions.command import CommandAction
+from incident_fsm.remediation.actions.disk_cleanup import DiskCleanup
+from incident_fsm.remediation.actions.failover import Failover
+from incident_fsm.remediation.actions.render import RenderRestart, RenderScale
 from incident_fsm.settings import (
     ActionsSettings,
     ChannelsSettings,

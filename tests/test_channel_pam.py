@@ -19,11 +19,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from incident_fsm.channels.base import Outgoing, Status
-from incident_fsm.channels.pam import _WS_LOG, MAX_TEXT, PONG_RESERVE, PamChannel, pack
-from incident_fsm.clock import ManualClock
 from incident_fsm.models import IncidentId
+from incident_fsm.notify.channels.base import Outgoing, Status
+from incident_fsm.notify.channels.pam import _WS_LOG, MAX_TEXT, PONG_RESERVE, PamChannel, pack
 from incident_fsm.settings import PamSettings
+from incident_fsm.testing import ManualClock
 
 from .logcapture import captured_logs
 from .pam_server import ACCEPTS, FakePam

@@ -18,15 +18,16 @@ from fastapi import FastAPI
 from websockets.asyncio.client import connect
 
 import incident_fsm
-from incident_fsm.channels import channels_from_settings
-from incident_fsm.channels.base import Outgoing, Status
-from incident_fsm.channels.pam_inprocess import InProcessPamChannel, priority_of
-from incident_fsm.clock import ManualClock, SystemClock
+from incident_fsm.clock import SystemClock
 from incident_fsm.config import ConfigError, load_settings
+from incident_fsm.demo.simulator import ConnectionManager, ServiceState, Simulator, free_port
 from incident_fsm.models import IncidentId, Notification
+from incident_fsm.notify.channels import channels_from_settings
+from incident_fsm.notify.channels.base import Outgoing, Status
+from incident_fsm.notify.channels.pam_inprocess import InProcessPamChannel, priority_of
+from incident_fsm.persistence.store import Store
 from incident_fsm.settings import ChannelsSettings, PamInProcessSettings
-from incident_fsm.simulator import ConnectionManager, ServiceState, Simulator, free_port
-from incident_fsm.store import Store
+from incident_fsm.testing import ManualClock
 
 from .pam_host import add_pam_socket
 from .scenario import ENV, incident_state, sim_settings, until
@@ -341,7 +342,7 @@ async def _recv(ws: Any) -> str:
 def test_a_standalone_run_refuses_the_in_process_channel(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from incident_fsm import cli
+    from incident_fsm.cli import main as cli
 
     config = tmp_path / "agent.toml"
     config.write_text('[channels.pam_inprocess]\nmanager = "json:loads"\nuser_ids = ["u-1"]\n')

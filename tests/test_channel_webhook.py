@@ -13,16 +13,16 @@ import httpx
 import pytest
 import respx
 
-from incident_fsm.channels.base import Outgoing, Status
-from incident_fsm.channels.webhook import (
+from incident_fsm.models import IncidentId
+from incident_fsm.notify.channels.base import Outgoing, Status
+from incident_fsm.notify.channels.webhook import (
     DEDUPE_HEADER,
     SIGNATURE_HEADER,
     WebhookChannel,
     safe_url,
 )
-from incident_fsm.clock import ManualClock
-from incident_fsm.models import IncidentId
 from incident_fsm.settings import WebhookSettings
+from incident_fsm.testing import ManualClock
 
 from .logcapture import captured_logs
 

@@ -17,11 +17,14 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from incident_fsm import cli, database
-from incident_fsm.clock import ManualClock
-from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
+from incident_fsm.cli import main as cli
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import IncidentId
-from incident_fsm.store import Store
+from incident_fsm.persistence import database
+from incident_fsm.persistence.store import Store
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 from .conftest import TABLES
 
@@ -59,7 +62,7 @@ def test_graph_prints_mermaid() -> None:
 
 def test_bad_database_url_is_one_line_exit_2_and_hides_the_password() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from incident_fsm.cli import main; main()",
+        [sys.executable, "-c", "from incident_fsm.cli.main import main; main()",
          "db", "current", "--database-url", "mysql://ops:hunter2@db/x"],
         capture_output=True, text=True, timeout=60, check=False,
     )
@@ -71,7 +74,7 @@ def test_bad_database_url_is_one_line_exit_2_and_hides_the_password() -> None:
 
 def test_unreachable_database_is_exit_1_without_traceback() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from incident_fsm.cli import main; main()",
+        [sys.executable, "-c", "from incident_fsm.cli.main import main; main()",
          "db", "current", "--database-url", "postgresql+psycopg://ops:hunter2@127.0.0.1:9/x"],
         capture_output=True, text=True, timeout=60, check=False,
     )
@@ -90,7 +93,7 @@ def test_every_command_documents_itself_and_is_in_the_readme(path: str) -> None:
 
 
 def test_readme_edge_table_is_generated_from_the_machine() -> None:
-    from incident_fsm.machine import markdown_table
+    from incident_fsm.fsm.diagrams import markdown_table
 
     text = README.read_text()
     section = text.split("<!-- edges:start -->\n", 1)[1].split("\n<!-- edges:end -->", 1)[0]
@@ -509,15 +512,15 @@ def test_force_acts_on_the_configurations_database_and_logs_no_line(
     # A process of its own: loguru writes to the real stderr, which CliRunner cannot see.
     env = {k: v for k, v in os.environ.items()
            if k not in ("INCIDENT_FSM_CONFIG", database.ENV_DATABASE_URL)}
-    command = [sys.executable, "-c", "from incident_fsm.cli import main; main()"]
+    command = [sys.executable, "-c", "from incident_fsm.cli.main import main; main()"]
     args = ["force", str(ids["b"]), "acknowledge", "--reason", "on it", "--config", str(path)]
     done = subprocess.run([*command, *args], capture_output=True, text=True, env=env,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert f"incident {ids['b']} is now escalated" in done.stdout
-    assert "incident_fsm.machine" not in done.stderr  # no log line without --debug
+    assert "incident_fsm.fsm.engine" not in done.stderr  # no log line without --debug
     debug = subprocess.run([*command, "--debug", *args[:2], "resolve", "--reason", "fixed",
                             "--config", str(path)], capture_output=True, text=True, env=env,
                            timeout=60, check=False)
     assert debug.returncode == 0, debug.stderr
-    assert "incident_fsm.machine" in debug.stderr  # with --debug it is there
+    assert "incident_fsm.fsm.engine" in debug.stderr  # with --debug it is there

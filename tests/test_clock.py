@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from incident_fsm.clock import ManualClock, SystemClock
+from incident_fsm.clock import SystemClock
+from incident_fsm.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
 START = datetime(2026, 11, 29, tzinfo=UTC)

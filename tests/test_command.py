@@ -8,11 +8,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from incident_fsm.actions.base import Outcome, OutcomeStatus, Tier
-from incident_fsm.actions.command import CommandAction
-from incident_fsm.clock import ManualClock
 from incident_fsm.errors import InvalidInput
+from incident_fsm.remediation.actions.base import Outcome, OutcomeStatus, Tier
+from incident_fsm.remediation.actions.command import CommandAction
 from incident_fsm.settings import CommandSettings
+from incident_fsm.testing import ManualClock
 
 from .support import NOW, alive, context, wait_until
 

@@ -19,10 +19,11 @@ import anyio
 import pytest
 from click.testing import CliRunner, Result
 
-from incident_fsm import cli, database
-from incident_fsm.demo import run_demo, summary_table
+from incident_fsm.cli import main as cli
+from incident_fsm.demo.scenarios import run_demo, summary_table
 from incident_fsm.errors import InvalidInput
-from incident_fsm.store import Store
+from incident_fsm.persistence import database
+from incident_fsm.persistence.store import Store
 
 AT = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 EXPECTED = {

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import respx
 
-from incident_fsm.dependencies import (
+from incident_fsm.detection.dependencies import (
     READY_NAME,
     CeleryCheck,
     HttpDependencyCheck,

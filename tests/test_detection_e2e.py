@@ -17,12 +17,12 @@ import httpx
 import psutil
 import pytest
 
-from incident_fsm.clock import ManualClock
-from incident_fsm.machine import IncidentEngine
+from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.models import Incident
-from incident_fsm.monitor import Monitor, default_probes
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.monitor import Monitor, default_probes
 from incident_fsm.settings import AgentSettings, TargetSettings, Threshold, Thresholds
-from incident_fsm.store import Store
+from incident_fsm.testing import ManualClock
 
 from .health_server import HealthServer
 from .monitor_helpers import run_virtual

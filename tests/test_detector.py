@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from incident_fsm.dependencies import DependencyStatus
-from incident_fsm.detector import Change, Detector, Observation, Phase, status_label
-from incident_fsm.health import HealthSnapshot, ProbeFailure
+from incident_fsm.detection.dependencies import DependencyStatus
+from incident_fsm.detection.detector import Change, Detector, Observation, Phase, status_label
+from incident_fsm.detection.payload import HealthSnapshot, ProbeFailure
 from incident_fsm.settings import TargetSettings, Threshold, Thresholds
 
 SOURCE = "/health/resources"

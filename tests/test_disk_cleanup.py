@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from incident_fsm.actions.base import OutcomeStatus
-from incident_fsm.actions.cleanup_plan import StepKind
-from incident_fsm.actions.disk_cleanup import DiskCleanup
-from incident_fsm.actions.open_files import files_open_for_writing
-from incident_fsm.clock import ManualClock
 from incident_fsm.errors import InvalidInput
+from incident_fsm.remediation.actions.base import OutcomeStatus
+from incident_fsm.remediation.actions.cleanup_plan import StepKind
+from incident_fsm.remediation.actions.disk_cleanup import DiskCleanup
+from incident_fsm.remediation.actions.open_files import files_open_for_writing
 from incident_fsm.settings import DiskCleanupSettings
+from incident_fsm.testing import ManualClock
 
 from .support import NOW, context
 

@@ -15,15 +15,17 @@ import httpx
 import pytest
 import respx
 
-from incident_fsm.channels.base import Channel, Outcome, Outgoing
-from incident_fsm.channels.log import LogChannel
-from incident_fsm.channels.pam import PamChannel
-from incident_fsm.channels.webhook import DEDUPE_HEADER, SIGNATURE_HEADER, WebhookChannel
-from incident_fsm.clock import Clock, ManualClock, SystemClock
-from incident_fsm.dispatcher import Dispatcher, dispatcher_from_settings
-from incident_fsm.machine import ActionIntent, IncidentEngine, MachinePolicy, Verdict
+from incident_fsm.clock import Clock, SystemClock
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent, MachinePolicy
 from incident_fsm.models import IncidentId, Notification, OutboxMessage
-from incident_fsm.outbox import NotificationPolicy
+from incident_fsm.notify.channels.base import Channel, Outcome, Outgoing
+from incident_fsm.notify.channels.log import LogChannel
+from incident_fsm.notify.channels.pam import PamChannel
+from incident_fsm.notify.channels.webhook import DEDUPE_HEADER, SIGNATURE_HEADER, WebhookChannel
+from incident_fsm.notify.dispatcher import Dispatcher, dispatcher_from_settings
+from incident_fsm.notify.policy import NotificationPolicy
+from incident_fsm.persistence.store import Store
 from incident_fsm.settings import (
     AgentSettings,
     ChannelsSettings,
@@ -31,7 +33,8 @@ from incident_fsm.settings import (
     Settings,
     WebhookSettings,
 )
-from incident_fsm.store import Store
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 from .logcapture import captured_logs
 from .pam_server import ACCEPTS, FakePam, free_port

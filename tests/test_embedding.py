@@ -13,8 +13,8 @@ from fastapi import FastAPI
 
 import incident_fsm
 from incident_fsm.config import ConfigError
-from incident_fsm.simulator import ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.persistence.store import Store
 
 from .scenario import ENV, incident_state, sim_settings, until
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from incident_fsm.agent import Agent
-from incident_fsm.simulator import ServiceState, Simulator
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.runtime.agent import Agent
 
 from .scenario import ENV, sim_settings, until
 

@@ -11,7 +11,13 @@ from hypothesis import HealthCheck as HypothesisHealthCheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from incident_fsm.health import HealthSnapshot, ProbeFailure, combine, parse_health, parse_payload
+from incident_fsm.detection.payload import (
+    HealthSnapshot,
+    ProbeFailure,
+    combine,
+    parse_health,
+    parse_payload,
+)
 
 from . import payloads
 

@@ -9,11 +9,11 @@ import anyio
 import pytest
 from sqlalchemy.engine import make_url
 
-from incident_fsm.clock import ManualClock
 from incident_fsm.errors import StoreUnavailable
-from incident_fsm.heartbeat import Heartbeat
-from incident_fsm.journal import JournalingStore
-from incident_fsm.store import Store
+from incident_fsm.persistence.journal import JournalingStore
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.heartbeat import Heartbeat
+from incident_fsm.testing import ManualClock
 
 from .logcapture import captured_logs
 from .scenario import until

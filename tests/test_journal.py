@@ -12,12 +12,14 @@ import anyio
 import pytest
 from sqlalchemy.engine import make_url
 
-from incident_fsm.clock import ManualClock
 from incident_fsm.errors import ConcurrentUpdate, StoreUnavailable
-from incident_fsm.journal import JournalingStore
-from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import ActionRun, IncidentId
-from incident_fsm.store import Store
+from incident_fsm.persistence.journal import JournalingStore
+from incident_fsm.persistence.store import Store
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 from .tcp_proxy import TcpProxy
 
@@ -117,7 +119,7 @@ async def test_outage_mid_incident_is_journaled_and_replayed_in_order(
 
 
 def _stale_step(incident: object, clock: ManualClock) -> object:
-    from incident_fsm.machine import StepRequest
+    from incident_fsm.fsm.steps import StepRequest
 
     assert hasattr(incident, "incident_id")
     return StepRequest(
@@ -246,10 +248,10 @@ class _BlinkingStore(JournalingStore):
 async def test_a_blip_never_turns_a_chosen_action_into_a_silent_strike(
     db_url: str, tmp_path: Path
 ) -> None:
-    from incident_fsm.actions.base import Outcome
     from incident_fsm.clock import SystemClock
-    from incident_fsm.machine import MachinePolicy
-    from incident_fsm.remediator import Remediator, Verification
+    from incident_fsm.fsm.steps import MachinePolicy
+    from incident_fsm.remediation.actions.base import Outcome
+    from incident_fsm.remediation.remediator import Remediator, Verification
 
     ran: list[str] = []
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from incident_fsm.clock import ManualClock
 from incident_fsm.errors import StoreUnavailable
-from incident_fsm.leader import LeaderElector
 from incident_fsm.models import Lease
-from incident_fsm.store import Store
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.leader import LeaderElector
+from incident_fsm.testing import ManualClock
 
 from .logcapture import captured_logs
 

@@ -7,21 +7,13 @@ from typing import Any
 
 import pytest
 
-from incident_fsm import machine, models
+from incident_fsm import models
 from incident_fsm.errors import InvalidInput
-from incident_fsm.machine import (
-    AUTOMATED_STATES,
-    EDGES,
-    OPEN_STATES,
-    ActionIntent,
-    Edge,
-    GuardContext,
-    MachinePolicy,
-    State,
-    Trigger,
-    Verdict,
-)
+from incident_fsm.fsm import diagrams, graph
+from incident_fsm.fsm.graph import AUTOMATED_STATES, EDGES, OPEN_STATES, Edge, GuardContext
+from incident_fsm.fsm.steps import ActionIntent, MachinePolicy
 from incident_fsm.models import Incident
+from incident_fsm.vocabulary import State, Trigger, Verdict
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
@@ -79,7 +71,7 @@ def test_terminal_states_are_left_only_by_the_listed_edges() -> None:
 
 
 def test_operator_triggers_are_exactly_the_operator_edges() -> None:
-    assert {e.trigger for e in EDGES if e.operator} == machine.OPERATOR_TRIGGERS
+    assert {e.trigger for e in EDGES if e.operator} == graph.OPERATOR_TRIGGERS
 
 
 def test_schema_states_match_machine_states() -> None:
@@ -97,7 +89,7 @@ def test_three_strike_rule_is_the_still_failing_edge_order() -> None:
 @pytest.mark.parametrize(("strikes", "left"), [(0, True), (2, True), (3, False), (7, False)])
 def test_strikes_left_guard(strikes: int, left: bool) -> None:
     ctx = GuardContext(incident=_incident(strikes=strikes), now=NOW, policy=MachinePolicy())
-    assert machine.strikes_left(ctx) is left
+    assert graph.strikes_left(ctx) is left
 
 
 @pytest.mark.parametrize(
@@ -107,9 +99,9 @@ def test_strikes_left_guard(strikes: int, left: bool) -> None:
 def test_action_permitted_guard(verdict: Verdict, permitted: bool) -> None:
     intent = ActionIntent(action="disk_cleanup", tier="safe", verdict=verdict, why="test")
     ctx = GuardContext(incident=_incident(), now=NOW, policy=MachinePolicy(), intent=intent)
-    assert machine.action_permitted(ctx) is permitted
+    assert graph.action_permitted(ctx) is permitted
     no_intent = GuardContext(incident=_incident(), now=NOW, policy=MachinePolicy())
-    assert machine.action_permitted(no_intent) is False
+    assert graph.action_permitted(no_intent) is False
 
 
 def test_reopen_window_guard() -> None:
@@ -118,9 +110,9 @@ def test_reopen_window_guard() -> None:
     inside = GuardContext(incident=resolved, now=NOW + timedelta(seconds=600), policy=policy)
     outside = GuardContext(incident=resolved, now=NOW + timedelta(seconds=601), policy=policy)
     never = GuardContext(incident=_incident(state="resolved"), now=NOW, policy=policy)
-    assert machine.within_reopen_window(inside)
-    assert not machine.within_reopen_window(outside)
-    assert not machine.within_reopen_window(never)
+    assert graph.within_reopen_window(inside)
+    assert not graph.within_reopen_window(outside)
+    assert not graph.within_reopen_window(never)
 
 
 def test_deadlines_per_state() -> None:
@@ -145,17 +137,17 @@ def test_policy_rejects_bad_numbers(bad: dict[str, float]) -> None:
 def test_broken_tables_are_refused() -> None:
     no_escalated = tuple(e for e in EDGES if e.dest is not State.ESCALATED)
     with pytest.raises(RuntimeError, match="unreachable states"):
-        machine._check_table(no_escalated)
+        graph._check_table(no_escalated)
     no_timeout = tuple(e for e in EDGES if e.trigger is not Trigger.TIMEOUT)
     with pytest.raises(RuntimeError, match="no timeout edge"):
-        machine._check_table(no_timeout)
+        graph._check_table(no_timeout)
     bad_guard = (*EDGES, Edge(Trigger.HOLD, (State.DETECTED,), State.ESCALATED, ("nope",)))
     with pytest.raises(RuntimeError, match="unknown guards"):
-        machine._check_table(bad_guard)
+        graph._check_table(bad_guard)
 
 
 def test_mermaid_draws_every_edge_of_the_table() -> None:
-    text = machine.mermaid()
+    text = diagrams.mermaid()
     assert text.count("stateDiagram-v2") == 1
     for edge in EDGES:
         for source in edge.sources:
@@ -168,13 +160,13 @@ def test_mermaid_draws_every_edge_of_the_table() -> None:
 
 
 def test_mermaid_marks_a_visited_path() -> None:
-    text = machine.mermaid(visited=["detected", "remediating", "verifying", "bogus"])
+    text = diagrams.mermaid(visited=["detected", "remediating", "verifying", "bogus"])
     assert "class detected,remediating,verifying visited" in text
     assert "bogus" not in text
 
 
 def test_triggers_from_lists_edges_without_guards() -> None:
-    assert machine.triggers_from("resolved") == {"reopen"}
-    assert machine.edge_destinations("still_failing", "verifying") == {"remediating", "escalated"}
-    assert machine.edge_destinations("acknowledge", "escalated") == {"escalated"}
-    assert machine.edge_destinations("remediate", "resolved") == frozenset()
+    assert graph.triggers_from("resolved") == {"reopen"}
+    assert graph.edge_destinations("still_failing", "verifying") == {"remediating", "escalated"}
+    assert graph.edge_destinations("acknowledge", "escalated") == {"escalated"}
+    assert graph.edge_destinations("remediate", "resolved") == frozenset()

@@ -14,13 +14,15 @@ import pytest
 import respx
 from loguru import logger
 
-from incident_fsm.clock import ManualClock
-from incident_fsm.dependencies import DependencyStatus
-from incident_fsm.detector import Change, Phase
-from incident_fsm.health import ProbeFailure, ProbeResult
-from incident_fsm.machine import ActionIntent, IncidentEngine, State, Verdict
+from incident_fsm.detection.dependencies import DependencyStatus
+from incident_fsm.detection.detector import Change, Phase
+from incident_fsm.detection.payload import ProbeFailure, ProbeResult
+from incident_fsm.detection.probe import HttpProbe
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import HealthCheck
-from incident_fsm.monitor import (
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.monitor import (
     MAX_CONCURRENT_POLLS,
     Cadence,
     Monitor,
@@ -28,9 +30,9 @@ from incident_fsm.monitor import (
     TargetProbes,
     default_probes,
 )
-from incident_fsm.probe import HttpProbe
 from incident_fsm.settings import AgentSettings, TargetSettings
-from incident_fsm.store import Store
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import State, Verdict
 
 from . import payloads
 from .logcapture import captured_logs

@@ -7,21 +7,16 @@ from typing import Any
 
 import pytest
 
-from incident_fsm.channels.base import Outgoing
-from incident_fsm.clock import ManualClock
 from incident_fsm.errors import ConcurrentUpdate
-from incident_fsm.machine import (
-    ActionIntent,
-    AttemptView,
-    IncidentEngine,
-    MachinePolicy,
-    StepView,
-    Verdict,
-)
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent, AttemptView, MachinePolicy, StepView
 from incident_fsm.models import IncidentId, OutboxMessage
-from incident_fsm.outbox import NotificationPolicy, notice_for, policy_from_settings
+from incident_fsm.notify.channels.base import Outgoing
+from incident_fsm.notify.policy import NotificationPolicy, notice_for, policy_from_settings
+from incident_fsm.persistence.store import Store
 from incident_fsm.settings import ChannelsSettings, PamSettings, Settings, WebhookSettings
-from incident_fsm.store import Store
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 pytestmark = pytest.mark.anyio
 
@@ -343,7 +338,7 @@ async def test_a_step_that_is_not_written_leaves_no_notification(
 async def test_the_sweeper_escalates_again_with_a_notice_until_acknowledged(
     store: Store, clock: ManualClock, policy: MachinePolicy,
 ) -> None:
-    from incident_fsm.sweeper import DeadlineSweeper
+    from incident_fsm.runtime.sweeper import DeadlineSweeper
 
     engine = _engine(store, clock, policy)
     iid = (await engine.open(target="api", kind="memory_high", severity="critical",

@@ -19,13 +19,13 @@ from fastapi import FastAPI
 from websockets.asyncio.client import connect
 
 from incident_fsm import pam_relay
-from incident_fsm.channels.base import Outgoing, Status
-from incident_fsm.channels.pam_relay import RelayPamChannel, encode, sign
 from incident_fsm.clock import SystemClock
 from incident_fsm.config import ConfigError, load_settings
+from incident_fsm.demo.simulator import ConnectionManager, free_port
 from incident_fsm.models import IncidentId
+from incident_fsm.notify.channels.base import Outgoing, Status
+from incident_fsm.notify.channels.pam_relay import RelayPamChannel, encode, sign
 from incident_fsm.settings import PamRelaySettings
-from incident_fsm.simulator import ConnectionManager, free_port
 
 from .logcapture import captured_logs
 from .pam_host import add_pam_socket

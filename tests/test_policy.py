@@ -7,9 +7,8 @@ from types import MappingProxyType
 
 import pytest
 
-from incident_fsm.actions.base import ActionContext, Outcome, Tier
-from incident_fsm.machine import Verdict
-from incident_fsm.policy import (
+from incident_fsm.remediation.actions.base import ActionContext, Outcome, Tier
+from incident_fsm.remediation.policy import (
     DEFAULT_POLICY,
     Limits,
     Situation,
@@ -17,6 +16,7 @@ from incident_fsm.policy import (
     decide,
     default_kinds,
 )
+from incident_fsm.vocabulary import Verdict
 
 from .support import incident
 

@@ -19,9 +19,11 @@ from typing import Any
 import anyio
 import pytest
 
-from incident_fsm import Agent, database
-from incident_fsm.demo import demo_settings
-from incident_fsm.preflight import (
+from incident_fsm import Agent
+from incident_fsm.demo.scenarios import demo_settings
+from incident_fsm.demo.simulator import ServiceState, Simulator, free_port
+from incident_fsm.persistence import database
+from incident_fsm.runtime.preflight import (
     FAIL,
     OK,
     WARN,
@@ -40,7 +42,6 @@ from incident_fsm.settings import (
     Settings,
     WebhookSettings,
 )
-from incident_fsm.simulator import ServiceState, Simulator, free_port
 
 from .conftest import create_database, drop_database
 from .pam_server import FakePam
@@ -176,7 +177,7 @@ async def test_the_relay_checks_the_signature_without_delivering(
     from fastapi import FastAPI
 
     from incident_fsm import pam_relay
-    from incident_fsm.simulator import ConnectionManager
+    from incident_fsm.demo.simulator import ConnectionManager
 
     from .pam_host import add_pam_socket
 
@@ -249,7 +250,7 @@ async def test_monitor_only_needs_the_render_key_only_as_a_warning(sim: Simulato
 
 async def _cli(*args: str, env: Mapping[str, str]) -> tuple[int, str, str]:
     done = await anyio.run_process(
-        [sys.executable, "-c", "from incident_fsm.cli import main; main()", *args],
+        [sys.executable, "-c", "from incident_fsm.cli.main import main; main()", *args],
         check=False, env={"PATH": os.environ.get("PATH", "/usr/bin"), **env})
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
@@ -315,7 +316,7 @@ async def test_a_configuration_without_targets_or_with_a_wrong_webhook_path_warn
 
 async def test_a_redis_or_celery_check_without_its_package_stops_the_start(
         sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from incident_fsm import preflight
+    from incident_fsm.runtime import preflight
 
     good = demo(sim, tmp_path, channels=ChannelsSettings())
     target = good.targets[0]

@@ -16,8 +16,8 @@ import psutil
 import pytest
 import respx
 
-from incident_fsm.health import HealthSnapshot, ProbeFailure
-from incident_fsm.probe import LOCAL_SOURCE, MAX_BODY, HttpProbe, LocalProbe
+from incident_fsm.detection.payload import HealthSnapshot, ProbeFailure
+from incident_fsm.detection.probe import LOCAL_SOURCE, MAX_BODY, HttpProbe, LocalProbe
 from incident_fsm.retry_after import retry_after_seconds
 
 from . import payloads

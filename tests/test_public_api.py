@@ -35,7 +35,7 @@ def test_importing_the_library_leaves_cli_migration_and_diagram_code_out() -> No
     probe = (
         "import sys, incident_fsm; "
         "print(','.join(m for m in ('alembic', 'graphviz', 'pygraphviz', 'celery', "
-        "'incident_fsm.cli') if m in sys.modules))"
+        "'incident_fsm.cli.main') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, timeout=60).stdout.strip()

@@ -7,16 +7,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from incident_fsm.actions.base import Action
-from incident_fsm.actions.command import CommandAction
-from incident_fsm.actions.render import RenderApi, RenderRestart, RenderScale
-from incident_fsm.clock import ManualClock
-from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import Incident
-from incident_fsm.ranking import learned_rankings, rank, score
-from incident_fsm.remediator import Remediator, Verification
+from incident_fsm.persistence.attempts import ActionTally
+from incident_fsm.persistence.store import Store
+from incident_fsm.remediation.actions.base import Action
+from incident_fsm.remediation.actions.command import CommandAction
+from incident_fsm.remediation.actions.render import RenderApi, RenderRestart, RenderScale
+from incident_fsm.remediation.ranking import learned_rankings, rank, score
+from incident_fsm.remediation.remediator import Remediator, Verification
 from incident_fsm.settings import CommandSettings, RenderSettings
-from incident_fsm.store import ActionTally, Store
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 pytestmark = pytest.mark.anyio
 

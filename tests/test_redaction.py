@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from incident_fsm.actions.redaction import excerpt, redact
+from incident_fsm.remediation.actions.redaction import excerpt, redact
 
 
 def test_known_values_and_credential_patterns_are_masked() -> None:

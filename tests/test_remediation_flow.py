@@ -24,11 +24,11 @@ import httpx
 import pytest
 import respx
 
-from incident_fsm.actions.catalog import Catalog
-from incident_fsm.clock import ManualClock
-from incident_fsm.machine import IncidentEngine
+from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.models import Incident
-from incident_fsm.remediator import Remediator, Verification
+from incident_fsm.persistence.store import Store
+from incident_fsm.remediation.actions.catalog import Catalog
+from incident_fsm.remediation.remediator import Remediator, Verification
 from incident_fsm.settings import (
     ActionsSettings,
     DiskCleanupSettings,
@@ -36,7 +36,7 @@ from incident_fsm.settings import (
     Settings,
     TargetSettings,
 )
-from incident_fsm.store import Store
+from incident_fsm.testing import ManualClock
 
 from .support import run_with_waits
 

@@ -14,19 +14,22 @@ import httpx
 import pytest
 import respx
 
-from incident_fsm.actions.base import Action, ActionContext, Outcome, Tier
-from incident_fsm.actions.command import CommandAction
-from incident_fsm.actions.failover import Failover
-from incident_fsm.actions.render import RenderApi, RenderRestart, RenderScale
-from incident_fsm.clock import ManualClock
-from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
-from incident_fsm.models import Incident, IncidentId
-from incident_fsm.policy import Limits
-from incident_fsm.remediator import Remediator, Verification
-from incident_fsm.report import timeline_text
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent
+from incident_fsm.models import Incident, IncidentId, Timeline
+from incident_fsm.persistence.attempts import ActionTally
+from incident_fsm.persistence.store import Store
+from incident_fsm.remediation.actions.base import Action, ActionContext, Outcome, Tier
+from incident_fsm.remediation.actions.command import CommandAction
+from incident_fsm.remediation.actions.failover import Failover
+from incident_fsm.remediation.actions.render import RenderApi, RenderRestart, RenderScale
+from incident_fsm.remediation.policy import Limits
+from incident_fsm.remediation.remediator import Remediator, Verification
+from incident_fsm.reports.format import timeline_text
+from incident_fsm.runtime.sweeper import DeadlineSweeper
 from incident_fsm.settings import CommandSettings, FailoverSettings, RenderSettings
-from incident_fsm.store import ActionTally, Store, Timeline
-from incident_fsm.sweeper import DeadlineSweeper
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 from .support import advance_when_waiting, alive, run_with_waits, wait_until
 

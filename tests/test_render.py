@@ -22,9 +22,10 @@ import pytest
 import respx
 from loguru import logger
 
-from incident_fsm.actions.base import Outcome, OutcomeStatus, Tier
-from incident_fsm.actions.failover import SIGNATURE_HEADER, Failover
-from incident_fsm.actions.http_retry import (
+from incident_fsm.errors import InvalidInput
+from incident_fsm.remediation.actions.base import Outcome, OutcomeStatus, Tier
+from incident_fsm.remediation.actions.failover import SIGNATURE_HEADER, Failover
+from incident_fsm.remediation.actions.http_retry import (
     MAX_ATTEMPTS,
     RateGate,
     backoff,
@@ -32,16 +33,15 @@ from incident_fsm.actions.http_retry import (
     ratelimit_reset,
     retry_after,
 )
-from incident_fsm.actions.render import (
+from incident_fsm.remediation.actions.render import (
     RateGates,
     RenderApi,
     RenderRestart,
     RenderScale,
     service_facts,
 )
-from incident_fsm.clock import ManualClock
-from incident_fsm.errors import InvalidInput
 from incident_fsm.settings import FailoverSettings, RenderSettings
+from incident_fsm.testing import ManualClock
 
 from .support import NOW, context, run_with_waits, wait_until
 

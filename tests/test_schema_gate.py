@@ -19,11 +19,13 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from incident_fsm import Agent, cli, database, lifespan
+from incident_fsm import Agent, lifespan
+from incident_fsm.cli import main as cli
+from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.errors import SchemaNotReady, StoreUnavailable
+from incident_fsm.persistence import database
+from incident_fsm.persistence.store import Store
 from incident_fsm.settings import AgentSettings, Settings
-from incident_fsm.simulator import ServiceState, Simulator
-from incident_fsm.store import Store
 
 from .conftest import _empty_postgres, create_database, drop_database
 from .scenario import ENV, sim_settings, until
@@ -85,7 +87,7 @@ def test_run_on_postgres_without_the_schema_exits_1_naming_the_command(tmp_path:
         config = tmp_path / "agent.toml"
         config.write_text('[[targets]]\nname = "api"\nbase_url = "http://127.0.0.1:9"\n')
         proc = subprocess.run(
-            [sys.executable, "-c", "from incident_fsm.cli import main; main()", "run",
+            [sys.executable, "-c", "from incident_fsm.cli.main import main; main()", "run",
              "--config", str(config),
              "--database-url", url],
             capture_output=True, text=True, timeout=60, check=False,
@@ -178,7 +180,7 @@ def test_run_waits_for_a_database_it_cannot_reach_instead_of_exiting(tmp_path: P
     config.write_text('[agent]\nleader_election = false\n\n'
                       '[[targets]]\nname = "api"\nbase_url = "http://127.0.0.1:9"\n')
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from incident_fsm.cli import main; main()", "run",
+        [sys.executable, "-c", "from incident_fsm.cli.main import main; main()", "run",
          "--config", str(config), "--log-level", "INFO",
          "--database-url", "postgresql+psycopg://postgres@127.0.0.1:9/none"],
         stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})

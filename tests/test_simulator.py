@@ -8,7 +8,7 @@ import anyio
 import httpx
 import pytest
 
-from incident_fsm.simulator import ServiceState, Simulator
+from incident_fsm.demo.simulator import ServiceState, Simulator
 
 pytestmark = pytest.mark.anyio
 KEY = {"Authorization": "Bearer rnd_simulated"}

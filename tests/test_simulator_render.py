@@ -13,11 +13,11 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from incident_fsm.actions.base import ActionContext, OutcomeStatus
-from incident_fsm.actions.render import RenderApi, RenderRestart, RenderScale
 from incident_fsm.clock import SystemClock
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.remediation.actions.base import ActionContext, OutcomeStatus
+from incident_fsm.remediation.actions.render import RenderApi, RenderRestart, RenderScale
 from incident_fsm.settings import RenderSettings
-from incident_fsm.simulator import ServiceState, Simulator
 
 from .support import incident
 

@@ -7,10 +7,12 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from incident_fsm.clock import ManualClock
-from incident_fsm.machine import ActionIntent, IncidentEngine, Verdict
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import HealthCheck, Notification, OutboxMessage
-from incident_fsm.store import Store
+from incident_fsm.persistence.store import Store
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 pytestmark = pytest.mark.anyio
 

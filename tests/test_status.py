@@ -7,10 +7,10 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from incident_fsm.clock import ManualClock
-from incident_fsm.machine import IncidentEngine
-from incident_fsm.status import AgentStatus, TargetStatus, status_app
-from incident_fsm.store import Store
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.persistence.store import Store
+from incident_fsm.reports.status_app import AgentStatus, TargetStatus, status_app
+from incident_fsm.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,6 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from incident_fsm import database
-from incident_fsm.clock import ManualClock
 from incident_fsm.errors import (
     ConcurrentUpdate,
     GuardRejected,
@@ -20,9 +18,13 @@ from incident_fsm.errors import (
     InvalidTransition,
     StoreUnavailable,
 )
-from incident_fsm.machine import ActionIntent, IncidentEngine, MachinePolicy, StepRequest, Verdict
-from incident_fsm.models import Incident, IncidentId, OutboxMessage
-from incident_fsm.store import Opened, Store, Timeline
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent, MachinePolicy, StepRequest
+from incident_fsm.models import Incident, IncidentId, Opened, OutboxMessage, Timeline
+from incident_fsm.persistence import database
+from incident_fsm.persistence.store import Store
+from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ import math
 import anyio
 import pytest
 
-from incident_fsm.clock import ManualClock
+from incident_fsm.testing import ManualClock
 from incident_fsm.timebox import within
 
 from .support import NOW

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from incident_fsm import database
+from incident_fsm.persistence import database
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_URL = os.environ.get(

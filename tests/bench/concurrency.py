@@ -52,7 +52,7 @@ async def episode(tenants: Tenants, tmp: Path, *, prefix: str, n: int,
                               targets=[(k, tenants.url(k), f"srv-web-{k}") for k in names],
                               poll=10.0, fast=5.0, jitter=0.5, extra=EXTRA,
                               render_api=tenants.render_api_url)
-        proc = start([sys.executable, "-c", "from incident_fsm.cli import main; main()", "run",
+        proc = start([sys.executable, "-c", "from incident_fsm.cli.main import main; main()", "run",
                       "--config", str(config)], tmp / f"{prefix}.log")
         try:
             await wait_for(lambda: tenants.polls(prefix) >= n, within=120)

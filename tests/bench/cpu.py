@@ -58,7 +58,7 @@ async def measure(tenants: Tenants, tmp: Path, url: str, *, prefix: str, targets
     config = agent_config(tmp / f"{prefix}.toml", db_url=url,
                           targets=[(n, tenants.url(n), f"srv-web-{n}") for n in names],
                           poll=poll, fast=min(poll, 10.0), jitter=0.5)
-    proc = start([sys.executable, "-c", "from incident_fsm.cli import main; main()", "run",
+    proc = start([sys.executable, "-c", "from incident_fsm.cli.main import main; main()", "run",
                   "--config", str(config)], tmp / f"{prefix}.log")
     try:
         await wait_for(lambda: tenants.polls(prefix) >= targets, within=120)

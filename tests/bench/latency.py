@@ -31,8 +31,8 @@ import anyio
 from sqlalchemy import text
 
 from incident_fsm import Agent
+from incident_fsm.demo.simulator import PamSimulator, ServiceState, Simulator
 from incident_fsm.models import Incident
-from incident_fsm.simulator import PamSimulator, ServiceState, Simulator
 from tests.scenario import ENV, PAM_TOKEN, fast_agent, sim_settings, until
 
 from ..pam_server import ACCEPTS

@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import psutil
 
-from incident_fsm.simulator import free_port
+from incident_fsm.demo.simulator import free_port
 
 from .common import Row, child_env, knob, throwaway_postgres
 from .world import Tenants, agent_config
@@ -29,7 +29,7 @@ MB = 1024 * 1024
 LIST_STACK = """
 import sys, sysconfig
 before = set(sys.modules)
-import incident_fsm.cli
+import incident_fsm.cli.main
 import sqlalchemy.dialects.postgresql.psycopg, psycopg  # loaded on the first connection
 site = sysconfig.get_paths()["purelib"]
 tops = sorted({m.split(".")[0] for m in set(sys.modules) - before
@@ -121,7 +121,7 @@ async def standalone(tenants: Tenants, tmp: Path, polls: int) -> dict[str, float
         config = agent_config(tmp / "standalone.toml", db_url=url,
                               targets=[(n, tenants.url(n), f"srv-web-{n}") for n in names],
                               poll=0.05, fast=0.05, extra=['health_log_level = "DEBUG"'])
-        proc = start([sys.executable, "-c", "from incident_fsm.cli import main; main()",
+        proc = start([sys.executable, "-c", "from incident_fsm.cli.main import main; main()",
                       "run", "--config", str(config)], tmp / "standalone.log")
         try:
             base = tenants.polls("s")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from incident_fsm.simulator import ServiceState, Simulator
+from incident_fsm.demo.simulator import ServiceState, Simulator
 
 HEALTH = "GET /health/resources"
 

@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from loguru import logger
 
-from incident_fsm import cli, database
+from incident_fsm.cli import main as cli
+from incident_fsm.persistence import database
 
 from ..conftest import TABLES
 from ..scenario import PAM_TOKEN, RENDER_KEY

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from incident_fsm.actions.base import Action
-from incident_fsm.agent import Agent
-from incident_fsm.remediator import ActionSource
+from incident_fsm.remediation.actions.base import Action
+from incident_fsm.remediation.remediator import ActionSource
+from incident_fsm.runtime.agent import Agent
 
 
 class WithPlugIns:

@@ -17,10 +17,10 @@ from typing import Any
 import anyio
 import pytest
 
-from incident_fsm.actions.base import ActionContext, Outcome, Tier
-from incident_fsm.agent import Agent
-from incident_fsm.simulator import ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.persistence.store import Store
+from incident_fsm.remediation.actions.base import ActionContext, Outcome, Tier
+from incident_fsm.runtime.agent import Agent
 
 from ..scenario import RENDER_KEY, incident_state, old_logs, sim_settings, until
 from .exposure import ENV

@@ -19,9 +19,9 @@ import anyio
 import pytest
 from sqlalchemy.engine import make_url
 
-from incident_fsm import database
-from incident_fsm.simulator import PamSimulator, ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import PamSimulator, ServiceState, Simulator
+from incident_fsm.persistence import database
+from incident_fsm.persistence.store import Store
 
 from ..agent_process import agent_process, write_config
 from ..pam_server import ACCEPTS

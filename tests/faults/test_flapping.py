@@ -15,10 +15,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from incident_fsm.actions.base import ActionContext, Outcome, Tier
-from incident_fsm.agent import Agent
-from incident_fsm.simulator import ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.persistence.store import Store
+from incident_fsm.remediation.actions.base import ActionContext, Outcome, Tier
+from incident_fsm.runtime.agent import Agent
 
 from ..scenario import fast_agent, incident_state, sim_settings, until
 from .exposure import ENV

@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 
-from incident_fsm.agent import Agent
-from incident_fsm.models import HealthCheck
-from incident_fsm.simulator import (
+from incident_fsm.demo.simulator import (
     ServiceState,
     Simulator,
     free_port,
     resources_payload,
     system_payload,
 )
-from incident_fsm.store import Store
+from incident_fsm.models import HealthCheck
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.agent import Agent
 
 from ..scenario import incident_state, sim_settings, until
 from .exposure import ENV, Exposure

@@ -20,10 +20,10 @@ from typing import Any
 import anyio
 import pytest
 
-from incident_fsm.agent import Agent
+from incident_fsm.demo.simulator import ServiceState, Simulator, resources_payload, system_payload
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.agent import Agent
 from incident_fsm.settings import CommandSettings
-from incident_fsm.simulator import ServiceState, Simulator, resources_payload, system_payload
-from incident_fsm.store import Store
 
 from ..scenario import incident_state, sim_settings, until
 from .exposure import ENV, Exposure, database_texts

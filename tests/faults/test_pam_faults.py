@@ -13,9 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from incident_fsm.agent import Agent
-from incident_fsm.simulator import PamSimulator, ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import PamSimulator, ServiceState, Simulator
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.agent import Agent
 
 from ..pam_server import ACCEPTS
 from ..scenario import PAM_TOKEN, incident_state, sim_settings, until

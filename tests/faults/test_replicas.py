@@ -23,8 +23,8 @@ import anyio
 import pytest
 from sqlalchemy.engine import make_url
 
-from incident_fsm.simulator import ServiceState, Simulator
-from incident_fsm.store import Store
+from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.persistence.store import Store
 
 from ..agent_process import agent_process, lease_holder_pid, write_config
 from ..scenario import incident_state, until

@@ -19,12 +19,12 @@ import anyio
 import pytest
 from loguru import logger
 
-from incident_fsm.agent import Agent
 from incident_fsm.clock import SystemClock
-from incident_fsm.machine import IncidentEngine
+from incident_fsm.demo.simulator import PamSimulator, ServiceState, Simulator
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.persistence.store import Store
+from incident_fsm.runtime.agent import Agent
 from incident_fsm.settings import WebhookSettings
-from incident_fsm.simulator import PamSimulator, ServiceState, Simulator
-from incident_fsm.store import Store
 
 from ..scenario import PAM_TOKEN, RENDER_KEY, incident_state, sim_settings, until
 from .exposure import DB_PASSWORD, ENV, WEBHOOK_SECRET, Exposure, exposed

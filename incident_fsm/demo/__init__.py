@@ -1,0 +1,1 @@
+"""The built-in demonstration: a simulated service and the scenarios played against it."""

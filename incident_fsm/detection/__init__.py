@@ -1,0 +1,1 @@
+"""Seeing problems: health probes, payload parsing, dependency checks and the detector."""

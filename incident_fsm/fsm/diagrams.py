@@ -1,0 +1,99 @@
+"""Drawings of the state graph: a Markdown table, Mermaid text, and Graphviz images.
+
+All derived from `EDGES`; for the CLI and the docs, never loaded by the
+running agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from incident_fsm.errors import InvalidInput
+from incident_fsm.fsm.graph import EDGES, GUARDS, transition_table
+from incident_fsm.vocabulary import State
+
+
+def markdown_table() -> str:
+    """The table as Markdown, for the README (a test keeps the README in step with `EDGES`)."""
+    rows = ["| trigger | from | to | guards | effect |", "|---|---|---|---|---|"]
+    for e in EDGES:
+        dest = "(stays)" if e.dest is None else e.dest.value
+        guards = " and ".join(f"`{g}`" for g in e.guards) or ("otherwise" if any(
+            o.trigger == e.trigger and o.sources == e.sources and o.guards
+            for o in EDGES) else "")
+        who = " (operator)" if e.operator else ""
+        rows.append(
+            f"| `{e.trigger.value}`{who} | {', '.join(s.value for s in e.sources)} | {dest} "
+            f"| {guards} | {e.effect} |"
+        )
+    return "\n".join(rows)
+
+
+def mermaid(*, visited: Sequence[str] = ()) -> str:
+    """The state diagram as Mermaid text, drawn from `EDGES` by transitions' Mermaid backend.
+
+    `visited` (e.g. the states of one incident's history) are marked with a
+    `visited` class so a renderer shows that incident's path; the last of them
+    is the one drawn as current.
+    """
+    # Imported here: the diagram code is for the CLI, not for the running agent.
+    from transitions.extensions.diagrams import GraphMachine
+
+    class _Drawing:
+        pass
+
+    drawing = _Drawing()
+    for name in GUARDS:
+        setattr(drawing, name, lambda: True)
+    machine = GraphMachine(
+        model=drawing,
+        states=[s.value for s in State],
+        transitions=transition_table(),
+        initial=_current(visited),
+        auto_transitions=False,
+        graph_engine="mermaid",
+        show_conditions=True,
+        title="incident",
+    )
+    text = str(machine.get_graph().draw(None))
+    states = [s for s in dict.fromkeys(visited) if s in set(State)]
+    if states:
+        text = text.rstrip("\n") + (
+            "\n  classDef visited fill:#ffe08a,stroke:#b8860b\n"
+            f"  class {','.join(states)} visited\n"
+        )
+    return text
+
+
+def _current(visited: Sequence[str]) -> str:
+    """The state a drawing marks as current: where the path ends (else the entry state)."""
+    known = [s for s in visited if s in set(State)]
+    return known[-1] if known else State.DETECTED.value
+
+
+def render_image(path: str, *, visited: Sequence[str] = ()) -> None:
+    """Draw the graph to an SVG or PNG file with Graphviz (`dot` and its Python package)."""
+    import shutil
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in ("svg", "png"):
+        raise InvalidInput(f"--output must end in .svg or .png, not {path!r}")
+    from importlib.util import find_spec
+
+    if find_spec("graphviz") is None or shutil.which("dot") is None:
+        raise InvalidInput("SVG/PNG needs Graphviz (the `dot` program and the `graphviz` "
+                           "Python package); the Mermaid text (the default) needs neither")
+    from transitions.extensions.diagrams import GraphMachine
+
+    drawing = type("_Drawing", (), {name: (lambda self: True) for name in GUARDS})()
+    machine = GraphMachine(model=drawing, states=[s.value for s in State],
+                           transitions=transition_table(), initial=_current(visited),
+                           auto_transitions=False, graph_engine="graphviz",
+                           show_conditions=True, title="incident")
+    styles = machine.model_graphs[id(drawing)]
+    for state in dict.fromkeys(visited):
+        if state in set(State):
+            styles.set_node_style(state, "previous")
+    machine.get_graph().draw(path, format=suffix, prog="dot")
+

@@ -1,0 +1,1 @@
+"""Telling people: notification policy, outbox dispatcher, channels and the PAM relay."""

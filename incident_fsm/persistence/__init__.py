@@ -1,0 +1,1 @@
+"""The database: engine set-up, the store (one repository per aggregate) and the outage journal."""

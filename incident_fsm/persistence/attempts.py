@@ -1,0 +1,201 @@
+"""The attempts repository: action runs, their outcomes and verdicts, the remediator's queries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from incident_fsm.errors import (
+    IncidentNotFound,
+    InvalidInput,
+)
+from incident_fsm.fsm.steps import ActionIntent
+from incident_fsm.models import (
+    OUTCOME_SKIPPED,
+    ActionRun,
+    Incident,
+    IncidentId,
+    Transition,
+)
+from incident_fsm.persistence.core import (
+    MAX_EXCERPT,
+    StoreCore,
+    _json_safe,
+)
+from incident_fsm.persistence.effects import (
+    _add_action_run,
+    _get_run,
+    _refresh_strikes,
+    _strike_count,
+    failed_condition,
+    succeeded_condition,
+)
+
+
+@dataclass(frozen=True)
+class ActionTally:
+    """Verified successes and failures of one action for one problem kind."""
+
+    successes: int
+    failures: int
+
+
+class AttemptRepository(StoreCore):
+    """Attempts: recorded before they run, claimed once, finished and judged once."""
+
+    # --- action runs -------------------------------------------------------
+
+    async def record_action(self, incident_id: IncidentId, intent: ActionIntent,
+                            *, at: datetime) -> ActionRun:
+        """Record an attempt on its own (e.g. a dry run in monitor-only mode).
+
+        Attempts that move the incident are recorded by `apply_transition`
+        in the same transaction as the `remediate`/`approve` step instead.
+        """
+        def work() -> ActionRun:
+            with self._session() as session:
+                if session.get(Incident, incident_id) is None:
+                    raise IncidentNotFound(incident_id)
+                run = _add_action_run(session, incident_id, intent, at)
+                session.commit()
+                return run
+        return await self._run(work)
+
+    async def finish_action(
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        finished_at: datetime,
+        output_excerpt: str = "",
+        evidence: Mapping[str, Any] | None = None,
+    ) -> ActionRun:
+        """Record how an attempt ended. An outcome, once written, is never overwritten."""
+        if outcome not in ("ok", "failed", "timed_out", "interrupted", "skipped"):
+            raise InvalidInput(f"unknown action outcome {outcome!r}")
+        payload = _json_safe("evidence", evidence or {})
+
+        def finish(run: ActionRun) -> None:
+            if run.finished_at is not None:
+                raise InvalidInput(f"action run {run_id} already finished as '{run.outcome}'")
+            run.outcome = outcome
+            run.finished_at = finished_at
+            run.output_excerpt = output_excerpt[:MAX_EXCERPT]
+            run.evidence = payload
+
+        return await self._run(self._update_run, run_id, finish)
+
+    async def judge_action(self, run_id: int, *, verified: bool) -> ActionRun:
+        """Record whether the problem cleared after an attempt (see `succeeded_condition`)."""
+        def judge(run: ActionRun) -> None:
+            if run.verified is not None and run.verified != verified:
+                raise InvalidInput(
+                    f"action run {run_id} was already judged verified={run.verified}"
+                )
+            run.verified = verified
+
+        return await self._run(self._update_run, run_id, judge)
+
+    def _update_run(self, run_id: int, change: Callable[[ActionRun], None]) -> ActionRun:
+        """Change one attempt and recount its incident's strikes, in one transaction."""
+        with self._session() as session:
+            run = _get_run(session, run_id)
+            change(run)
+            session.add(run)
+            session.flush()
+            _refresh_strikes(session, run.incident_id)
+            session.commit()
+            return run
+
+    async def claim_attempt(self, run_id: int, *, at: datetime) -> bool:
+        """Mark an attempt as being run now; True for exactly one caller, ever.
+
+        The claim is what tells, after a crash, an attempt that never ran (an
+        approval not yet acted on: run it) from one that was running (judge it,
+        never run it twice), whichever process or replica looks.
+        """
+        def work() -> bool:
+            with self._session() as session:
+                claimed = session.execute(
+                    sa.update(ActionRun)
+                    .where(col(ActionRun.id) == run_id, col(ActionRun.executing_at).is_(None),
+                           col(ActionRun.finished_at).is_(None))
+                    .values(executing_at=at)
+                )
+                session.commit()
+                return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+        return await self._run(work)
+
+    async def count_strikes(self, incident_id: IncidentId) -> int:
+        """Strikes of an incident, counted from its persisted attempts."""
+        def work() -> int:
+            with self._session() as session:
+                return int(session.execute(_strike_count(incident_id)).scalar_one())
+        return await self._run(work)
+
+    # --- remediation: attempts, the learned record, guardrail counts --------------
+    # Read-only queries for the remediator (incident_fsm/remediator.py). Success is
+    # `succeeded_condition` and failure `failed_condition`, the same ones `stats`
+    # counts: every strike is a failure, so the ranking never learns from an attempt
+    # the three-strike rule counted as failed. The one failure that is no strike: an
+    # action that failed while the problem cleared anyway (that incident is over).
+
+    async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
+        """The incident's action runs (dry runs included), in attempt order."""
+        def work() -> list[ActionRun]:
+            with self._session() as session:
+                return list(session.exec(
+                    select(ActionRun).where(ActionRun.incident_id == incident_id)
+                    .order_by(col(ActionRun.attempt))
+                ).all())
+        return await self._run(work)
+
+    async def action_record(self, kind: str) -> dict[str, ActionTally]:
+        """Per action, successes and failures on incidents of `kind` (no dry runs)."""
+        success = sa.case((succeeded_condition(), 1), else_=0)
+        failure = sa.case((failed_condition(), 1), else_=0)
+        query = (
+            sa.select(col(ActionRun.action), sa.func.sum(success), sa.func.sum(failure))
+            .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
+            .where(col(Incident.kind) == kind, col(ActionRun.dry_run).is_(False))
+            .group_by(col(ActionRun.action))
+        )
+
+        def work() -> dict[str, ActionTally]:
+            with self._session() as session:
+                return {
+                    str(name): ActionTally(int(wins or 0), int(losses or 0))
+                    for name, wins, losses in session.execute(query).all()
+                }
+        return await self._run(work)
+
+    async def count_actions(self, *, target: str, since: datetime) -> int:
+        """Real attempts on `target` started at or after `since`, all incidents.
+
+        Neither dry runs nor attempts found not applicable (`skipped`: they
+        changed nothing at the service) spend the action budget.
+        """
+        query = (
+            sa.select(sa.func.count()).select_from(ActionRun)
+            .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
+            .where(col(Incident.target) == target, col(ActionRun.dry_run).is_(False),
+                   sa.or_(col(ActionRun.outcome).is_(None),
+                          col(ActionRun.outcome) != OUTCOME_SKIPPED),
+                   col(ActionRun.started_at) >= since)
+        )
+        return await self._run(self._count, query)
+
+    async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int:
+        """`reopen` transitions of `fingerprint` at or after `since`."""
+        query = (
+            sa.select(sa.func.count()).select_from(Transition)
+            .join(Incident, col(Incident.id) == col(Transition.incident_id))
+            .where(col(Incident.fingerprint) == fingerprint,
+                   col(Transition.trigger) == "reopen", col(Transition.at) >= since)
+        )
+        return await self._run(self._count, query)

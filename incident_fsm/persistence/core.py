@@ -1,0 +1,151 @@
+"""What every repository of the store shares: the engine, worker threads, limits, error words.
+
+Each public coroutine of a repository runs one short synchronous SQLAlchemy
+unit of work in a worker thread through `StoreCore._run`, which also turns
+driver errors into our own (`StoreUnavailable`, `SchemaNotReady`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Self, TypeVar
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlmodel import Session
+
+from incident_fsm.errors import (
+    InvalidInput,
+    SchemaNotReady,
+    StoreUnavailable,
+)
+from incident_fsm.persistence import database
+
+T = TypeVar("T")
+
+MAX_REASON = 4000
+MAX_ACTOR = 200
+MAX_EXCERPT = 4000
+#: How often `open_incident` retries after losing a race on the fingerprint.
+OPEN_RETRIES = 3
+#: Names of the `lease` rows that are heartbeats (`Store.beat`), not leases.
+HEARTBEAT_PREFIX = "heartbeat:"
+
+
+def _check_text(name: str, value: str, limit: int) -> None:
+    if not value or not value.strip():
+        raise InvalidInput(f"{name} must not be empty")
+    if len(value) > limit:
+        raise InvalidInput(f"{name} is {len(value)} characters long; the limit is {limit}")
+
+
+def _json_safe(name: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        text = json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{name} must be JSON-serialisable: {exc}") from None
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def _is_missing_table(exc: DBAPIError) -> bool:
+    name = type(exc.orig).__name__
+    text = str(exc.orig).lower()
+    return name == "UndefinedTable" or (name == "OperationalError" and "no such table" in text)
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    name = type(exc.orig).__name__
+    return name in {"OperationalError", "InterfaceError", "QueryCanceled", "ConnectionTimeout"}
+
+
+class StoreCore:
+    """The connection, the worker threads and the error translation every repository shares."""
+
+    def __init__(self, url: str, *, max_threads: int = 4,
+                 call_timeout: float = database.STATEMENT_TIMEOUT + 5) -> None:
+        self.url = database.resolve_url(url)
+        self.engine: Engine = database.create_engine(self.url)
+        self._limiter = anyio.CapacityLimiter(max_threads)
+        self.call_timeout = call_timeout
+        self._in_flight = 0
+        self._threads = 0  # includes calls abandoned after `call_timeout`
+        self._threads_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Store({database.redact(self.url)!r})"
+
+    async def close(self, *, grace: float = 5.0) -> None:
+        """Release the connections, after giving abandoned calls `grace` seconds to end."""
+        with anyio.move_on_after(grace):
+            while self._threads:  # noqa: ASYNC110 - worker threads cannot set an anyio.Event
+                await anyio.sleep(0.05)
+        await anyio.to_thread.run_sync(self.engine.dispose)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def idle(self) -> bool:
+        """No database call is in flight (lets virtual-time tests settle, see ManualClock)."""
+        return self._in_flight == 0
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        # The server's statement_timeout cannot help when the network goes
+        # silent under an open connection: this client-side deadline does. The
+        # abandoned thread finishes (or fails) on its own once the socket does;
+        # a write it still commits is recognised by the journal's replay.
+        self._in_flight += 1
+        try:
+            with anyio.fail_after(self.call_timeout):
+                return await anyio.to_thread.run_sync(
+                    partial(self._guarded, fn, *args, **kwargs), limiter=self._limiter,
+                    abandon_on_cancel=True,
+                )
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"database did not answer within {self.call_timeout:g}s; "
+                "nothing is known to be written"
+            ) from None
+        finally:
+            self._in_flight -= 1
+
+    def _guarded(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        with self._threads_lock:
+            self._threads += 1
+        try:
+            return fn(*args, **kwargs)
+        except IntegrityError:
+            raise
+        except sa.exc.TimeoutError:
+            # The connection pool had nothing to give within its timeout.
+            raise StoreUnavailable("database connections exhausted; nothing was written") from None
+        except DBAPIError as exc:
+            # The driver's text can carry SQL and parameters: only our words for its cause.
+            cause = database.describe_failure(exc)
+            if _is_missing_table(exc):
+                raise SchemaNotReady(f"database {database.redact(self.url)}: {cause}; "
+                                     "nothing was written") from None
+            if exc.connection_invalidated or _is_unavailable(exc):
+                raise StoreUnavailable(
+                    f"database unavailable: {cause}; nothing was written") from None
+            raise
+        finally:
+            with self._threads_lock:
+                self._threads -= 1
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def _count(self, query: sa.Select[Any]) -> int:
+        with self._session() as session:
+            return int(session.execute(query).scalar_one())
+

@@ -1,0 +1,146 @@
+"""What a step writes: the one definition of each step's effect on the rows, and of strikes.
+
+Used by the store's repositories inside their transactions (and so by the
+outage journal's local copy, which is the same store on a local database).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from incident_fsm.errors import (
+    InvalidInput,
+)
+from incident_fsm.fsm.steps import ActionIntent
+from incident_fsm.models import (
+    ActionRun,
+    Incident,
+    Notification,
+    OutboxMessage,
+)
+from incident_fsm.persistence.core import (
+    _json_safe,
+)
+from incident_fsm.vocabulary import State
+
+#: Outcomes of an attempt whose action did not work, whatever the problem did afterwards.
+FAILED_OUTCOMES = ("failed", "timed_out", "interrupted")
+#: The only outcome of an action that did what it was asked.
+OUTCOME_OK = "ok"
+
+
+def succeeded_condition() -> sa.ColumnElement[bool]:
+    """An attempt succeeded if its action worked (`ok`) and the problem cleared after it.
+
+    The one definition of success: the learned ranking and `stats` both count
+    it. `verified` alone only says the problem cleared after the attempt; an
+    action that failed (an HTTP error, not available, timed out, interrupted)
+    did not make it clear, so it never counts as a success.
+    """
+    return sa.and_(
+        col(ActionRun.dry_run).is_(False),
+        col(ActionRun.outcome) == OUTCOME_OK,
+        col(ActionRun.verified).is_(True),
+    )
+
+
+def failed_condition() -> sa.ColumnElement[bool]:
+    """An attempt failed if verification said no, or its action failed, timed out or was
+    interrupted -- even when the problem cleared after it. Every strike is a failure; the
+    learned ranking and `stats` count failures against the action."""
+    return sa.and_(
+        col(ActionRun.dry_run).is_(False),
+        sa.or_(col(ActionRun.verified).is_(False), col(ActionRun.outcome).in_(FAILED_OUTCOMES)),
+    )
+
+
+def cleared_without_working_action(run: ActionRun) -> bool:
+    """The problem cleared after the attempt, but its action had failed: no success."""
+    return not run.dry_run and run.verified is True and run.outcome in FAILED_OUTCOMES
+
+
+def strike_count_of(runs: Iterable[ActionRun]) -> int:
+    """`strike_condition` for attempts held in memory (the journal's local copy)."""
+    return sum(
+        1 for r in runs
+        if not r.dry_run and (r.verified is False
+                              or (r.verified is None and r.outcome in ("failed", "timed_out")))
+    )
+
+
+def strike_condition() -> sa.ColumnElement[bool]:
+    """An attempt is a strike if verification said no, or it failed and was never judged."""
+    return sa.and_(
+        col(ActionRun.dry_run).is_(False),
+        sa.or_(
+            col(ActionRun.verified).is_(False),
+            sa.and_(
+                col(ActionRun.verified).is_(None),
+                col(ActionRun.outcome).in_(("failed", "timed_out")),
+            ),
+        ),
+    )
+
+
+
+
+def _open_by_fingerprint(fingerprint: str) -> Any:
+    return select(Incident).where(
+        Incident.fingerprint == fingerprint, Incident.state != State.RESOLVED.value
+    )
+
+
+def _strike_count(incident_id: int) -> sa.Select[int]:
+    return (
+        sa.select(sa.func.count())
+        .select_from(ActionRun)
+        .where(col(ActionRun.incident_id) == incident_id, strike_condition())
+    )
+
+
+def _refresh_strikes(session: Session, incident_id: int) -> None:
+    session.execute(
+        sa.update(Incident)
+        .where(col(Incident.id) == incident_id)
+        .values(strikes=_strike_count(incident_id).scalar_subquery())
+    )
+
+
+def _add_action_run(session: Session, incident_id: int, intent: ActionIntent,
+                    at: datetime) -> ActionRun:
+    attempt = 1 + int(session.execute(
+        sa.select(sa.func.coalesce(sa.func.max(ActionRun.attempt), 0))
+        .where(col(ActionRun.incident_id) == incident_id)
+    ).scalar_one())
+    run = ActionRun(
+        incident_id=incident_id, attempt=attempt, action=intent.action, tier=intent.tier,
+        # Unique per attempt: a resumed attempt finds its row instead of running again.
+        idempotency_key=f"incident-{incident_id}-attempt-{attempt}-{intent.action}",
+        dry_run=intent.dry_run, started_at=at,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def _add_outbox(session: Session, incident_id: int, seq: int,
+                messages: Sequence[OutboxMessage], at: datetime) -> None:
+    for message in messages:
+        session.add(Notification(
+            incident_id=incident_id, transition_seq=seq, channel=message.channel,
+            payload=_json_safe("notification payload", message.payload),
+            dedupe_key=f"incident-{incident_id}-seq-{seq}-{message.channel}",
+            status="pending", attempts=0, next_attempt_at=at, created_at=at,
+        ))
+
+
+def _get_run(session: Session, run_id: int) -> ActionRun:
+    run = session.get(ActionRun, run_id)
+    if run is None:
+        raise InvalidInput(f"no action run with id {run_id}")
+    return run

@@ -1,0 +1,309 @@
+"""The incidents repository: open, read, list and move incidents; their history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from incident_fsm.errors import (
+    ConcurrentUpdate,
+    IncidentNotFound,
+    InvalidInput,
+    InvalidTransition,
+    StoreError,
+)
+from incident_fsm.fsm.graph import edge_destinations, operator_triggers_from
+from incident_fsm.fsm.steps import StepRequest
+from incident_fsm.models import (
+    ActionRun,
+    Incident,
+    IncidentId,
+    Notification,
+    Opened,
+    OutboxMessage,
+    Timeline,
+    Transition,
+)
+from incident_fsm.persistence.core import (
+    MAX_ACTOR,
+    MAX_REASON,
+    StoreCore,
+    _check_text,
+    _json_safe,
+)
+from incident_fsm.persistence.effects import (
+    _add_action_run,
+    _add_outbox,
+    _open_by_fingerprint,
+)
+from incident_fsm.vocabulary import OPEN_TRIGGER, State
+
+#: How often `open_incident` retries after losing a race on the fingerprint.
+OPEN_RETRIES = 3
+
+
+class IncidentRepository(StoreCore):
+    """Incidents: the current copy, each step in one transaction, and the history rows."""
+
+    # --- incidents ---------------------------------------------------------
+
+    async def open_incident(
+        self,
+        *,
+        target: str,
+        kind: str,
+        severity: str,
+        at: datetime,
+        deadline_at: datetime | None,
+        reason: str,
+        actor: str = "agent",
+        summary: str = "",
+        details: Mapping[str, Any] | None = None,
+        notifications: Sequence[OutboxMessage] = (),
+    ) -> Opened:
+        """Open an incident for `target:kind`, or return the one already open.
+
+        Safe under races between processes: the partial unique index on open
+        fingerprints lets exactly one insert win; the losers read the winner.
+        """
+        _check_text("reason", reason, MAX_REASON)
+        _check_text("actor", actor, MAX_ACTOR)
+        _check_text("target", target, 200)
+        _check_text("kind", kind, 100)
+        payload = _json_safe("details", details or {})
+        return await self._run(
+            self._open_incident, target=target, kind=kind, severity=severity, at=at,
+            deadline_at=deadline_at, reason=reason.strip(), actor=actor.strip(),
+            summary=summary[:2000], details=payload, notifications=tuple(notifications),
+        )
+
+    def _open_incident(self, *, target: str, kind: str, severity: str, at: datetime,
+                       deadline_at: datetime | None, reason: str, actor: str, summary: str,
+                       details: dict[str, Any],
+                       notifications: tuple[OutboxMessage, ...]) -> Opened:
+        fingerprint = f"{target}:{kind}"
+        for _ in range(OPEN_RETRIES):
+            with self._session() as session:
+                existing = session.exec(_open_by_fingerprint(fingerprint)).first()
+                if existing is not None:
+                    return Opened(existing, created=False)
+                incident = Incident(
+                    fingerprint=fingerprint, target=target, kind=kind, severity=severity,
+                    state=State.DETECTED.value, version=1, summary=summary, details=details,
+                    deadline_at=deadline_at, opened_at=at, updated_at=at,
+                )
+                session.add(incident)
+                try:
+                    session.flush()
+                except IntegrityError:
+                    # Another opener committed first; read theirs on the next round.
+                    session.rollback()
+                    continue
+                session.add(Transition(
+                    incident_id=incident.incident_id, seq=1, trigger=OPEN_TRIGGER, source=None,
+                    dest=State.DETECTED.value, actor=actor, reason=reason, details=details, at=at,
+                ))
+                _add_outbox(session, incident.incident_id, 1, notifications, at)
+                session.commit()
+                return Opened(incident, created=True)
+        raise StoreError(
+            f"could neither open nor find an open incident for {fingerprint} "
+            f"after {OPEN_RETRIES} tries"
+        )
+
+    async def get_incident(self, incident_id: IncidentId) -> Incident:
+        return await self._run(self._get_incident, incident_id)
+
+    def _get_incident(self, incident_id: IncidentId) -> Incident:
+        with self._session() as session:
+            incident = session.get(Incident, incident_id)
+            if incident is None:
+                raise IncidentNotFound(incident_id)
+            return incident
+
+    async def find_open(self, fingerprint: str) -> Incident | None:
+        """The open incident for a fingerprint, if any."""
+        def work() -> Incident | None:
+            with self._session() as session:
+                found: Incident | None = session.exec(_open_by_fingerprint(fingerprint)).first()
+                return found
+        return await self._run(work)
+
+    async def last_resolved(self, fingerprint: str) -> Incident | None:
+        """The most recently resolved incident of a fingerprint (a `reopen` candidate)."""
+        def work() -> Incident | None:
+            with self._session() as session:
+                query = (
+                    select(Incident)
+                    .where(Incident.fingerprint == fingerprint,
+                           Incident.state == State.RESOLVED.value)
+                    .order_by(col(Incident.opened_at).desc(), col(Incident.id).desc())
+                    .limit(1)
+                )
+                return session.exec(query).first()
+        return await self._run(work)
+
+    async def list_incidents(
+        self,
+        *,
+        states: Iterable[str] = (),
+        kind: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Incident]:
+        """Incidents opened in [since, until), newest first, filtered by state, kind and target."""
+        wanted = tuple(states)
+        unknown = set(wanted) - {s.value for s in State}
+        if unknown:
+            raise InvalidInput(f"unknown state(s) {sorted(unknown)}; "
+                               f"states are {[s.value for s in State]}")
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+
+        def work() -> list[Incident]:
+            query = select(Incident)
+            if wanted:
+                query = query.where(col(Incident.state).in_(wanted))
+            if kind is not None:
+                query = query.where(Incident.kind == kind)
+            if target is not None:
+                query = query.where(Incident.target == target)
+            if since is not None:
+                query = query.where(Incident.opened_at >= since)
+            if until is not None:
+                query = query.where(Incident.opened_at < until)
+            query = query.order_by(col(Incident.opened_at).desc(), col(Incident.id).desc())
+            with self._session() as session:
+                return list(session.exec(query.limit(limit)).all())
+        return await self._run(work)
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[Incident]:
+        """Open incidents whose deadline has passed, most overdue first."""
+        def work() -> list[Incident]:
+            query = (
+                select(Incident)
+                .where(Incident.state != State.RESOLVED.value,
+                       col(Incident.deadline_at).is_not(None),
+                       col(Incident.deadline_at) <= now)
+                .order_by(col(Incident.deadline_at))
+                .limit(limit)
+            )
+            with self._session() as session:
+                return list(session.exec(query).all())
+        return await self._run(work)
+
+    # --- transitions -------------------------------------------------------
+
+    async def apply_transition(self, step: StepRequest) -> Incident:
+        """Persist one step in one transaction; see the module docstring.
+
+        Raises `InvalidTransition` if (trigger, source, dest) is not an edge of
+        the graph, `IncidentNotFound`, or `ConcurrentUpdate` if the incident is
+        no longer at `expected_version` in `source`. Nothing is written then.
+        """
+        if step.dest not in edge_destinations(step.trigger, step.source):
+            raise InvalidTransition(
+                incident_id=step.incident_id, state=step.source, trigger=step.trigger,
+                allowed=operator_triggers_from(step.source),
+                detail=f"no edge leads from '{step.source}' to '{step.dest}'",
+            )
+        _check_text("reason", step.reason, MAX_REASON)
+        _check_text("actor", step.actor, MAX_ACTOR)
+        details = _json_safe("details", step.details)
+        return await self._run(self._apply_transition, step, details)
+
+    def _apply_transition(self, step: StepRequest, details: dict[str, Any]) -> Incident:
+        new_version = step.expected_version + 1
+        with self._session() as session:
+            updated = session.execute(
+                sa.update(Incident)
+                .where(col(Incident.id) == step.incident_id,
+                       col(Incident.version) == step.expected_version,
+                       col(Incident.state) == step.source)
+                .values(state=step.dest, version=new_version, deadline_at=step.deadline_at,
+                        flap_count=step.flap_count, resolved_at=step.resolved_at,
+                        updated_at=step.at)
+            )
+            if updated.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                current = session.get(Incident, step.incident_id)
+                if current is None:
+                    raise IncidentNotFound(step.incident_id)
+                raise ConcurrentUpdate(
+                    incident_id=step.incident_id, expected_version=step.expected_version,
+                    found_version=current.version, found_state=current.state,
+                )
+            session.add(Transition(
+                incident_id=step.incident_id, seq=new_version, trigger=step.trigger,
+                source=step.source, dest=step.dest, actor=step.actor, reason=step.reason,
+                details=details, at=step.at,
+            ))
+            if step.intent is not None:
+                _add_action_run(session, step.incident_id, step.intent, step.at)
+            _add_outbox(session, step.incident_id, new_version, step.notifications, step.at)
+            session.flush()
+            incident = session.get(Incident, step.incident_id, populate_existing=True)
+            session.commit()
+            assert incident is not None
+            return incident
+
+    # --- history -----------------------------------------------------------
+
+    async def timeline(self, incident_id: IncidentId) -> Timeline:
+        """An incident with its transitions, attempts and notifications, each in order."""
+        def work() -> Timeline:
+            with self._session() as session:
+                incident = session.get(Incident, incident_id)
+                if incident is None:
+                    raise IncidentNotFound(incident_id)
+                transitions = session.exec(
+                    select(Transition).where(Transition.incident_id == incident_id)
+                    .order_by(col(Transition.seq))
+                ).all()
+                actions = session.exec(
+                    select(ActionRun).where(ActionRun.incident_id == incident_id)
+                    .order_by(col(ActionRun.attempt))
+                ).all()
+                notes = session.exec(
+                    select(Notification).where(Notification.incident_id == incident_id)
+                    .order_by(col(Notification.id))
+                ).all()
+                return Timeline(incident, list(transitions), list(actions), list(notes))
+        return await self._run(work)
+
+    async def history(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        target: str | None = None,
+        kind: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[Transition, Incident]]:
+        """Transitions across incidents in [since, until), oldest first, with their incident."""
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+
+        def work() -> list[tuple[Transition, Incident]]:
+            query = select(Transition, Incident).join(
+                Incident, col(Incident.id) == col(Transition.incident_id)
+            )
+            if since is not None:
+                query = query.where(Transition.at >= since)
+            if until is not None:
+                query = query.where(Transition.at < until)
+            if target is not None:
+                query = query.where(Incident.target == target)
+            if kind is not None:
+                query = query.where(Incident.kind == kind)
+            query = query.order_by(col(Transition.at), col(Transition.id)).limit(limit)
+            with self._session() as session:
+                return [(t, i) for t, i in session.exec(query).all()]
+        return await self._run(work)

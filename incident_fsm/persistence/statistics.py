@@ -1,0 +1,185 @@
+"""The statistics read model: counts and rates per state, kind, action, channel and target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
+from incident_fsm.models import (
+    ActionRun,
+    HealthCheck,
+    Incident,
+    Notification,
+    Transition,
+)
+from incident_fsm.persistence.core import (
+    StoreCore,
+)
+from incident_fsm.persistence.effects import (
+    failed_condition,
+    succeeded_condition,
+)
+from incident_fsm.vocabulary import State
+
+
+@dataclass(frozen=True)
+class ActionStats:
+    kind: str
+    action: str
+    attempts: int
+    #: attempts that worked: the action returned ok and verification passed after it
+    verified: int
+    #: attempts that did not: see `failed_condition`
+    failed: int
+    dry_runs: int
+
+    @property
+    def success_rate(self) -> float | None:
+        judged = self.verified + self.failed
+        return None if judged == 0 else self.verified / judged
+
+
+@dataclass(frozen=True)
+class KindStats:
+    kind: str
+    incidents: int
+    open: int
+    resolved: int
+    escalated_ever: int
+    resolution_p50_s: float | None
+    resolution_p95_s: float | None
+
+    @property
+    def escalation_rate(self) -> float | None:
+        return None if self.incidents == 0 else self.escalated_ever / self.incidents
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    channel: str
+    delivered: int
+    pending: int
+    dead: int
+    skipped: int
+
+    @property
+    def delivery_rate(self) -> float | None:
+        done = self.delivered + self.dead
+        return None if done == 0 else self.delivered / done
+
+
+@dataclass(frozen=True)
+class CheckStats:
+    target: str
+    checks: int
+    failed: int
+    latency_avg_ms: float | None
+    latency_max_ms: float | None
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What `incident-fsm stats` and the metrics endpoint report."""
+
+    states: dict[str, int]
+    kinds: list[KindStats]
+    actions: list[ActionStats]
+    channels: list[ChannelStats]
+    checks: list[CheckStats]
+
+
+def _percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def _statistics(session: Session, since: datetime | None) -> Statistics:
+    opened = [] if since is None else [col(Incident.opened_at) >= since]
+    state = col(Incident.state)
+    states = {str(name): int(n) for name, n in session.execute(
+        sa.select(state, sa.func.count()).where(*opened).group_by(state))}
+
+    escalated_ids = (
+        sa.select(col(Transition.incident_id)).where(col(Transition.dest) == State.ESCALATED.value)
+        .distinct().scalar_subquery()
+    )
+    kinds: list[KindStats] = []
+    for kind, total, open_, resolved, escalated in session.execute(
+        sa.select(
+            col(Incident.kind),
+            sa.func.count(),
+            sa.func.sum(sa.case((col(Incident.state) != State.RESOLVED.value, 1), else_=0)),
+            sa.func.sum(sa.case((col(Incident.state) == State.RESOLVED.value, 1), else_=0)),
+            sa.func.sum(sa.case((col(Incident.id).in_(escalated_ids), 1), else_=0)),
+        ).where(*opened).group_by(col(Incident.kind)).order_by(col(Incident.kind))
+    ):
+        durations = sorted(
+            (r - o).total_seconds() for o, r in session.execute(
+                sa.select(col(Incident.opened_at), col(Incident.resolved_at)).where(
+                    col(Incident.kind) == kind, col(Incident.resolved_at).is_not(None), *opened))
+        )
+        kinds.append(KindStats(str(kind), int(total), int(open_ or 0), int(resolved or 0),
+                               int(escalated or 0), _percentile(durations, 0.5),
+                               _percentile(durations, 0.95)))
+
+    # The same success and failure as the learned ranking (`action_record`).
+    judged_ok = sa.func.sum(sa.case((succeeded_condition(), 1), else_=0))
+    judged_bad = sa.func.sum(sa.case((failed_condition(), 1), else_=0))
+    dry = sa.func.sum(sa.case((col(ActionRun.dry_run).is_(True), 1), else_=0))
+    actions = [
+        ActionStats(str(kind), str(action), int(n), int(ok or 0), int(bad or 0), int(d or 0))
+        for kind, action, n, ok, bad, d in session.execute(
+            sa.select(col(Incident.kind), col(ActionRun.action), sa.func.count(), judged_ok,
+                      judged_bad, dry)
+            .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
+            .where(*opened).group_by(col(Incident.kind), col(ActionRun.action))
+            .order_by(col(Incident.kind), col(ActionRun.action))
+        )
+    ]
+
+    def status_sum(status: str) -> Any:
+        return sa.func.sum(sa.case((col(Notification.status) == status, 1), else_=0))
+
+    created = [] if since is None else [col(Notification.created_at) >= since]
+    channels = [
+        ChannelStats(str(channel), int(d or 0), int(p or 0), int(x or 0), int(k or 0))
+        for channel, d, p, x, k in session.execute(
+            sa.select(col(Notification.channel), status_sum("delivered"), status_sum("pending"),
+                      status_sum("dead"), status_sum("skipped"))
+            .where(*created).group_by(col(Notification.channel)).order_by(col(Notification.channel))
+        )
+    ]
+
+    checked = [] if since is None else [col(HealthCheck.at) >= since]
+    checks = [
+        CheckStats(str(target), int(n), int(failed or 0),
+                   None if avg is None else float(avg), None if top is None else float(top))
+        for target, n, failed, avg, top in session.execute(
+            sa.select(col(HealthCheck.target), sa.func.count(),
+                      sa.func.sum(sa.case((col(HealthCheck.ok).is_(False), 1), else_=0)),
+                      sa.func.avg(col(HealthCheck.latency_ms)),
+                      sa.func.max(col(HealthCheck.latency_ms)))
+            .where(*checked).group_by(col(HealthCheck.target)).order_by(col(HealthCheck.target))
+        )
+    ]
+    return Statistics(states, kinds, actions, channels, checks)
+
+
+class StatisticsRepository(StoreCore):
+    """`incident-fsm stats` and the status page's figures."""
+
+    # --- statistics --------------------------------------------------------------
+
+    async def statistics(self, *, since: datetime | None = None) -> Statistics:
+        """Aggregates over incidents opened (and checks made) since `since` (default: all)."""
+        def work() -> Statistics:
+            with self._session() as session:
+                return _statistics(session, since)
+        return await self._run(work)

@@ -1,0 +1,41 @@
+"""The store: the only code that talks to the database.
+
+Every public method is a coroutine that runs one short synchronous
+SQLAlchemy unit of work in a worker thread (`anyio.to_thread.run_sync`,
+bounded by a capacity limiter). We chose worker threads over an async
+engine because one code path then serves Postgres (psycopg 3) and SQLite
+alike, Alembic and the CLI share the same engine setup, and each unit of
+work is a few statements long -- the thread hop costs microseconds while
+the event loop never waits on the database.
+
+Invariants the store keeps:
+- one transition = one transaction: the version-checked update of the
+  incident copy, the `transition` row, the attempt it starts and its outbox
+  rows commit together or not at all;
+- `incident.version` equals the number of `transition` rows of the incident
+  (the opening row is seq 1), so the version is also the next row's seq;
+- strikes are recomputed from the incident's `action_run` rows whenever
+  those change; nothing counts them in memory;
+- history rows are only ever inserted.
+"""
+
+from __future__ import annotations
+
+from incident_fsm.persistence.attempts import ActionTally, AttemptRepository
+from incident_fsm.persistence.health_checks import HealthCheckRepository
+from incident_fsm.persistence.incidents import IncidentRepository
+from incident_fsm.persistence.leases import LeaseRepository
+from incident_fsm.persistence.outbox import OutboxRepository
+from incident_fsm.persistence.statistics import Statistics, StatisticsRepository
+
+__all__ = ["ActionTally", "Statistics", "Store"]
+
+
+class Store(IncidentRepository, AttemptRepository, OutboxRepository, LeaseRepository,
+            HealthCheckRepository, StatisticsRepository):
+    """Async access to incidents and their history. Create one per process and share it.
+
+    One class per aggregate (`persistence.incidents`, `.attempts`, `.outbox`,
+    `.leases`, `.health_checks`, `.statistics`) over one `StoreCore`; consumers
+    depend on the small protocols of what they use, not on all of it.
+    """

@@ -1,0 +1,1 @@
+"""Fixing problems: the action policy, the learned ranking, the remediator and the actions."""

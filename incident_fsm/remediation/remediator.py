@@ -1,0 +1,485 @@
+"""The remediator: drives one incident through the graph by choosing, running and judging actions.
+
+One `drive` call takes an incident from where it stands to a state that
+waits for the world (resolved, escalated, or `detected` in monitor-only
+mode):
+
+    choose (policy + learned ranking) -> fire remediate / hold
+    run the action, bounded by its time limit and the incident's deadline
+    store its outcome -> fire action_finished
+    wait the verify window (on the injected clock) -> ask the Verifier
+    judge the attempt -> fire recovered, or still_failing with the next choice
+
+An action that reports itself not applicable (outcome `skipped`, e.g. a
+scale while Render autoscales) changed nothing: it is no strike and is not
+verified; `still_failing` follows at once with the next choice.
+
+An attempt whose action failed (an error answer, HTTP 4xx/5xx even from an
+action that called it ok, not available for the target, timed out,
+interrupted) is still verified: if the problem cleared anyway, the incident
+is resolved "cleared without a working action" (reason and details say so)
+and the attempt is never counted as the action's success.
+
+The graph does the rest: `still_failing` escalates at `max_strikes` or
+when no action is left. Every attempt is recorded by the engine before it
+runs; an attempt found unfinished when `drive` starts (the agent stopped
+while it ran) is marked interrupted and judged, never run twice. An action
+that raises, returns something that is not an `Outcome`, or overruns, is a
+failed or timed-out attempt, not a crash. When someone else moves the
+incident meanwhile (the deadline sweeper, an operator, another replica),
+`drive` stops and returns the incident as it is.
+
+`drive` assumes it is the only driver of its incident at a time (the
+controller runs one task per incident).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, Final, Protocol
+
+import anyio
+from loguru import logger
+
+from incident_fsm.clock import Clock
+from incident_fsm.errors import ConcurrentUpdate, InvalidInput, InvalidTransition
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent
+from incident_fsm.models import ActionRun, Incident, IncidentId
+from incident_fsm.persistence.effects import OUTCOME_OK
+from incident_fsm.persistence.store import Store
+from incident_fsm.remediation.actions.base import (
+    Action,
+    ActionContext,
+    Outcome,
+    OutcomeStatus,
+    Tier,
+)
+from incident_fsm.remediation.actions.redaction import redact
+from incident_fsm.remediation.policy import (
+    DEFAULT_RULES,
+    Limits,
+    Rule,
+    Situation,
+    candidates,
+    decide,
+)
+from incident_fsm.remediation.ranking import Ranked, rank
+from incident_fsm.timebox import within
+from incident_fsm.vocabulary import State, Verdict
+
+#: Extra seconds an action gets past its limit to report its own timeout, with evidence.
+GRACE: Final = 5.0
+MAX_REASON: Final = 1000
+#: Seconds a dry run's preview (e.g. scanning the cleanup roots) may take.
+PREVIEW_LIMIT: Final = 60.0
+ACTOR: Final = "agent"
+#: How a recovery is recorded when the attempt before it had failed.
+CLEARED_ANYWAY: Final = "cleared without a working action"
+_FAILED_HOW: Final = {"failed": "failed", "timed_out": "timed out",
+                      "interrupted": "was interrupted"}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A verifier's answer: is the problem gone, judging by fresh samples?"""
+
+    cleared: bool
+    summary: str = ""
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Verifier(Protocol):
+    """Judges an incident from fresh health samples (the controller provides one)."""
+
+    async def verify(self, incident: Incident) -> Verification: ...
+
+
+class ActionSource(Protocol):
+    """Where the remediator finds the actions of a target (`actions.catalog.Catalog`)."""
+
+    def for_target(self, target: str) -> Mapping[str, Action]: ...
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The next action to propose (or None), the ranking it came from, and why."""
+
+    intent: ActionIntent | None
+    ranking: tuple[Ranked, ...]
+    why: str
+
+    def details(self) -> dict[str, Any]:
+        return {"ranking": [r.as_dict() for r in self.ranking]}
+
+
+class Remediator:
+    """Chooses, runs and judges remediation actions for incidents."""
+
+    def __init__(
+        self,
+        *,
+        engine: IncidentEngine,
+        store: Store,
+        clock: Clock,
+        actions: ActionSource,
+        verifier: Verifier,
+        limits: Limits | None = None,
+        policy: Mapping[str, Sequence[str]] | None = None,
+        rules: Sequence[Rule] = DEFAULT_RULES,
+        verify_timeout: float = 30.0,
+    ) -> None:
+        if verify_timeout <= 0:
+            raise InvalidInput("verify_timeout must be greater than 0")
+        self._engine = engine
+        self._store = store
+        self._clock = clock
+        self._actions = actions
+        self._verifier = verifier
+        self.limits = limits or Limits()
+        self._policy = policy
+        self._rules = tuple(rules)
+        self._verify_timeout = verify_timeout
+
+    # --- choosing -----------------------------------------------------------------
+
+    async def choose(self, incident: Incident,
+                     attempts: Sequence[ActionRun] | None = None) -> Choice:
+        """The best permitted untried action for the incident, with policy's verdict on it.
+
+        If every candidate is held, the best held one is returned (its verdict
+        says why); if none is left, the intent is None.
+        """
+        if attempts is None:
+            attempts = await self._store.attempts(incident.incident_id)
+        available = self._actions.for_target(incident.target)
+        names = candidates(incident.kind, available=available, override=self._policy)
+        tried = {run.action for run in attempts if not run.dry_run}
+        record = await self._store.action_record(incident.kind)
+        ranking = tuple(rank(names, record, exclude=tried))
+        if not ranking:
+            why = (f"every action for {incident.kind} on {incident.target} was tried"
+                   if names else f"no action is configured for {incident.kind} on "
+                                 f"{incident.target}")
+            return Choice(None, ranking, why)
+        now = self._clock.now()
+        recent = await self._store.count_actions(
+            target=incident.target,
+            since=now - timedelta(seconds=self.limits.action_budget_window))
+        reopenings = await self._store.count_reopenings(
+            fingerprint=incident.fingerprint,
+            since=now - timedelta(seconds=self.limits.flap_window))
+        first_held: ActionIntent | None = None
+        for place, ranked in enumerate(ranking, start=1):
+            situation = Situation(incident=incident, action=ranked.action,
+                                  tier=_tier_of(available[ranked.action]), recent_actions=recent,
+                                  recent_reopenings=reopenings)
+            intent = decide(situation, self.limits, self._rules)
+            intent = replace(intent, why=(
+                f"ranked {place} of {len(ranking)} for {incident.kind} "
+                f"({ranked.successes} verified, {ranked.failures} failed, "
+                f"score {ranked.score:.2f}); {intent.why}"
+            ))
+            if intent.verdict is not Verdict.HOLD:
+                return Choice(intent, ranking, intent.why)
+            first_held = first_held or intent
+        assert first_held is not None
+        return Choice(first_held, ranking, first_held.why)
+
+    # --- driving ------------------------------------------------------------------
+
+    async def drive(self, incident_id: IncidentId) -> Incident:
+        """Take the incident as far as it goes now; returns it as persisted afterwards."""
+        incident = await self._store.get_incident(incident_id)
+        try:
+            if incident.state == State.DETECTED:
+                incident = await self._begin(incident)
+                if incident.state == State.REMEDIATING:
+                    incident = await self._attempt(incident)
+            elif incident.state == State.REMEDIATING:
+                incident = await self._resume(incident)
+            # Bounded by the graph: each round adds a strike or ends the incident.
+            while incident.state == State.VERIFYING:
+                incident = await self._judge(incident)
+                if incident.state == State.REMEDIATING:
+                    incident = await self._attempt(incident)
+        except (ConcurrentUpdate, InvalidTransition) as exc:
+            _log(incident).info("incident {} moved on without the remediator: {}",
+                                incident_id, exc)
+            return await self._store.get_incident(incident_id)
+        return incident
+
+    async def _begin(self, incident: Incident) -> Incident:
+        attempts = await self._store.attempts(incident.incident_id)
+        choice = await self.choose(incident, attempts)
+        intent = choice.intent
+        if intent is None:
+            return await self._fire(incident, "hold", f"nothing to run: {choice.why}",
+                                    details=choice.details())
+        if intent.dry_run:
+            await self._dry_run(incident, intent, attempts)
+            return incident
+        if intent.verdict is Verdict.HOLD:
+            return await self._fire(incident, "hold", f"holding {intent.action}: {intent.why}",
+                                    intent=intent, details=choice.details())
+        return await self._fire(incident, "remediate", f"{intent.action}: {intent.why}",
+                                intent=intent, details=choice.details())
+
+    async def _attempt(self, incident: Incident) -> Incident:
+        """Run the attempt the last step recorded, store its outcome, and move on."""
+        run = _last_real(await self._store.attempts(incident.incident_id))
+        if run is None or run.finished_at is not None:
+            return await self._resume(incident)
+        now = self._clock.now()
+        incident = await self._store.get_incident(incident.incident_id)
+        if incident.state != State.REMEDIATING:
+            return incident  # escalated or resolved meanwhile: not ours to run any more
+        if run.id is None or not await self._store.claim_attempt(run.id, at=now):
+            # Someone (maybe us, before a crash) already started it: never run it twice.
+            return await self._resume(incident)
+        action = self._actions.for_target(incident.target).get(run.action)
+        deadline = incident.deadline_at or now + timedelta(
+            seconds=self._engine.policy.action_deadline)
+        ctx = ActionContext(incident=incident, idempotency_key=run.idempotency_key,
+                            deadline=deadline, clock=self._clock)
+        try:
+            outcome = await self._run(action, run.action, ctx)
+        except BaseException:
+            # Cancelled (the agent is stopping): say so, so a restart judges it, never reruns it.
+            with anyio.CancelScope(shield=True):
+                await self._finish(run, Outcome.failed("interrupted: the agent stopped"),
+                                   status="interrupted")
+            raise
+        if not await self._finish(run, outcome):
+            # Someone else closed this attempt (the sweeper, at the deadline): theirs to move.
+            return await self._store.get_incident(incident.incident_id)
+        if outcome.status is OutcomeStatus.OK:
+            _log(incident).info("🔧 Executed {} for {}: {}", run.action, incident.fingerprint,
+                                outcome.summary)
+        elif outcome.status is OutcomeStatus.SKIPPED:
+            _log(incident).info("⏭ {} does not apply to {}: {}", run.action,
+                                incident.fingerprint, outcome.summary)
+        else:
+            _log(incident).warning("❌ Failed to {}: {}", run.action, outcome.summary)
+        details = _outcome_details(outcome)
+        if outcome.status is OutcomeStatus.TIMED_OUT and self._clock.now() >= deadline:
+            return await self._fire(
+                incident, "timeout",
+                f"{run.action} was still not done at the action deadline: {outcome.summary}",
+                details=details)
+        return await self._fire(incident, "action_finished",
+                                f"{run.action} {outcome.status.value}: {outcome.summary}",
+                                details=details)
+
+    async def _run(self, action: Action | None, name: str, ctx: ActionContext) -> Outcome:
+        """Run `action` within its limit; exceptions, garbage and overruns become outcomes."""
+        if action is None:
+            return Outcome.failed(f"{name} is not available for {ctx.incident.target}")
+        # The grace lets an action that watches its own limit (all of ours do) report the
+        # timeout itself, with its evidence; the cut-off here is for those that hang.
+        # The incident escalates at its deadline regardless (the sweeper sees to it);
+        # the grace only lets a late action say how it ended.
+        limit = min(action.timeout, ctx.remaining()) + GRACE
+
+        async def guarded() -> Outcome:
+            try:
+                result = await action.run(ctx)
+            except Exception as exc:
+                return Outcome.failed(f"{name} raised {type(exc).__name__}: "
+                                      f"{redact(str(exc))[:300]}")
+            if not isinstance(result, Outcome):
+                return Outcome.failed(f"{name} returned {type(result).__name__}, not an outcome")
+            if result.status is OutcomeStatus.OK and (result.http_status or 0) >= 400:
+                # An error answer is no success, whatever the action made of it.
+                return replace(result, status=OutcomeStatus.FAILED,
+                               summary=f"{result.summary} (answered HTTP {result.http_status})")
+            return result
+
+        try:
+            return await within(self._clock, limit, guarded)
+        except TimeoutError:
+            return Outcome.timed_out(f"{name} gave no result within {limit:g} s")
+
+    async def _finish(self, run: ActionRun, outcome: Outcome, *, status: str | None = None) -> bool:
+        """Store how the attempt ended; False if it had been closed by someone else."""
+        assert run.id is not None
+        try:
+            await self._store.finish_action(
+                run.id, outcome=status or outcome.status.value, finished_at=self._clock.now(),
+                output_excerpt=outcome.output_excerpt, evidence=_plain(outcome.record()))
+        except InvalidInput:
+            return False
+        return True
+
+    async def _resume(self, incident: Incident) -> Incident:
+        """An incident found in `remediating`: run its attempt if it never started, else judge it.
+
+        Never started (no claim): an operator approved it, or the agent stopped
+        between recording it and running it. Started but unfinished: the agent
+        stopped while it ran, so it is marked interrupted and not run again.
+        """
+        run = _last_real(await self._store.attempts(incident.incident_id))
+        if run is None:
+            # Remediating without any attempt on record: never judge what we cannot see.
+            _log(incident).warning("incident {} is remediating with no attempt on record; "
+                                   "leaving it to the deadline", incident.incident_id)
+            return incident
+        if run.finished_at is None and run.executing_at is None:
+            return await self._attempt(incident)
+        reason = "resuming: the attempt had finished"
+        if run is not None and run.finished_at is None:
+            await self._finish(run, Outcome.failed(
+                "interrupted: the agent stopped while this attempt ran; it is not run again"),
+                status="interrupted")
+            reason = f"resuming: {run.action} was interrupted and is not run again"
+        return await self._fire(incident, "action_finished", reason)
+
+    async def _judge(self, incident: Incident) -> Incident:
+        attempts = await self._store.attempts(incident.incident_id)
+        run = _last_real(attempts)
+        if run is not None and run.outcome == OutcomeStatus.SKIPPED.value:
+            # Not applicable: it changed nothing, so there is nothing to wait for or verify,
+            # and no strike (a skipped attempt is none); straight on to the next candidate.
+            summary = str((run.evidence or {}).get("summary", "")) or "not applicable"
+            return await self._next(incident, attempts,
+                                    f"{run.action} did not apply: {summary}", details={})
+        wait = self._engine.policy.verify_window - (
+            self._clock.now() - incident.updated_at).total_seconds()
+        if wait > 0:
+            await self._clock.sleep(wait)
+        incident = await self._store.get_incident(incident.incident_id)
+        if incident.state != State.VERIFYING:
+            return incident
+        attempts = await self._store.attempts(incident.incident_id)
+        run = _last_real(attempts)
+        verification = await self._verify(incident)
+        label = run.action if run is not None else "the last action"
+        if run is not None and run.id is not None:
+            try:
+                await self._store.judge_action(run.id, verified=verification.cleared)
+            except InvalidInput as exc:  # judged before a restart; the stored verdict stands
+                _log(incident).warning("keeping the earlier verdict: {}", exc)
+        details: dict[str, Any] = {"verification": _plain(dict(verification.evidence))}
+        if verification.cleared and run is not None and run.outcome != OUTCOME_OK:
+            # `verified` records that the problem cleared after the attempt; the action
+            # itself did not work, so the recovery is not put down to it (nor learned).
+            how = _FAILED_HOW.get(run.outcome or "", "did not finish")
+            details |= {"recovery": CLEARED_ANYWAY, "action_outcome": run.outcome}
+            return await self._fire(
+                incident, "recovered",
+                f"{CLEARED_ANYWAY} ({label} {how}): {verification.summary or 'cleared'}",
+                details=details)
+        if verification.cleared:
+            return await self._fire(incident, "recovered",
+                                    f"verified after {label}: {verification.summary or 'cleared'}",
+                                    details=details)
+        still = f"still failing after {label}: {verification.summary or 'not cleared'}"
+        return await self._next(incident, attempts, still, details=details)
+
+    async def _next(self, incident: Incident, attempts: Sequence[ActionRun], still: str, *,
+                    details: dict[str, Any]) -> Incident:
+        """From `verifying`, not cleared: the next candidate, or escalation (`still_failing`)."""
+        incident = await self._store.get_incident(incident.incident_id)
+        max_strikes = self._engine.policy.max_strikes
+        if incident.strikes >= max_strikes:
+            return await self._fire(incident, "still_failing",
+                                    f"{still}; {incident.strikes} strikes (max {max_strikes})",
+                                    details=details)
+        choice = await self.choose(incident, attempts)
+        intent = choice.intent
+        details |= choice.details()
+        if intent is None:
+            return await self._fire(incident, "still_failing", f"{still}; {choice.why}",
+                                    details=details)
+        if intent.dry_run:
+            await self._dry_run(incident, intent, attempts)
+            return await self._fire(incident, "still_failing",
+                                    f"{still}; monitor-only: {intent.action} not run",
+                                    details=details)
+        return await self._fire(incident, "still_failing",
+                                f"{still}; next: {intent.action}: {intent.why}",
+                                intent=intent, details=details)
+
+    async def _verify(self, incident: Incident) -> Verification:
+        try:
+            result = await within(self._clock, self._verify_timeout,
+                                  lambda: self._verifier.verify(incident))
+        except TimeoutError:
+            return Verification(False, f"no verdict within {self._verify_timeout:g} s",
+                                {"error": "verifier timed out"})
+        except Exception as exc:
+            return Verification(False, f"verifier failed: {type(exc).__name__}",
+                                {"error": redact(str(exc))[:300]})
+        if not isinstance(result, Verification):
+            return Verification(False, "verifier gave no verdict",
+                                {"error": f"verifier returned {type(result).__name__}"})
+        return result
+
+    async def _dry_run(self, incident: Incident, intent: ActionIntent,
+                       attempts: Sequence[ActionRun]) -> None:
+        """Monitor-only: record what would run (once per stay in `detected`), run nothing."""
+        if any(r.dry_run and r.started_at >= incident.updated_at for r in attempts):
+            return
+        run = await self._store.record_action(incident.incident_id, intent,
+                                              at=self._clock.now())
+        action = self._actions.for_target(incident.target).get(intent.action)
+        ctx = ActionContext(incident=incident, idempotency_key=run.idempotency_key,
+                            deadline=self._clock.now() + timedelta(seconds=PREVIEW_LIMIT),
+                            clock=self._clock, dry_run=True)
+        preview = await self._run(action, intent.action, ctx)
+        # The verdict would otherwise be lost: a dry run moves the incident nowhere.
+        preview = replace(preview, evidence={**preview.evidence, "verdict": intent.verdict.value,
+                                             "verdict_reason": intent.why})
+        await self._finish(run, preview, status="skipped")
+        _log(incident).info("monitor-only: would run {} for {}: {}", intent.action,
+                            incident.fingerprint, preview.summary)
+
+    async def _fire(self, incident: Incident, trigger: str, reason: str, *,
+                    intent: ActionIntent | None = None,
+                    details: Mapping[str, Any] | None = None) -> Incident:
+        return await self._engine.fire(incident.incident_id, trigger, actor=ACTOR,
+                                       reason=_short(reason), details=details, intent=intent)
+
+
+def _tier_of(action: Action) -> Tier:
+    """The action's tier; a plug-in's unknown tier is treated as needing approval."""
+    try:
+        return Tier(action.tier)
+    except ValueError:
+        return Tier.APPROVAL
+
+
+def _last_real(attempts: Sequence[ActionRun]) -> ActionRun | None:
+    real = [r for r in attempts if not r.dry_run]
+    return real[-1] if real else None
+
+
+def _outcome_details(outcome: Outcome) -> dict[str, Any]:
+    out: dict[str, Any] = {"outcome": outcome.status.value, "summary": _short(outcome.summary)}
+    if outcome.exit_code is not None:
+        out["exit_code"] = outcome.exit_code
+    if outcome.http_status is not None:
+        out["http_status"] = outcome.http_status
+    return out
+
+
+def _short(text: str) -> str:
+    text = text.strip() or "(no detail)"
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
+
+def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
+    """`value` as plain JSON data (anything exotic as text), so storing it cannot fail."""
+    try:
+        plain: dict[str, Any] = json.loads(json.dumps(dict(value), default=str,
+                                                      allow_nan=False))
+    except (TypeError, ValueError):
+        return {"unreadable": repr(value)[:300]}
+    return plain
+
+
+def _log(incident: Incident) -> Any:
+    return logger.bind(incident_id=incident.id, state=incident.state, target=incident.target)

@@ -1,0 +1,1 @@
+"""Reading what happened: text and JSON reports and the read-only status endpoints."""

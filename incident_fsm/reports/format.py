@@ -1,0 +1,190 @@
+"""Turning incidents and their history into text for people and JSON for scripts.
+
+Pure formatting: no database access. The CLI calls these; a host app can
+use them for its own admin pages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from incident_fsm.models import ActionRun, Incident, Notification, Timeline, Transition
+from incident_fsm.persistence.effects import cleared_without_working_action
+from incident_fsm.persistence.statistics import Statistics
+from incident_fsm.remediation.ranking import Ranked
+from incident_fsm.text import one_line
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [list(r) for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)]).rstrip()
+
+
+def incidents_table(incidents: Sequence[Incident]) -> str:
+    if not incidents:
+        return "no incidents match"
+    return _table(
+        ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "OPENED (UTC)", "DEADLINE (UTC)"],
+        [[str(i.id), i.state, i.target, i.kind, i.severity, str(i.strikes), _when(i.opened_at),
+          _when(i.deadline_at)] for i in incidents],
+    )
+
+
+def timeline_text(timeline: Timeline) -> str:
+    i = timeline.incident
+    out = [
+        f"incident {i.id}  {i.fingerprint}  severity {i.severity}",
+        f"state: {i.state}   strikes: {i.strikes}   flaps: {i.flap_count}   "
+        f"deadline: {_when(i.deadline_at)}",
+        f"opened: {_when(i.opened_at)}   resolved: {_when(i.resolved_at)}",
+    ]
+    if i.summary:
+        out.append(f"summary: {i.summary}")
+    out += ["", "transitions:"]
+    out += [f"  {t.seq:>3}  {_when(t.at)}  {t.trigger:<16} {(t.source or '-'):>11} → "
+            f"{t.dest:<11}  by {one_line(t.actor, 200)}: {one_line(t.reason)}"
+            for t in timeline.transitions]
+    out += ["", "actions:"]
+    out += [_action_line(r, timeline) for r in timeline.actions] or ["  none"]
+    out += ["", "notifications:"]
+    out += [_notification_line(n) for n in timeline.notifications] or ["  none"]
+    return "\n".join(out)
+
+
+def attempt_status(run: ActionRun, *, approved: bool = False) -> str:
+    """Where an attempt stands, in a few words (`show`, and `status` in its JSON).
+
+    An attempt nobody has started yet is waiting for an agent, not running:
+    an operator's approval is only recorded, a running agent then runs it.
+    """
+    if run.outcome is None:
+        if run.executing_at is not None:
+            return "running"
+        return "approved, waiting for an agent" if approved else "waiting for an agent"
+    if cleared_without_working_action(run):
+        # `verified` says the problem cleared after it; the action did not do it.
+        return f"{run.outcome}, cleared without a working action"
+    verdict = {True: "verified", False: "not verified", None: "not judged"}[run.verified]
+    return f"{run.outcome}, {verdict}"
+
+
+def _approved(run: ActionRun, timeline: Timeline) -> bool:
+    """Whether an operator's approval recorded the attempt (it is written with that step)."""
+    return any(t.trigger == "approve" and t.at == run.started_at for t in timeline.transitions)
+
+
+def _action_line(run: ActionRun, timeline: Timeline) -> str:
+    evidence = ", ".join(f"{k}={v}" for k, v in run.evidence.items())
+    dry = " (dry run)" if run.dry_run else ""
+    status = attempt_status(run, approved=_approved(run, timeline))
+    return (f"  #{run.attempt}  {_when(run.started_at)}  {run.action}{dry} [{run.tier}]  "
+            f"{status}" + (f"  ({evidence})" if evidence else ""))
+
+
+def _notification_line(n: Notification) -> str:
+    status = n.status + (f" at {_when(n.delivered_at)}" if n.delivered_at else "")
+    error = f"  last error: {n.last_error}" if n.last_error and n.status != "delivered" else ""
+    return f"  step {n.transition_seq}  {n.channel:<8} {status}, {n.attempts} attempt(s){error}"
+
+
+def history_table(rows: Sequence[tuple[Transition, Incident]]) -> str:
+    if not rows:
+        return "no transitions in that range"
+    return _table(
+        ["AT (UTC)", "INCIDENT", "TARGET", "KIND", "TRIGGER", "FROM", "TO", "ACTOR", "REASON"],
+        [[_when(t.at), str(t.incident_id), i.target, i.kind, t.trigger, t.source or "-", t.dest,
+          one_line(t.actor, 200), one_line(t.reason)] for t, i in rows],
+    )
+
+
+def to_json(value: Any) -> str:
+    """JSON for `--json`: rows as objects, datetimes as ISO 8601 UTC."""
+    return json.dumps(_plain(value), indent=2, ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Statistics):
+        return {
+            "states": value.states,
+            "kinds": [dict(_plain(vars(k)), escalation_rate=k.escalation_rate)
+                      for k in value.kinds],
+            "actions": [dict(_plain(vars(a)), success_rate=a.success_rate)
+                        for a in value.actions],
+            "channels": [dict(_plain(vars(c)), delivery_rate=c.delivery_rate)
+                         for c in value.channels],
+            "checks": [_plain(vars(c)) for c in value.checks],
+        }
+    if isinstance(value, Timeline):
+        return {
+            "incident": _plain(value.incident),
+            "transitions": _plain(value.transitions),
+            "actions": [dict(_plain(r), status=attempt_status(r, approved=_approved(r, value)))
+                        for r in value.actions],
+            "notifications": _plain(value.notifications),
+        }
+    if hasattr(value, "model_dump"):
+        return _plain(value.model_dump())
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}s"
+
+
+def statistics_text(stats: Statistics,
+                    rankings: Mapping[str, Sequence[Ranked]] | None = None) -> str:
+    states = ", ".join(f"{k} {v}" for k, v in sorted(stats.states.items())) or "none"
+    parts = [f"incidents by state: {states}", "", "per problem kind:"]
+    parts.append(_table(
+        ["KIND", "INCIDENTS", "OPEN", "RESOLVED", "ESCALATED", "P50 TO RESOLVE", "P95"],
+        [[k.kind, str(k.incidents), str(k.open), str(k.resolved), _pct(k.escalation_rate),
+          _secs(k.resolution_p50_s), _secs(k.resolution_p95_s)] for k in stats.kinds],
+    ) if stats.kinds else "  none")
+    parts += ["", "actions (success = the action worked and verification passed afterwards):"]
+    parts.append(_table(
+        ["KIND", "ACTION", "ATTEMPTS", "VERIFIED", "FAILED", "SUCCESS", "DRY RUNS"],
+        [[a.kind, a.action, str(a.attempts), str(a.verified), str(a.failed),
+          _pct(a.success_rate), str(a.dry_runs)] for a in stats.actions],
+    ) if stats.actions else "  none")
+    if rankings:
+        parts += ["", "learned ranking (the order the agent would try them now, best first):"]
+        for kind, ranked in sorted(rankings.items()):
+            order = ", ".join(f"{r.action} {r.score:.2f} ({r.successes}✓ {r.failures}✗)"
+                              for r in ranked) or "no candidates"
+            parts.append(f"  {kind}: {order}")
+    parts += ["", "notifications:"]
+    parts.append(_table(
+        ["CHANNEL", "DELIVERED", "PENDING", "DEAD", "SKIPPED", "DELIVERY RATE"],
+        [[c.channel, str(c.delivered), str(c.pending), str(c.dead), str(c.skipped),
+          _pct(c.delivery_rate)] for c in stats.channels],
+    ) if stats.channels else "  none")
+    parts += ["", "health checks:"]
+    parts.append(_table(
+        ["TARGET", "CHECKS", "FAILED", "AVG LATENCY", "MAX LATENCY"],
+        [[c.target, str(c.checks), str(c.failed),
+          "-" if c.latency_avg_ms is None else f"{c.latency_avg_ms:.0f}ms",
+          "-" if c.latency_max_ms is None else f"{c.latency_max_ms:.0f}ms"] for c in stats.checks],
+    ) if stats.checks else "  none")
+    return "\n".join(parts)

@@ -1,0 +1,166 @@
+"""Read-only status endpoints a host app can mount: agent health, incidents, history, metrics.
+
+`status_app(source, store, clock=...)` is a plain ASGI application (no
+framework needed), e.g. `app.mount("/agent", agent.status_app())` in FastAPI:
+
+    GET /            the agent: running, leader or standby, last poll per target, queue depths
+    GET /incidents   open incidents (JSON)
+    GET /history     transitions of the last `?hours=24` (JSON)
+    GET /metrics     Prometheus text format
+
+Nothing here can change state: any method but GET/HEAD is answered 405.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from incident_fsm.clock import Clock
+from incident_fsm.fsm.graph import OPEN_STATES
+from incident_fsm.persistence.statistics import Statistics
+from incident_fsm.persistence.store import Store
+from incident_fsm.reports.format import to_json
+from incident_fsm.vocabulary import State
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    name: str
+    last_poll_at: datetime | None = None
+    last_ok: bool | None = None
+    last_error: str = ""
+    #: of a failed last poll: `down`, `throttled` (429) or `unusable` (see `health`)
+    last_cause: str = ""
+    #: polls answered 429 in a row, and the Retry-After the last one asked for
+    throttled_polls: int = 0
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """What the agent says about itself right now."""
+
+    running: bool
+    role: str  # "leader", "standby" or "single" (SQLite: one process, always acting)
+    replica: str
+    started_at: datetime | None = None
+    targets: tuple[TargetStatus, ...] = ()
+    queues: dict[str, int] = field(default_factory=dict)
+
+
+class StatusSource(Protocol):
+    def status(self) -> AgentStatus: ...
+
+
+def status_app(source: StatusSource, store: Store, *, clock: Clock) -> ASGIApp:
+    """The ASGI app; see the module docstring."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # mounted apps may be sent lifespan events
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await _send(send, 405, b'{"detail": "read-only"}', "application/json",
+                        extra=[(b"allow", b"GET, HEAD")])
+            return
+        path = scope.get("path", "/")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if path in ("", "/"):
+            body = to_json(asdict(source.status()))
+            await _send(send, 200, body.encode(), "application/json")
+        elif path == "/incidents":
+            rows = await store.list_incidents(states=[s.value for s in OPEN_STATES], limit=1000)
+            await _send(send, 200, to_json(rows).encode(), "application/json")
+        elif path == "/history":
+            try:
+                hours = min(168.0, max(0.0, float(query.get("hours", ["24"])[0])))
+            except ValueError:
+                await _send(send, 400, b'{"detail": "hours must be a number"}',
+                            "application/json")
+                return
+            since = clock.now() - timedelta(hours=hours)
+            steps = await store.history(since=since, limit=5000)
+            payload = [{"transition": t, "incident": i} for t, i in steps]
+            await _send(send, 200, to_json(payload).encode(), "application/json")
+        elif path == "/metrics":
+            text = metrics_text(source.status(), await store.statistics())
+            await _send(send, 200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+        else:
+            await _send(send, 404, b'{"detail": "not found"}', "application/json")
+
+    return app
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: str,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", content_type.encode()),
+               (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(status: AgentStatus, stats: Statistics) -> str:
+    """Prometheus exposition text for the agent and its history."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str,
+               samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+
+    metric("incident_fsm_up", "gauge", "1 while the agent runs.", [({}, float(status.running))])
+    metric("incident_fsm_leader", "gauge", "1 if this replica may act.",
+           [({"replica": status.replica}, float(status.role in ("leader", "single")))])
+    metric("incident_fsm_incidents", "gauge", "Incidents by current state.",
+           [({"state": s.value}, float(stats.states.get(s.value, 0))) for s in State])
+    metric("incident_fsm_action_attempts_total", "counter", "Action attempts by result.",
+           [({"kind": a.kind, "action": a.action, "result": result}, float(n))
+            for a in stats.actions
+            for result, n in (("verified", a.verified), ("failed", a.failed),
+                              ("dry_run", a.dry_runs))])
+    metric("incident_fsm_notifications", "gauge", "Outbox rows by channel and status.",
+           [({"channel": c.channel, "status": st}, float(n)) for c in stats.channels
+            for st, n in (("delivered", c.delivered), ("pending", c.pending), ("dead", c.dead),
+                          ("skipped", c.skipped))])
+    metric("incident_fsm_health_checks_total", "counter", "Health checks by target and result.",
+           [({"target": c.target, "result": r}, float(n)) for c in stats.checks
+            for r, n in (("ok", c.checks - c.failed), ("failed", c.failed))])
+    metric("incident_fsm_health_check_latency_ms_avg", "gauge", "Mean probe latency.",
+           [({"target": c.target}, c.latency_avg_ms) for c in stats.checks
+            if c.latency_avg_ms is not None])
+    metric("incident_fsm_last_poll_timestamp_seconds", "gauge", "When each target was polled.",
+           [({"target": t.name}, t.last_poll_at.timestamp()) for t in status.targets
+            if t.last_poll_at is not None])
+    metric("incident_fsm_target_throttled", "gauge",
+           "1 while the target answers the agent's polls with 429.",
+           [({"target": t.name}, float(t.throttled_polls > 0)) for t in status.targets])
+    metric("incident_fsm_queue_depth", "gauge", "Work waiting inside the agent.",
+           [({"queue": q}, float(n)) for q, n in sorted(status.queues.items())])
+    return "\n".join(lines) + "\n"
+

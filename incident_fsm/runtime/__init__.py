@@ -1,0 +1,1 @@
+"""The running agent: agent, monitor, sweeper, leader election, heartbeat, start-up checks."""

@@ -1,0 +1,482 @@
+"""The agent: the one place where probes, incidents, actions and notifications meet.
+
+`Agent(settings)` wires the parts together and runs them in one anyio task
+group:
+
+- the **monitor** polls every target and opens, reopens and recovers incidents;
+- the **supervisor** keeps one driver task per active incident (detected,
+  remediating, verifying): each runs `Remediator.drive` — choose, record,
+  claim, run, verify with fresh samples, judge — sequential per incident,
+  parallel across incidents, bounded by `max_concurrent_incidents`;
+- the **sweeper** fires `timeout` for every overdue deadline (deadlines are
+  columns, so ones set before a crash still fire);
+- the **dispatcher** delivers the outbox;
+- with Postgres, a **leader lease** decides which replica does all of the
+  above; the others stand by and take over within `ttl + renew` seconds. A
+  leader that cannot renew stops acting before anyone could take over, so
+  replicas are never both acting, at the price of pausing during a database
+  outage. With SQLite, or `leader_election = false` (exactly one agent on the
+  database), the agent always acts, through outages too, from its journal;
+- with a journaling store, a **replayer** writes back what was journaled
+  while the database was away.
+
+Embedded: `async with Agent(settings) as agent:` (or `lifespan(settings)` for
+FastAPI); inside the PAM service, `pam_manager=` hands the agent the service's
+connection manager for the `pam_inprocess` channel; `migrate=True` lets it
+migrate a Postgres schema that is behind (SQLite always is). Standalone:
+`incident-fsm run`.
+Cancelling the agent stops it: a running action is stopped and recorded as
+interrupted (a restart judges it, never reruns it), and everything written
+before is durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random as _random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup, TaskStatus
+from loguru import logger
+from sqlalchemy.engine import make_url
+
+from incident_fsm.clock import Clock, SystemClock, sleep_or_wake
+from incident_fsm.config import load_settings
+from incident_fsm.detection.detector import METRIC_KINDS, Change, Observation
+from incident_fsm.detection.payload import DOWN, HealthSnapshot
+from incident_fsm.errors import SchemaNotReady, StoreError, StoreUnavailable
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.graph import AUTOMATED_STATES
+from incident_fsm.fsm.steps import MachinePolicy
+from incident_fsm.models import Incident, IncidentId
+from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
+from incident_fsm.notify.dispatcher import Dispatcher, dispatcher_from_settings
+from incident_fsm.notify.policy import policy_from_settings
+from incident_fsm.persistence import database
+from incident_fsm.persistence.journal import JournalingStore
+from incident_fsm.persistence.store import Store
+from incident_fsm.remediation.actions.catalog import Catalog
+from incident_fsm.remediation.policy import Limits
+from incident_fsm.remediation.remediator import Remediator, Verification
+from incident_fsm.reports.status_app import AgentStatus, ASGIApp, TargetStatus, status_app
+from incident_fsm.runtime.heartbeat import Heartbeat
+from incident_fsm.runtime.leader import LeaderElector
+from incident_fsm.runtime.monitor import Monitor, ProblemEvent, TargetProbes, default_probes
+from incident_fsm.runtime.preflight import PreflightFailed, start_failures
+from incident_fsm.runtime.sweeper import DeadlineSweeper
+from incident_fsm.settings import (
+    HEALTH_ENDPOINT_DOWN,
+    PROBE_MISCONFIGURED,
+    SERVICE_DOWN_PREFIX,
+    Settings,
+    TargetSettings,
+)
+
+ACTIVE: Final = tuple(s.value for s in AUTOMATED_STATES)
+
+
+class MonitorVerifier:
+    """Judges an incident on the target's next poll, taken after the verify window."""
+
+    def __init__(self, monitor: Monitor, targets: Mapping[str, TargetSettings]) -> None:
+        self._monitor = monitor
+        self._targets = targets
+
+    async def verify(self, incident: Incident) -> Verification:
+        latest = self._monitor.latest(incident.target)
+        reading = await self._monitor.wait_for_reading(
+            incident.target, after_seq=latest.seq if latest is not None else 0)
+        return judge(incident.kind, reading.observation, self._targets[incident.target])
+
+
+def judge(kind: str, observation: Observation, target: TargetSettings) -> Verification:
+    """Is `kind` cleared in this observation? Metric kinds need the value under `clear`."""
+    for metric, metric_kind in METRIC_KINDS.items():
+        if kind == metric_kind:
+            reading = observation.reading
+            if reading is None:
+                return Verification(False, f"no {metric} reading", {"source": "none"})
+            value = reading.value(metric)
+            clear = getattr(target.thresholds, metric).clear
+            return Verification(value < clear, f"{metric} {value:.1f}% (clear below {clear:g}%)",
+                                {f"{metric}_pct": value, "clear": clear,
+                                 "source": reading.source})
+    if kind == PROBE_MISCONFIGURED:
+        reads = isinstance(observation.health, HealthSnapshot)
+        why = "the health endpoint gives a reading" if reads else (
+            f"the health endpoint still gives none: {getattr(observation.health, 'reason', '')}")
+        return Verification(reads, why, {})
+    if kind == HEALTH_ENDPOINT_DOWN:
+        health = observation.health
+        # Any answer but a 5xx shows the service alive (see the detector).
+        answered = isinstance(health, HealthSnapshot) or health.cause != DOWN
+        why = "the health endpoint answers" if answered else (
+            f"the health endpoint still fails: {getattr(observation.health, 'reason', '')}")
+        return Verification(answered, why, {})
+    if kind.startswith(SERVICE_DOWN_PREFIX):
+        name = kind[len(SERVICE_DOWN_PREFIX):]
+        status = next((d for d in observation.dependencies if d.name == name), None)
+        if status is None:
+            return Verification(False, f"{name} was not checked", {})
+        return Verification(status.state == "up", f"{name} is {status.state}: {status.reason}",
+                            {"dependency": name, "state": status.state})
+    return Verification(False, f"no way to verify {kind}", {})
+
+
+class Agent:
+    """The running agent; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        http: httpx.AsyncClient | None = None,
+        probes: Mapping[str, TargetProbes] | None = None,
+        journal_path: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        random: Callable[[], float] = _random.random,
+        replica: str | None = None,
+        max_concurrent_incidents: int = 256,
+        pam_manager: ConnectionManager | None = None,
+        migrate: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        #: migrate a database behind the code's schema first (default: SQLite only)
+        self._migrate = migrate
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.clock: Clock = clock or SystemClock()
+        url = database.resolve_url(settings.agent.database_url)
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0),
+                                              follow_redirects=False)
+        self.store = store or JournalingStore(
+            url, journal_path=journal_path or settings.agent.journal_path or _journal_for(url))
+        agent = settings.agent
+        self.dispatcher: Dispatcher = dispatcher_from_settings(
+            self.store, settings, clock=self.clock, http=self.http, environ=environ,
+            pam_manager=pam_manager)
+        self.engine = IncidentEngine(
+            self.store, clock=self.clock,
+            policy=MachinePolicy.from_settings(agent),
+            outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge)
+        targets = {t.name: t for t in settings.targets}
+        self.monitor = Monitor(
+            targets=settings.targets, agent=agent,
+            probes=probes or {t.name: default_probes(t, client=self.http)
+                              for t in settings.targets},
+            engine=self.engine, store=self.store, clock=self.clock, random=random,
+            on_problem=self._on_problem)
+        self.remediator = Remediator(
+            engine=self.engine, store=self.store, clock=self.clock,
+            actions=Catalog.from_settings(settings, http=self.http, environ=environ),
+            verifier=MonitorVerifier(self.monitor, targets),
+            limits=Limits.from_settings(agent), policy=settings.policy or None,
+            verify_timeout=max(30.0, 3 * agent.fast_poll_interval))
+        self.sweeper = DeadlineSweeper(engine=self.engine, store=self.store, clock=self.clock)
+        # Clocks of replicas must agree within the margin (NTP); see incident_fsm.runtime.leader.
+        elect = agent.leader_election and not database.is_sqlite(url)
+        self.elector = None if not elect else LeaderElector(
+            self.store, clock=self.clock, holder=replica, ttl=agent.leader_ttl,
+            renew_every=agent.leader_renew, skew_margin=min(2.0, agent.leader_ttl / 4))
+        self.replica = self.elector.holder if self.elector else f"{os.getpid()}"
+        self.running = False
+        self.started_at: datetime | None = None
+        self._drivers: set[int] = set()
+        self._parked: dict[int, int] = {}
+        self._limit = anyio.CapacityLimiter(max_concurrent_incidents)
+        self._wake = anyio.Event()
+        self._driver_group: TaskGroup | None = None
+        self._exit: AsyncExitStack | None = None
+
+    # --- embedding ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Agent:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(group.cancel_scope.cancel)  # runs first on exit: stop the agent
+            await group.start(self.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._exit is not None:
+            stack, self._exit = self._exit, None
+            await stack.aclose()
+
+    def status(self) -> AgentStatus:
+        targets = []
+        for name in self.monitor.targets:
+            reading = self.monitor.latest(name)
+            health = reading.observation.health if reading else None
+            throttled, retry_after = self.monitor.throttled(name)
+            targets.append(TargetStatus(
+                name, reading.at if reading else None,
+                None if reading is None else isinstance(health, HealthSnapshot),
+                getattr(health, "reason", "") if reading else "",
+                getattr(health, "cause", "") if reading else "",
+                throttled, retry_after))
+        role = "single" if self.elector is None else (
+            "leader" if self.elector.is_leader else "standby")
+        journaled = isinstance(self.store, JournalingStore) and self.store.offline
+        return AgentStatus(running=self.running, role=role, replica=self.replica,
+                           started_at=self.started_at, targets=tuple(targets),
+                           queues={"incident_drivers": len(self._drivers),
+                                   "store_journal": int(journaled)})
+
+    def status_app(self) -> ASGIApp:
+        """The read-only status endpoints (`incident_fsm.reports.status_app`) for a host app."""
+        return status_app(self, self.store, clock=self.clock)
+
+    # --- running ------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled (returns at once if the agent is disabled)."""
+        if not self.settings.agent.enabled:
+            logger.warning("AUTONOMOUS_MONITORING_ENABLED is false: the agent does not start")
+            task_status.started()
+            return
+        try:
+            failures = start_failures(self.settings, environ=self._environ)
+            if failures:
+                raise PreflightFailed(failures)
+            schema_ready = await self._schema_ready()  # SchemaNotReady: refuse to start
+            self.started_at = self.clock.now()
+            logger.info("🤖 Technical Monitoring Agent initialized at {}",
+                        self.started_at.isoformat())
+            self.running = True
+            async with anyio.create_task_group() as tg:
+                if schema_ready:
+                    self._start_parts(tg)
+                else:
+                    tg.start_soon(self._until_schema, tg, name="agent:schema")
+                task_status.started()
+        finally:
+            self.running = False
+            with anyio.CancelScope(shield=True):
+                await self._close()
+            if self.started_at is not None:  # a refused start said why already
+                logger.info("agent stopped")
+
+    def _start_parts(self, tg: TaskGroup) -> None:
+        # Every replica beats, leading or not: `force` and `status` tell who is alive.
+        tg.start_soon(Heartbeat(self.store, self.clock, self.replica).run, name="agent:heartbeat")
+        if self.elector is not None:
+            # Not awaited: a silent database must not hold up the host's start-up.
+            tg.start_soon(self.elector.run, name="agent:lease")
+        if isinstance(self.store, JournalingStore):
+            tg.start_soon(self._keep_running, "journal", self._replay_journal,
+                          name="agent:journal")
+        tg.start_soon(self._lead, name="agent:lead")
+
+    async def _schema_ready(self) -> bool:
+        """Is the schema at head (SQLite: after migrating)? False if the database is away.
+
+        Raises `SchemaNotReady` for a database that answers without the schema
+        (Postgres is never migrated here): the agent must not start on it.
+        """
+        try:
+            await anyio.to_thread.run_sync(self._ensure_schema)
+        except StoreUnavailable as exc:
+            logger.error("❌ {}: the agent acts on nothing until it can read the schema", exc)
+            return False
+        return True
+
+    def _ensure_schema(self) -> None:
+        database.ensure_schema(self.store.url, migrate=self._migrate)
+
+    async def _until_schema(self, tg: TaskGroup) -> None:
+        """Retry the schema check with a growing pause; start acting once it passes.
+
+        The outage journal covers a database that went away after it worked,
+        never one whose schema was not seen: until then nothing is probed,
+        written or run.
+        """
+        pause = 1.0
+        while True:
+            await self.clock.sleep(pause)
+            pause = min(60.0, pause * 2)
+            try:
+                await anyio.to_thread.run_sync(self._ensure_schema)
+            except StoreUnavailable as exc:
+                logger.warning("database still unavailable ({}); next check in {:g} s", exc,
+                               pause)
+                continue
+            except SchemaNotReady as exc:
+                logger.error("❌ {}; the agent acts on nothing (next check in {:g} s)", exc,
+                             pause)
+                continue
+            logger.info("database schema at head: the agent starts acting")
+            self._start_parts(tg)
+            return
+
+    async def _close(self) -> None:
+        with anyio.move_on_after(10):
+            if self._own_http:
+                await self.http.aclose()
+            await self.store.close(grace=2.0)
+
+    async def _lead(self) -> None:
+        """Act while this replica leads; stop acting the moment it does not."""
+        while True:
+            await self._until_leader()
+            async with anyio.create_task_group() as acting:
+                for name, part in (("monitor", self.monitor.run),
+                                   ("dispatcher", self.dispatcher.run),
+                                   ("sweeper", self._sweep),
+                                   ("supervisor", self._supervise)):
+                    acting.start_soon(self._keep_running, name, part, name=f"agent:{name}")
+                await self._while_leader()
+                logger.warning("leadership lost: this replica stops acting")
+                acting.cancel_scope.cancel()
+
+    async def _keep_running(self, name: str, part: Callable[[], Awaitable[None]]) -> None:
+        """Run one part; if it fails, log it and start it again after a growing pause.
+
+        A bug in one part must not stop the others (nor a host app embedding
+        us); the pause (1 s doubling to 60 s) keeps a persistent failure from
+        spinning. Cancellation is never caught here.
+        """
+        pause = 1.0
+        while True:
+            try:
+                await part()
+                return
+            except Exception:
+                logger.exception("agent {} failed; restarting it in {:g} s", name, pause)
+            await self.clock.sleep(pause)
+            pause = min(60.0, pause * 2)
+
+    async def _until_leader(self) -> None:
+        while self.elector is not None and not self.elector.is_leader:
+            await sleep_or_wake(self.clock, self.elector.renew_every, self.elector.changed)
+
+    async def _while_leader(self) -> None:
+        if self.elector is None:
+            await anyio.sleep_forever()
+        while self.elector is not None:
+            until = self.elector.valid_until
+            if until is None:
+                return
+            await sleep_or_wake(self.clock, (until - self.clock.now()).total_seconds(),
+                                self.elector.changed)
+
+    async def _supervise(self) -> None:
+        interval = max(1.0, self.settings.agent.fast_poll_interval)
+        async with anyio.create_task_group() as drivers:
+            self._driver_group = drivers
+            try:
+                while True:
+                    wake = self._wake
+                    try:
+                        active = await self.store.list_incidents(states=ACTIVE, limit=10000)
+                    except StoreError as exc:
+                        logger.warning("❌ Failed to list incidents: {}", exc)
+                        active = []
+                    for incident in active:
+                        if self._parked.get(incident.incident_id) != incident.version:
+                            self._start_driver(incident.incident_id)
+                    # Forget incidents that left the active states (memory stays flat).
+                    still = {i.incident_id for i in active}
+                    for gone in set(self._parked) - still:
+                        del self._parked[gone]
+                    await sleep_or_wake(self.clock, interval, wake)
+            finally:
+                self._driver_group = None
+
+    def _start_driver(self, incident_id: int) -> None:
+        # A driver that began under a provisional id (store outage) is the same driver
+        # once the journal is replayed: compare by the id the database knows.
+        real = getattr(self.store, "real_id", lambda i: i)
+        incident_id = real(incident_id)
+        if self._driver_group is None or incident_id in {real(d) for d in self._drivers}:
+            return
+        self._drivers.add(incident_id)
+        self._driver_group.start_soon(self._drive, incident_id, name=f"incident:{incident_id}")
+
+    async def _drive(self, incident_id: int) -> None:
+        try:
+            async with self._limit:
+                incident = await self.remediator.drive(IncidentId(incident_id))
+            if incident.state == "detected":
+                # Waiting on the world (monitor-only, a held action): drive again on change.
+                # Never park remediating/verifying: those must always have a driver.
+                self._parked[incident_id] = incident.version
+            else:
+                self._parked.pop(incident_id, None)
+        except StoreError as exc:
+            logger.bind(incident_id=incident_id).warning(
+                "incident {}: store unavailable ({}); retried at the next scan", incident_id, exc)
+        except Exception:
+            # One incident's bug must never stop the others or the agent.
+            logger.bind(incident_id=incident_id).exception("driver of incident {} failed",
+                                                           incident_id)
+        finally:
+            self._drivers.discard(incident_id)
+
+    async def _on_problem(self, event: ProblemEvent) -> None:
+        if event.incident is not None and event.finding.change is Change.CONFIRMED:
+            self._parked.pop(event.incident.incident_id, None)
+            self._start_driver(event.incident.incident_id)
+
+    async def _sweep(self) -> None:
+        interval = min(5.0, max(0.05, self.settings.agent.fast_poll_interval / 2))
+        while True:
+            try:
+                await self.sweeper.sweep()
+            except StoreError as exc:
+                logger.warning("❌ Failed to sweep deadlines: {}", exc)
+            await self.clock.sleep(interval)
+
+    async def _replay_journal(self) -> None:
+        assert isinstance(self.store, JournalingStore)
+        while True:
+            if self.store.offline:
+                with contextlib.suppress(StoreError):
+                    await self.store.replay()
+                    self._wake.set()
+                    self._wake = anyio.Event()
+            await self.clock.sleep(5.0)
+
+
+def _journal_for(url: str) -> Path:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return Path(f"{parsed.database}.journal")
+    return Path("incident_fsm.journal")
+
+
+def lifespan(
+    settings: Settings | str | Path | None = None, **agent_options: Any
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A lifespan for FastAPI / Starlette: `FastAPI(lifespan=incident_fsm.lifespan("agent.toml"))`.
+
+    The configuration is loaded when the host starts, so an invalid one stops
+    the host's startup with a `ConfigError` naming the key. The running agent
+    is put on `app.state.incident_agent` when the app has a `state`. Options
+    go to `Agent`, e.g. `lifespan("agent.toml", pam_manager=manager)`.
+    """
+
+    @asynccontextmanager
+    async def _lifespan(app: Any) -> AsyncIterator[None]:
+        loaded = settings if isinstance(settings, Settings) else load_settings(settings)
+        async with Agent(loaded, **agent_options) as agent:
+            state = getattr(app, "state", None)
+            if state is not None:
+                state.incident_agent = agent
+            yield
+
+    return _lifespan

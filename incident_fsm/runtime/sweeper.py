@@ -1,0 +1,90 @@
+"""The deadline sweeper: fires `timeout` for every incident whose state outlived its deadline.
+
+Deadlines are columns (`incident.deadline_at`, set on entering each
+automated state), so a deadline set before a crash still fires after it.
+An incident overdue in `remediating` also gets its unfinished attempt
+closed as `timed_out`: an action that does not finish by the deadline
+counts as failed. The sweeper re-reads each incident right before firing
+and leaves it alone if someone moved it meanwhile; losing a race
+(`ConcurrentUpdate`) is normal, not an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+from typing import Final
+
+from loguru import logger
+
+from incident_fsm.clock import Clock
+from incident_fsm.errors import ConcurrentUpdate, IncidentNotFound, InvalidInput, InvalidTransition
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.graph import AUTOMATED_STATES
+from incident_fsm.models import Incident, IncidentId
+from incident_fsm.persistence.store import Store
+from incident_fsm.vocabulary import State
+
+ACTOR: Final = "agent"
+_WHAT_WAS_LATE: Final = {
+    State.ESCALATED: "nobody acknowledged the escalation: escalating again",
+    State.DETECTED: "no action started before the detect deadline",
+    State.REMEDIATING: "the action did not finish before the action deadline",
+    State.VERIFYING: "verification did not conclude before its deadline",
+}
+
+
+class DeadlineSweeper:
+    """Escalates overdue incidents; call `sweep` periodically (the controller does)."""
+
+    def __init__(self, *, engine: IncidentEngine, store: Store, clock: Clock) -> None:
+        self._engine = engine
+        self._store = store
+        self._clock = clock
+
+    async def sweep(self, now: datetime | None = None) -> list[Incident]:
+        """Fire `timeout` for each overdue incident; returns the ones this call escalated."""
+        now = now or self._clock.now()
+        moved: list[Incident] = []
+        for stale in await self._store.overdue(now):
+            incident = await self._timeout(stale.incident_id, now)
+            if incident is not None:
+                moved.append(incident)
+        return moved
+
+    async def _timeout(self, incident_id: IncidentId, now: datetime) -> Incident | None:
+        try:
+            current = await self._store.get_incident(incident_id)
+            deadline = current.deadline_at
+            if current.state not in (*AUTOMATED_STATES, State.ESCALATED) or deadline is None \
+                    or deadline > now:
+                return None  # moved on since the overdue query
+            state = State(current.state)
+            escalated = await self._engine.fire(
+                incident_id, "timeout", actor=ACTOR,
+                reason=f"deadline {deadline.isoformat()} passed in {state.value}: "
+                       f"{_WHAT_WAS_LATE[state]}",
+                details={"deadline_at": deadline.isoformat(), "overdue_state": state.value},
+            )
+        except (ConcurrentUpdate, InvalidTransition, IncidentNotFound) as exc:
+            logger.bind(incident_id=incident_id).info("sweeper left incident {} alone: {}",
+                                                      incident_id, exc)
+            return None
+        # Whatever state the timeout fired from, an attempt still open is now late.
+        await self._close_attempt(incident_id, now)
+        logger.bind(incident_id=incident_id, state=escalated.state,
+                    target=escalated.target).warning(
+            "❌ Failed to finish incident {} in time: {}", incident_id, _WHAT_WAS_LATE[state])
+        return escalated
+
+    async def _close_attempt(self, incident_id: IncidentId, now: datetime) -> None:
+        for run in reversed(await self._store.attempts(incident_id)):
+            if run.dry_run or run.id is None:
+                continue
+            if run.finished_at is None:
+                # InvalidInput: it finished a moment ago, and its own outcome stands.
+                with contextlib.suppress(InvalidInput):
+                    await self._store.finish_action(
+                        run.id, outcome="timed_out", finished_at=now,
+                        output_excerpt="still running at the action deadline")
+            return
