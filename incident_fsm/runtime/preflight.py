@@ -29,6 +29,7 @@ from incident_fsm.detection.dependencies import dependency_checks
 from incident_fsm.detection.payload import THROTTLED, HealthSnapshot
 from incident_fsm.detection.probe import HttpProbe
 from incident_fsm.errors import InvalidInput, StoreUnavailable
+from incident_fsm.extras import install_line, installed
 from incident_fsm.persistence import database
 from incident_fsm.settings import Settings
 
@@ -135,13 +136,6 @@ CHECK_PACKAGES: Final = {"redis": ("redis", "redis"), "celery": ("celery", "cele
 _MODULE_OF: Final = {"RedisCheck": "redis", "CeleryCheck": "celery"}
 
 
-def installed(module: str) -> bool:
-    """Is `module` importable here (without importing it)?"""
-    from importlib.util import find_spec
-
-    return find_spec(module) is not None
-
-
 def _package_checks(settings: Settings) -> list[Check]:
     """Redis and Celery are optional installs: a check of their kind needs its package."""
     kinds = sorted({dep.kind for t in settings.targets for dep in t.dependencies
@@ -155,7 +149,7 @@ def _package_checks(settings: Settings) -> list[Check]:
         else:
             # Without it the check could only fail: the dependency would look down.
             checks.append(Check(FAIL, name, f"not installed, and a {kind} dependency check is "
-                                            f"configured: pip install 'incident-fsm[{extra}]'"))
+                                            f"configured: {install_line(extra)}"))
     return checks
 
 
