@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from incident_fsm.preflight import PreflightFailed, start_failures
 
 from incident_fsm import cli, extras, preflight
-from incident_fsm.preflight import PreflightFailed, start_failures
 from incident_fsm.settings import AgentSettings, DependencyCheck, Settings, TargetSettings
 
 ROOT = Path(__file__).resolve().parent.parent

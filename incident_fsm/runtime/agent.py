@@ -47,6 +47,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 from sqlalchemy.engine import make_url
 
+from incident_fsm.backoff import Backoff, keep_running
 from incident_fsm.clock import Clock, SystemClock, sleep_or_wake
 from incident_fsm.config import load_settings
 from incident_fsm.detection.detector import METRIC_KINDS, Change, Observation
@@ -305,10 +306,11 @@ class Agent:
         never one whose schema was not seen: until then nothing is probed,
         written or run.
         """
-        pause = 1.0
+        backoff = Backoff(1.0, cap=60.0)
+        pause = backoff.next()
         while True:
             await self.clock.sleep(pause)
-            pause = min(60.0, pause * 2)
+            pause = backoff.next()
             try:
                 await anyio.to_thread.run_sync(self._ensure_schema)
             except StoreUnavailable as exc:
@@ -347,18 +349,12 @@ class Agent:
         """Run one part; if it fails, log it and start it again after a growing pause.
 
         A bug in one part must not stop the others (nor a host app embedding
-        us); the pause (1 s doubling to 60 s) keeps a persistent failure from
-        spinning. Cancellation is never caught here.
+        us); the pause (1 s doubling to 60 s, from 1 s again after a healthy
+        minute) keeps a persistent failure from spinning. Cancellation is
+        never caught here.
         """
-        pause = 1.0
-        while True:
-            try:
-                await part()
-                return
-            except Exception:
-                logger.exception("agent {} failed; restarting it in {:g} s", name, pause)
-            await self.clock.sleep(pause)
-            pause = min(60.0, pause * 2)
+        await keep_running(f"agent {name}", part, clock=self.clock,
+                           backoff=Backoff(1.0, cap=60.0), healthy_after=60.0)
 
     async def _until_leader(self) -> None:
         while self.elector is not None and not self.elector.is_leader:
