@@ -46,6 +46,7 @@ import anyio
 import httpx
 from loguru import logger
 
+from incident_fsm.backoff import Backoff, keep_running
 from incident_fsm.clock import Clock, sleep_or_wake
 from incident_fsm.errors import StoreError
 from incident_fsm.models import IncidentId, Notification
@@ -88,18 +89,20 @@ class Dispatcher:
         if lease <= send_timeout:
             # A lease that ends while the send is still running lets another replica resend.
             raise ValueError("lease must be longer than send_timeout")
+        if not poll_interval > 0:
+            raise ValueError("poll_interval must be above 0")
         self._store = store
         self._channels = {c.name: c for c in channels if c.name not in held}
         self._held = frozenset(held)
         self._clock = clock
         self.max_attempts = max_attempts
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        # Doubling from retry_initial, capped, jittered into [half, full] so replicas
+        # and channels do not retry in lockstep.
+        self._retry = Backoff(retry_initial, cap=retry_max, jitter=True, random=random)
         self._lease = timedelta(seconds=lease)
         self._poll = poll_interval
         self._batch = batch_size
         self._send_timeout = send_timeout
-        self._random = random
         self._after_send = after_send
         self._wake: dict[str, anyio.Event] = {}
 
@@ -199,23 +202,22 @@ class Dispatcher:
     def backoff(self, attempt: int) -> float:
         """Delay after failed attempt `attempt`: doubling from `retry_initial`, capped, jittered
         into [half, full] so replicas and channels do not retry in lockstep."""
-        delay = min(self._retry_max, self._retry_initial * 2.0 ** min(attempt - 1, 40))
-        return delay / 2 + delay / 2 * self._random()
+        return self._retry.delay(attempt)
 
     async def _work(self, channel: Channel) -> None:
-        failures = 0
+        # 2, 4 ... 64 poll intervals, at most 5 minutes; the first pass that works resets it.
+        backoff = Backoff(2 * self._poll, cap=min(64 * self._poll, 300.0))
         while True:
             # A fresh event before the pass: a nudge during the pass is not lost.
             wake = self._wake[channel.name] = anyio.Event()
             try:
                 delay = await self.deliver_due(channel)
-                failures = 0
+                backoff.reset()
             except Exception as exc:
                 # The store is down, or something unforeseen: back off, never die, so the
                 # other channels and the agent carry on. StoreError messages are safe to
                 # show; of anything else only the class name.
-                failures += 1
-                delay = min(self._poll * 2.0 ** min(failures, 6), 300.0)
+                delay = backoff.next()
                 why = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
                 logger.warning("{} notifications: {}; retrying in {:.0f} s",
                                channel.name, why, delay)
@@ -223,17 +225,13 @@ class Dispatcher:
 
     async def _keep_up(self, channel: Channel) -> None:
         """Run the channel's upkeep; if it crashes, restart it after a growing pause."""
-        crashes = 0
-        while True:
-            try:
-                await channel.run(lambda: self._poke(channel.name))
-                return
-            except Exception as exc:
-                crashes += 1
-                delay = min(2.0 ** crashes, 300.0)
-                logger.error("{} channel stopped ({}); restarting in {:.0f} s",
-                             channel.name, type(exc).__name__, delay)
-                await self._clock.sleep(delay)
+        async def upkeep() -> None:
+            await channel.run(lambda: self._poke(channel.name))
+
+        # Of the error only its class: a channel's messages can carry its URL and token.
+        await keep_running(f"{channel.name} channel", upkeep, clock=self._clock,
+                           backoff=Backoff(2.0, cap=300.0),
+                           describe=lambda exc: type(exc).__name__)
 
     def _poke(self, name: str) -> None:
         event = self._wake.get(name)
