@@ -77,6 +77,7 @@ from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock, sleep_or_wake
 from incident_fsm.notify.channels.base import Outcome, Outgoing
 from incident_fsm.settings import PamSettings
@@ -389,9 +390,11 @@ class PamChannel:
                      "token and reconfigure the channel to resume.", why, self.url())
 
     def _backoff(self, attempt: int) -> float:
+        # Built each time: `reconfigure` may have changed the numbers. The counters
+        # stay ours, since the reader resets `failures` on PAM's "connected".
         s = self._settings
-        delay = min(s.reconnect_max, s.reconnect_initial * 2.0 ** min(attempt - 1, 30))
-        return delay / 2 + delay / 2 * self._random()
+        return Backoff(s.reconnect_initial, cap=s.reconnect_max, jitter=True,
+                       random=self._random).delay(attempt)
 
     async def _nap(self, seconds: float) -> None:
         """Wait through the clock, or until the settings change."""

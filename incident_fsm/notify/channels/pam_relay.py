@@ -38,6 +38,7 @@ from typing import Any, Final
 import httpx
 from loguru import logger
 
+from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock, SystemClock
 from incident_fsm.notify.channels.base import Outcome, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import proactive_alert
@@ -51,6 +52,8 @@ CONFIG_RETRY: Final = 60.0
 #: While nobody is connected: first wait and cap (s) before offering again.
 IDLE_INITIAL: Final = 1.0
 IDLE_MAX: Final = 60.0
+#: only its arithmetic is used (`delay`): `idle` counts the empty answers
+_IDLE: Final = Backoff(IDLE_INITIAL, cap=IDLE_MAX)
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -136,7 +139,7 @@ class RelayPamChannel:
         self._complained = None
         if not reached:
             self.idle += 1
-            wait = min(IDLE_MAX, IDLE_INITIAL * 2.0 ** min(self.idle - 1, 30))
+            wait = _IDLE.delay(self.idle)
             return Outcome.unavailable("no configured PAM user has an open socket",
                                        retry_after=wait)
         self.idle = 0

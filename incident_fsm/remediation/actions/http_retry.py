@@ -30,6 +30,7 @@ from typing import Any, Final
 import httpx
 from loguru import logger
 
+from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock
 from incident_fsm.remediation.actions.base import OutcomeStatus
 from incident_fsm.remediation.actions.redaction import excerpt
@@ -68,9 +69,13 @@ class HttpReply:
         return out
 
 
+#: 1 s, 2 s, 4 s ... at most 30 s; only its arithmetic is used (`delay`)
+_BACKOFF: Final = Backoff(BACKOFF_START, cap=BACKOFF_CAP)
+
+
 def backoff(attempt: int) -> float:
     """The wait after failed attempt number `attempt` (1-based)."""
-    return float(min(BACKOFF_CAP, BACKOFF_START * 2 ** (attempt - 1)))
+    return _BACKOFF.delay(attempt)
 
 
 def retry_after(response: httpx.Response, now: datetime) -> float | None:
