@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.persistence.store import Store
@@ -105,8 +106,19 @@ async def test_a_failing_part_is_restarted_and_the_rest_keeps_working(
             raise RuntimeError("a bug in the sweeper")
 
         agent._sweep = broken_sweep  # type: ignore[method-assign]
-        async with agent:
-            state.leaked_memory_pct = 50.0
-            await until(lambda: _resolved(agent.store, "api:memory_high"))
-            assert agent.running
+        errors: list[str] = []
+        # With the traceback, had there been one: its frames' variables can hold secrets.
+        sink = logger.add(errors.append, level="ERROR", format="{message}\n{exception}")
+        try:
+            async with agent:
+                state.leaked_memory_pct = 50.0
+                await until(lambda: _resolved(agent.store, "api:memory_high"))
+                assert agent.running
+        finally:
+            logger.remove(sink)
         assert calls["n"] >= 1
+    restarts = [e for e in errors if e.startswith("agent sweeper stopped")]
+    assert restarts[0].startswith("agent sweeper stopped (RuntimeError: a bug in the sweeper); "
+                                  "restarting it in 1 s")
+    assert len(restarts) == calls["n"]  # once per failure
+    assert not any("Traceback" in e for e in errors)
