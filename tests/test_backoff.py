@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from loguru import logger
 
 from incident_fsm.backoff import Backoff, cause_of, keep_running
-from incident_fsm.clock import ManualClock
+from incident_fsm.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
 START = datetime(2026, 11, 29, tzinfo=UTC)

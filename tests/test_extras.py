@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from incident_fsm.preflight import PreflightFailed, start_failures
 
-from incident_fsm import cli, extras, preflight
+from incident_fsm import extras
+from incident_fsm.cli import main as cli
+from incident_fsm.runtime import preflight
+from incident_fsm.runtime.preflight import PreflightFailed, start_failures
 from incident_fsm.settings import AgentSettings, DependencyCheck, Settings, TargetSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +59,7 @@ import sys
 import anyio
 from incident_fsm import Agent
 from incident_fsm.config import load_settings
-from incident_fsm.preflight import start_failures
+from incident_fsm.runtime.preflight import start_failures
 
 settings = load_settings(sys.argv[1])
 assert [d.kind for t in settings.targets for d in t.dependencies] == ["http"], settings
