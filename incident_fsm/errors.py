@@ -99,3 +99,31 @@ class SchemaNotReady(StoreError):
     Not a `StoreUnavailable`: the outage journal covers a database that went
     away, never one the agent could not have written to in the first place.
     """
+
+
+class AttemptAlreadySettled(InvalidInput):
+    """An attempt's outcome or verdict is on record already and is never overwritten.
+
+    What happens next: nothing needs doing -- the first record stands. A
+    replay that meets it knows the write landed before an interruption.
+    """
+
+    def __init__(self, run_id: int, what: str) -> None:
+        super().__init__(f"action run {run_id} {what}")
+        self.run_id = run_id
+
+
+class AttemptAlreadyFinished(AttemptAlreadySettled):
+    """`finish_action` on an attempt whose outcome is recorded."""
+
+    def __init__(self, run_id: int, outcome: str | None) -> None:
+        super().__init__(run_id, f"already finished as '{outcome}'")
+        self.outcome = outcome
+
+
+class AttemptAlreadyJudged(AttemptAlreadySettled):
+    """`judge_action` with a verdict different from the one recorded."""
+
+    def __init__(self, run_id: int, verified: bool | None) -> None:
+        super().__init__(run_id, f"was already judged verified={verified}")
+        self.verified = verified

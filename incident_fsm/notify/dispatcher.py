@@ -38,9 +38,9 @@ configured nor held are marked `skipped` at start, with the reason.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import httpx
@@ -52,7 +52,6 @@ from incident_fsm.errors import StoreError
 from incident_fsm.models import IncidentId, Notification
 from incident_fsm.notify.channels.base import Channel, Outcome, Outgoing, Status
 from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
-from incident_fsm.persistence.store import Store
 from incident_fsm.settings import Settings
 
 #: Called after a channel returned, before the outcomes are committed (tests crash here).
@@ -64,12 +63,36 @@ PAM_CHANNELS: Final = ("pam", "pam_inprocess", "pam_relay")
 MIN_PAUSE: Final = 0.5
 
 
+class OutboxQueue(Protocol):
+    """What the dispatcher needs of a store: the outbox rows, claimed and settled."""
+
+    async def claim_notifications(self, ids: Sequence[int], *, now: datetime,
+                                  lease_until: datetime) -> list[Notification]: ...
+
+    async def due_notifications(self, channel: str, *, now: datetime,
+                                limit: int = 50) -> list[Notification]: ...
+
+    async def mark_dead(self, notification_id: int, *, error: str) -> None: ...
+
+    async def mark_delivered(self, ids: Sequence[int], *, at: datetime) -> None: ...
+
+    async def next_notification_due(self, channel: str) -> datetime | None: ...
+
+    async def release_notifications(self, ids: Sequence[int], *,
+                                    next_attempt_at: datetime) -> None: ...
+
+    async def reschedule_notification(self, notification_id: int, *, next_attempt_at: datetime,
+                                      error: str) -> None: ...
+
+    async def skip_notifications(self, *, keep_channels: Iterable[str], reason: str) -> int: ...
+
+
 class Dispatcher:
     """Delivers outbox rows per channel. Run `run()` in a task group; `nudge()` after writes."""
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxQueue,
         channels: Sequence[Channel],
         *,
         clock: Clock,
@@ -239,7 +262,7 @@ class Dispatcher:
             event.set()
 
 
-def dispatcher_from_settings(store: Store, settings: Settings, *, clock: Clock,
+def dispatcher_from_settings(store: OutboxQueue, settings: Settings, *, clock: Clock,
                              http: httpx.AsyncClient,
                              environ: Mapping[str, str] | None = None,
                              pam_manager: ConnectionManager | None = None) -> Dispatcher:

@@ -23,7 +23,6 @@ from incident_fsm.models import (
     Transition,
 )
 from incident_fsm.persistence.core import (
-    MAX_EXCERPT,
     StoreCore,
     _json_safe,
 )
@@ -33,8 +32,11 @@ from incident_fsm.persistence.effects import (
     _refresh_strikes,
     _strike_count,
     failed_condition,
+    finish_run,
+    judge_run,
     succeeded_condition,
 )
+from incident_fsm.vocabulary import Trigger
 
 
 @dataclass(frozen=True)
@@ -81,23 +83,15 @@ class AttemptRepository(StoreCore):
         payload = _json_safe("evidence", evidence or {})
 
         def finish(run: ActionRun) -> None:
-            if run.finished_at is not None:
-                raise InvalidInput(f"action run {run_id} already finished as '{run.outcome}'")
-            run.outcome = outcome
-            run.finished_at = finished_at
-            run.output_excerpt = output_excerpt[:MAX_EXCERPT]
-            run.evidence = payload
+            finish_run(run, outcome=outcome, finished_at=finished_at,
+                       output_excerpt=output_excerpt, evidence=payload)
 
         return await self._run(self._update_run, run_id, finish)
 
     async def judge_action(self, run_id: int, *, verified: bool) -> ActionRun:
         """Record whether the problem cleared after an attempt (see `succeeded_condition`)."""
         def judge(run: ActionRun) -> None:
-            if run.verified is not None and run.verified != verified:
-                raise InvalidInput(
-                    f"action run {run_id} was already judged verified={run.verified}"
-                )
-            run.verified = verified
+            judge_run(run, verified=verified)
 
         return await self._run(self._update_run, run_id, judge)
 
@@ -175,27 +169,40 @@ class AttemptRepository(StoreCore):
         return await self._run(work)
 
     async def count_actions(self, *, target: str, since: datetime) -> int:
-        """Real attempts on `target` started at or after `since`, all incidents.
+        """Real attempts on `target` started at or after `since`, all incidents."""
+        return len(await self.budget_attempts(target=target, since=since))
+
+    async def budget_attempts(self, *, target: str,
+                              since: datetime) -> list[tuple[int, datetime]]:
+        """(incident id, started_at) of the attempts on `target` since `since` that spend
+        its budget (an incident starts at most one attempt at a time).
 
         Neither dry runs nor attempts found not applicable (`skipped`: they
         changed nothing at the service) spend the action budget.
         """
         query = (
-            sa.select(sa.func.count()).select_from(ActionRun)
+            sa.select(col(ActionRun.incident_id), col(ActionRun.started_at))
             .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
             .where(col(Incident.target) == target, col(ActionRun.dry_run).is_(False),
                    sa.or_(col(ActionRun.outcome).is_(None),
                           col(ActionRun.outcome) != OUTCOME_SKIPPED),
                    col(ActionRun.started_at) >= since)
+            .order_by(col(ActionRun.started_at))
         )
-        return await self._run(self._count, query)
+        return await self._run(self._pairs, query)
 
     async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int:
         """`reopen` transitions of `fingerprint` at or after `since`."""
+        return len(await self.reopenings(fingerprint=fingerprint, since=since))
+
+    async def reopenings(self, *, fingerprint: str, since: datetime) -> list[datetime]:
+        """When `fingerprint` reopened at or after `since`, oldest first."""
         query = (
-            sa.select(sa.func.count()).select_from(Transition)
+            sa.select(col(Transition.incident_id), col(Transition.at))
             .join(Incident, col(Incident.id) == col(Transition.incident_id))
             .where(col(Incident.fingerprint) == fingerprint,
-                   col(Transition.trigger) == "reopen", col(Transition.at) >= since)
+                   col(Transition.trigger) == Trigger.REOPEN.value, col(Transition.at) >= since)
+            .order_by(col(Transition.at))
         )
-        return await self._run(self._count, query)
+        return [at for _, at in await self._run(self._pairs, query)]
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import partial
 from typing import Any, Self, TypeVar
 
@@ -69,8 +70,11 @@ class StoreCore:
 
     def __init__(self, url: str, *, max_threads: int = 4,
                  call_timeout: float = database.STATEMENT_TIMEOUT + 5) -> None:
-        self.url = database.resolve_url(url)
-        self.engine: Engine = database.create_engine(self.url)
+        resolved = database.resolve_url(url)
+        # The password lives only inside the engine (which needs it and never prints
+        # it); what the store shows of where it writes is this redacted text.
+        self.engine: Engine = database.create_engine(resolved)
+        self.url = database.redact(resolved)
         self._limiter = anyio.CapacityLimiter(max_threads)
         self.call_timeout = call_timeout
         self._in_flight = 0
@@ -78,7 +82,7 @@ class StoreCore:
         self._threads_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Store({database.redact(self.url)!r})"
+        return f"Store({self.url!r})"
 
     async def close(self, *, grace: float = 5.0) -> None:
         """Release the connections, after giving abandoned calls `grace` seconds to end."""
@@ -132,7 +136,7 @@ class StoreCore:
             # The driver's text can carry SQL and parameters: only our words for its cause.
             cause = database.describe_failure(exc)
             if _is_missing_table(exc):
-                raise SchemaNotReady(f"database {database.redact(self.url)}: {cause}; "
+                raise SchemaNotReady(f"database {self.url}: {cause}; "
                                      "nothing was written") from None
             if exc.connection_invalidated or _is_unavailable(exc):
                 raise StoreUnavailable(
@@ -149,3 +153,6 @@ class StoreCore:
         with self._session() as session:
             return int(session.execute(query).scalar_one())
 
+    def _pairs(self, query: sa.Select[Any]) -> list[tuple[int, datetime]]:
+        with self._session() as session:
+            return [(int(a), b) for a, b in session.execute(query)]

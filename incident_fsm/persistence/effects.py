@@ -1,7 +1,11 @@
 """What a step writes: the one definition of each step's effect on the rows, and of strikes.
 
-Used by the store's repositories inside their transactions (and so by the
-outage journal's local copy, which is the same store on a local database).
+The pure functions at the top (`step_values`, `stepped`, `new_attempt`,
+`finish_run`, `judge_run`, `strike_count_of`) say what a step, an attempt
+and its outcome do to the rows. The store applies them in its transactions;
+the outage journal applies the same functions to its local copy, so a step
+taken offline has exactly the effect it would have had online. The SQL
+helpers below them are the store's side of the same definitions.
 """
 
 from __future__ import annotations
@@ -13,20 +17,79 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from incident_fsm.errors import (
-    InvalidInput,
-)
-from incident_fsm.fsm.steps import ActionIntent
+from incident_fsm.errors import AttemptAlreadyFinished, AttemptAlreadyJudged, InvalidInput
+from incident_fsm.fsm.steps import ActionIntent, StepRequest
 from incident_fsm.models import (
     ActionRun,
     Incident,
     Notification,
     OutboxMessage,
+    Transition,
 )
 from incident_fsm.persistence.core import (
     _json_safe,
 )
 from incident_fsm.vocabulary import State
+
+MAX_EXCERPT = 4000
+
+
+def step_values(step: StepRequest) -> dict[str, Any]:
+    """The incident columns `step` sets: the one definition of a step's effect on the row."""
+    return {
+        "state": step.dest, "version": step.expected_version + 1,
+        "deadline_at": step.deadline_at, "flap_count": step.flap_count,
+        "resolved_at": step.resolved_at, "updated_at": step.at,
+    }
+
+
+def stepped(incident: Incident, step: StepRequest) -> Incident:
+    """The incident as `step` leaves it: a new row, the argument unchanged."""
+    return Incident(**{**incident.model_dump(), **step_values(step)})
+
+
+def history_row(step: StepRequest, details: dict[str, Any]) -> Transition:
+    """The `transition` row of `step` (its seq is the incident's new version)."""
+    return Transition(
+        incident_id=step.incident_id, seq=step.expected_version + 1, trigger=step.trigger,
+        source=step.source, dest=step.dest, actor=step.actor, reason=step.reason,
+        details=details, at=step.at,
+    )
+
+
+def attempt_key(incident_id: int, attempt: int, action: str) -> str:
+    """Unique per attempt: a resumed attempt finds its row instead of running again."""
+    return f"incident-{incident_id}-attempt-{attempt}-{action}"
+
+
+def new_attempt(incident_id: int, *, after: int, intent: ActionIntent, at: datetime,
+                run_id: int | None = None, key: str | None = None) -> ActionRun:
+    """The attempt that follows attempt number `after` of an incident (numbered from 1)."""
+    attempt = after + 1
+    return ActionRun(
+        id=run_id, incident_id=incident_id, attempt=attempt, action=intent.action,
+        tier=intent.tier, idempotency_key=key or attempt_key(incident_id, attempt, intent.action),
+        dry_run=intent.dry_run, started_at=at,
+    )
+
+
+def finish_run(run: ActionRun, *, outcome: str, finished_at: datetime, output_excerpt: str,
+               evidence: dict[str, Any]) -> None:
+    """Record how an attempt ended; an outcome, once written, is never overwritten."""
+    if run.finished_at is not None:
+        raise AttemptAlreadyFinished(run.id or 0, run.outcome)
+    run.outcome = outcome
+    run.finished_at = finished_at
+    run.output_excerpt = output_excerpt[:MAX_EXCERPT]
+    run.evidence = evidence
+
+
+def judge_run(run: ActionRun, *, verified: bool) -> None:
+    """Record whether the problem cleared after an attempt; a verdict is never reversed."""
+    if run.verified is not None and run.verified != verified:
+        raise AttemptAlreadyJudged(run.id or 0, run.verified)
+    run.verified = verified
+
 
 #: Outcomes of an attempt whose action did not work, whatever the problem did afterwards.
 FAILED_OUTCOMES = ("failed", "timed_out", "interrupted")
@@ -113,16 +176,11 @@ def _refresh_strikes(session: Session, incident_id: int) -> None:
 
 def _add_action_run(session: Session, incident_id: int, intent: ActionIntent,
                     at: datetime) -> ActionRun:
-    attempt = 1 + int(session.execute(
+    last = int(session.execute(
         sa.select(sa.func.coalesce(sa.func.max(ActionRun.attempt), 0))
         .where(col(ActionRun.incident_id) == incident_id)
     ).scalar_one())
-    run = ActionRun(
-        incident_id=incident_id, attempt=attempt, action=intent.action, tier=intent.tier,
-        # Unique per attempt: a resumed attempt finds its row instead of running again.
-        idempotency_key=f"incident-{incident_id}-attempt-{attempt}-{intent.action}",
-        dry_run=intent.dry_run, started_at=at,
-    )
+    run = new_attempt(incident_id, after=last, intent=intent, at=at)
     session.add(run)
     session.flush()
     return run

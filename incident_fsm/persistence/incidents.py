@@ -40,6 +40,8 @@ from incident_fsm.persistence.effects import (
     _add_action_run,
     _add_outbox,
     _open_by_fingerprint,
+    history_row,
+    step_values,
 )
 from incident_fsm.vocabulary import OPEN_TRIGGER, State
 
@@ -227,9 +229,7 @@ class IncidentRepository(StoreCore):
                 .where(col(Incident.id) == step.incident_id,
                        col(Incident.version) == step.expected_version,
                        col(Incident.state) == step.source)
-                .values(state=step.dest, version=new_version, deadline_at=step.deadline_at,
-                        flap_count=step.flap_count, resolved_at=step.resolved_at,
-                        updated_at=step.at)
+                .values(**step_values(step))
             )
             if updated.rowcount != 1:  # type: ignore[attr-defined]
                 session.rollback()
@@ -240,11 +240,7 @@ class IncidentRepository(StoreCore):
                     incident_id=step.incident_id, expected_version=step.expected_version,
                     found_version=current.version, found_state=current.state,
                 )
-            session.add(Transition(
-                incident_id=step.incident_id, seq=new_version, trigger=step.trigger,
-                source=step.source, dest=step.dest, actor=step.actor, reason=step.reason,
-                details=details, at=step.at,
-            ))
+            session.add(history_row(step, details))
             if step.intent is not None:
                 _add_action_run(session, step.incident_id, step.intent, step.at)
             _add_outbox(session, step.incident_id, new_version, step.notifications, step.at)

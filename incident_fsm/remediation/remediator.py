@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 import anyio
@@ -49,8 +49,8 @@ from incident_fsm.errors import ConcurrentUpdate, InvalidInput, InvalidTransitio
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import ActionRun, Incident, IncidentId
+from incident_fsm.persistence.attempts import ActionTally
 from incident_fsm.persistence.effects import OUTCOME_OK
-from incident_fsm.persistence.store import Store
 from incident_fsm.remediation.actions.base import (
     Action,
     ActionContext,
@@ -81,6 +81,37 @@ ACTOR: Final = "agent"
 CLEARED_ANYWAY: Final = "cleared without a working action"
 _FAILED_HOW: Final = {"failed": "failed", "timed_out": "timed out",
                       "interrupted": "was interrupted"}
+
+
+class AttemptStore(Protocol):
+    """What the remediator needs of a store: the incident, its attempts, the guardrail counts."""
+
+    async def action_record(self, kind: str) -> dict[str, ActionTally]: ...
+
+    async def attempts(self, incident_id: IncidentId) -> list[ActionRun]: ...
+
+    async def claim_attempt(self, run_id: int, *, at: datetime) -> bool: ...
+
+    async def count_actions(self, *, target: str, since: datetime) -> int: ...
+
+    async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int: ...
+
+    async def finish_action(
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        finished_at: datetime,
+        output_excerpt: str = "",
+        evidence: Mapping[str, Any] | None = None,
+    ) -> ActionRun: ...
+
+    async def get_incident(self, incident_id: IncidentId) -> Incident: ...
+
+    async def judge_action(self, run_id: int, *, verified: bool) -> ActionRun: ...
+
+    async def record_action(self, incident_id: IncidentId, intent: ActionIntent,
+                            *, at: datetime) -> ActionRun: ...
 
 
 @dataclass(frozen=True)
@@ -123,7 +154,7 @@ class Remediator:
         self,
         *,
         engine: IncidentEngine,
-        store: Store,
+        store: AttemptStore,
         clock: Clock,
         actions: ActionSource,
         verifier: Verifier,

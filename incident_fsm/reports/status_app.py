@@ -13,7 +13,7 @@ Nothing here can change state: any method but GET/HEAD is answered 405.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -21,8 +21,8 @@ from urllib.parse import parse_qs
 
 from incident_fsm.clock import Clock
 from incident_fsm.fsm.graph import OPEN_STATES
+from incident_fsm.models import Incident, Transition
 from incident_fsm.persistence.statistics import Statistics
-from incident_fsm.persistence.store import Store
 from incident_fsm.reports.format import to_json
 from incident_fsm.vocabulary import State
 
@@ -30,6 +30,33 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ReadModel(Protocol):
+    """What the status endpoints read: incidents, recent history, statistics."""
+
+    async def history(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        target: str | None = None,
+        kind: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[Transition, Incident]]: ...
+
+    async def list_incidents(
+        self,
+        *,
+        states: Iterable[str] = (),
+        kind: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[Incident]: ...
+
+    async def statistics(self, *, since: datetime | None = None) -> Statistics: ...
 
 
 @dataclass(frozen=True)
@@ -61,7 +88,7 @@ class StatusSource(Protocol):
     def status(self) -> AgentStatus: ...
 
 
-def status_app(source: StatusSource, store: Store, *, clock: Clock) -> ASGIApp:
+def status_app(source: StatusSource, store: ReadModel, *, clock: Clock) -> ASGIApp:
     """The ASGI app; see the module docstring."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

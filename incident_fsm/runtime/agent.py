@@ -32,7 +32,6 @@ before is durable.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random as _random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -139,7 +138,7 @@ class Agent:
         settings: Settings,
         *,
         clock: Clock | None = None,
-        store: Store | None = None,
+        store: Store | JournalingStore | None = None,
         http: httpx.AsyncClient | None = None,
         probes: Mapping[str, TargetProbes] | None = None,
         journal_path: str | Path | None = None,
@@ -297,7 +296,9 @@ class Agent:
         return True
 
     def _ensure_schema(self) -> None:
-        database.ensure_schema(self.store.url, migrate=self._migrate)
+        # The store shows its URL redacted; its engine holds the one to connect with.
+        url = self.store.engine.url.render_as_string(hide_password=False)
+        database.ensure_schema(url, migrate=self._migrate)
 
     async def _until_schema(self, tg: TaskGroup) -> None:
         """Retry the schema check with a growing pause; start acting once it passes.
@@ -439,10 +440,18 @@ class Agent:
 
     async def _replay_journal(self) -> None:
         assert isinstance(self.store, JournalingStore)
+        waiting: str | None = None
         while True:
             if self.store.offline:
-                with contextlib.suppress(StoreError):
+                try:
                     await self.store.replay()
+                except StoreError as exc:
+                    # Expected while the database is away: said once, not every 5 s.
+                    if str(exc) != waiting:
+                        logger.warning("journal replay waits for the database: {}", exc)
+                        waiting = str(exc)
+                else:
+                    waiting = None
                     self._wake.set()
                     self._wake = anyio.Event()
             await self.clock.sleep(5.0)

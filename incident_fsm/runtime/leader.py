@@ -27,6 +27,7 @@ import socket
 import uuid
 from contextlib import suppress
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -34,7 +35,7 @@ from loguru import logger
 
 from incident_fsm.clock import Clock
 from incident_fsm.errors import StoreError
-from incident_fsm.persistence.store import Store
+from incident_fsm.models import Lease
 
 LEADER_LEASE = "agent-leader"
 
@@ -44,12 +45,21 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+class LeaseStore(Protocol):
+    """What leader election needs of a store: one named lease."""
+
+    async def acquire_lease(self, name: str, holder: str, *, now: datetime,
+                            ttl: float) -> Lease: ...
+
+    async def release_lease(self, name: str, holder: str) -> None: ...
+
+
 class LeaderElector:
     """Keeps trying to be the leader; `is_leader` says whether this replica may act now."""
 
     def __init__(
         self,
-        store: Store,
+        store: LeaseStore,
         *,
         clock: Clock,
         holder: str | None = None,

@@ -34,7 +34,7 @@ import random as _random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 import anyio
 import httpx
@@ -54,8 +54,7 @@ from incident_fsm.detection.payload import THROTTLED, HealthSnapshot, ProbeFailu
 from incident_fsm.detection.probe import HttpProbe, LocalProbe, Probe
 from incident_fsm.errors import ConcurrentUpdate, GuardRejected, InvalidTransition
 from incident_fsm.fsm.engine import IncidentEngine
-from incident_fsm.models import HealthCheck, Incident
-from incident_fsm.persistence.store import Store
+from incident_fsm.models import HealthCheck, Incident, IncidentId
 from incident_fsm.settings import STATIC_KINDS, AgentSettings, TargetSettings, service_down
 from incident_fsm.vocabulary import State, Trigger
 
@@ -67,6 +66,20 @@ PRUNE_EVERY: Final = 3600.0
 #: bookkeeping is quadratic in the queue: the event loop then does nothing else
 #: and the leader lease lapses. Below the pool's 100 connections, none queue.
 MAX_CONCURRENT_POLLS: Final = 32
+
+
+class MonitorStore(Protocol):
+    """What the monitor needs of a store: open incidents by fingerprint, health-check rows."""
+
+    async def find_open(self, fingerprint: str) -> Incident | None: ...
+
+    async def get_incident(self, incident_id: IncidentId) -> Incident: ...
+
+    async def last_resolved(self, fingerprint: str) -> Incident | None: ...
+
+    async def prune_health_checks(self, older_than: datetime) -> int: ...
+
+    async def record_health_check(self, *checks: HealthCheck) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,7 @@ class Monitor:
         agent: AgentSettings,
         probes: Mapping[str, TargetProbes],
         engine: IncidentEngine,
-        store: Store,
+        store: MonitorStore,
         clock: Clock,
         random: Callable[[], float] = _random.random,
         on_problem: ProblemListener | None = None,

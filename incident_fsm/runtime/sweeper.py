@@ -12,8 +12,9 @@ and leaves it alone if someone moved it meanwhile; losing a race
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Final
+from typing import Any, Final, Protocol
 
 from loguru import logger
 
@@ -21,8 +22,7 @@ from incident_fsm.clock import Clock
 from incident_fsm.errors import ConcurrentUpdate, IncidentNotFound, InvalidInput, InvalidTransition
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.graph import AUTOMATED_STATES
-from incident_fsm.models import Incident, IncidentId
-from incident_fsm.persistence.store import Store
+from incident_fsm.models import ActionRun, Incident, IncidentId
 from incident_fsm.vocabulary import State
 
 ACTOR: Final = "agent"
@@ -34,10 +34,30 @@ _WHAT_WAS_LATE: Final = {
 }
 
 
+class DeadlineStore(Protocol):
+    """What the sweeper needs of a store: overdue incidents and their attempts."""
+
+    async def attempts(self, incident_id: IncidentId) -> list[ActionRun]: ...
+
+    async def finish_action(
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        finished_at: datetime,
+        output_excerpt: str = "",
+        evidence: Mapping[str, Any] | None = None,
+    ) -> ActionRun: ...
+
+    async def get_incident(self, incident_id: IncidentId) -> Incident: ...
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[Incident]: ...
+
+
 class DeadlineSweeper:
     """Escalates overdue incidents; call `sweep` periodically (the controller does)."""
 
-    def __init__(self, *, engine: IncidentEngine, store: Store, clock: Clock) -> None:
+    def __init__(self, *, engine: IncidentEngine, store: DeadlineStore, clock: Clock) -> None:
         self._engine = engine
         self._store = store
         self._clock = clock
