@@ -1,0 +1,157 @@
+"""The read commands: incidents, show, history, stats and the state graph; none writes anything."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import click
+
+from incident_fsm.cli.common import When, database_url_option, json_option, with_store
+from incident_fsm.errors import InvalidInput
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "table"]), default="mermaid",
+              show_default=True, help="Mermaid diagram, or the edge table as Markdown.")
+@click.option("--incident", "incident_id", type=click.IntRange(min=1), default=None,
+              help="Highlight the states this incident went through.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write SVG or PNG (by the suffix) instead; needs Graphviz installed.")
+@database_url_option
+def graph(fmt: str, incident_id: int | None, output: str | None,
+          database_url: str | None) -> None:
+    """Print the incident state graph, drawn from the machine's table.
+
+    Example: incident-fsm graph --incident 3 > incident-3.mmd
+    """
+    from incident_fsm.fsm.diagrams import markdown_table, mermaid, render_image
+    from incident_fsm.models import IncidentId
+
+    visited: list[str] = []
+    if incident_id is not None:
+        timeline = with_store(database_url,
+                               lambda store: store.timeline(IncidentId(incident_id)))
+        visited = [t.dest for t in timeline.transitions]
+        click.echo(f"%% incident {incident_id}: " + " → ".join(visited))
+    if output is not None:
+        _refuse_without_graphviz(output)
+        render_image(output, visited=visited)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(mermaid(visited=visited) if fmt == "mermaid" else markdown_table())
+
+
+def _refuse_without_graphviz(output: str) -> None:
+    """Before drawing an SVG/PNG, name what is missing of Graphviz and how to install it."""
+    import shutil
+    from pathlib import Path
+
+    from incident_fsm.extras import install_line, installed
+
+    if Path(output).suffix.lower() not in (".svg", ".png"):
+        return  # render_image refuses the suffix, naming the ones it draws
+    missing = []
+    if not installed("graphviz"):
+        missing.append(f"the graphviz Python package ({install_line('graph')})")
+    if shutil.which("dot") is None:
+        # A system program: no pip extra brings it.
+        missing.append("the `dot` program (e.g. apt-get install graphviz)")
+    if missing:
+        raise InvalidInput(f"SVG/PNG needs Graphviz, missing here: {' and '.join(missing)}; "
+                           "the Mermaid text (the default) needs neither")
+
+
+@click.command()
+@database_url_option
+@click.option("--state", "states", multiple=True, metavar="STATE",
+              help="Only these states (repeatable): detected, remediating, verifying, "
+                   "resolved, escalated.")
+@click.option("--open", "only_open", is_flag=True, help="Only incidents not yet resolved.")
+@click.option("--kind", help="Only this problem kind, e.g. disk_high.")
+@click.option("--target", help="Only this target.")
+@click.option("--since", type=When(), help="Opened at or after (ISO 8601 or an age: 2h, 7d).")
+@click.option("--until", type=When(), help="Opened before (ISO 8601 or an age).")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@json_option
+def incidents(database_url: str | None, states: tuple[str, ...], only_open: bool,
+              kind: str | None, target: str | None, since: datetime | None,
+              until: datetime | None, limit: int, as_json: bool) -> None:
+    """List incidents, newest first.
+
+    Example: incident-fsm incidents --open --target api --since 24h
+    """
+    from incident_fsm.fsm.graph import OPEN_STATES
+    from incident_fsm.reports.format import incidents_table, to_json
+
+    wanted = states or (tuple(s.value for s in OPEN_STATES) if only_open else ())
+    rows = with_store(database_url, lambda store: store.list_incidents(
+        states=wanted, kind=kind, target=target, since=since, until=until, limit=limit))
+    click.echo(to_json(rows) if as_json else incidents_table(rows))
+
+
+@click.command()
+@database_url_option
+@click.argument("incident_id", type=click.IntRange(min=1), metavar="ID")
+@json_option
+def show(database_url: str | None, incident_id: int, as_json: bool) -> None:
+    """Show one incident: state, strikes, deadline, and its whole timeline.
+
+    Example: incident-fsm show 3
+    """
+    from incident_fsm.models import IncidentId
+    from incident_fsm.reports.format import timeline_text, to_json
+
+    timeline = with_store(database_url, lambda store: store.timeline(IncidentId(incident_id)))
+    click.echo(to_json(timeline) if as_json else timeline_text(timeline))
+
+
+@click.command()
+@database_url_option
+@click.option("--since", type=When(), default="24h", show_default=True,
+              help="From (ISO 8601 or an age).")
+@click.option("--until", type=When(), help="Until (ISO 8601 or an age).")
+@click.option("--target", help="Only this target.")
+@click.option("--kind", help="Only this problem kind.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True)
+@json_option
+def history(database_url: str | None, since: datetime, until: datetime | None,
+            target: str | None, kind: str | None, limit: int, as_json: bool) -> None:
+    """Every transition across incidents in a time range, oldest first.
+
+    Example: incident-fsm history --since 12h --target api
+    """
+    from incident_fsm.reports.format import history_table, to_json
+
+    rows = with_store(database_url, lambda store: store.history(
+        since=since, until=until, target=target, kind=kind, limit=limit))
+    if as_json:
+        click.echo(to_json([{"transition": t, "incident": i} for t, i in rows]))
+    else:
+        click.echo(history_table(rows))
+
+
+@click.command()
+@database_url_option
+@click.option("--since", type=When(), help="Only incidents opened (checks made) since then.")
+@json_option
+def stats(database_url: str | None, since: datetime | None, as_json: bool) -> None:
+    """Statistics: resolution times, escalation rate, action success, delivery, health checks.
+
+    Example: incident-fsm stats --since 7d
+    """
+    from incident_fsm.remediation.ranking import learned_rankings
+    from incident_fsm.reports.format import statistics_text, to_json
+
+    async def work(store: Any) -> Any:
+        result = await store.statistics(since=since)
+        return result, await learned_rankings(store, [k.kind for k in result.kinds])
+
+    result, rankings = with_store(database_url, work)
+    if as_json:
+        data = json.loads(to_json(result))
+        data["ranking"] = {k: [r.as_dict() for r in ranked] for k, ranked in rankings.items()}
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        click.echo(statistics_text(result, rankings))
