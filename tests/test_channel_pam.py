@@ -21,7 +21,8 @@ from websockets.exceptions import ConnectionClosed
 
 from incident_fsm.models import IncidentId
 from incident_fsm.notify.channels.base import Outgoing, Status
-from incident_fsm.notify.channels.pam import _WS_LOG, MAX_TEXT, PONG_RESERVE, PamChannel, pack
+from incident_fsm.notify.channels.pam import _WS_LOG, PamChannel
+from incident_fsm.notify.channels.pam_frames import MAX_TEXT, PONG_RESERVE, pack
 from incident_fsm.settings import PamSettings
 from incident_fsm.testing import ManualClock
 

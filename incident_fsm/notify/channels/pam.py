@@ -27,30 +27,22 @@ connect, 4003 (blocked) and HTTP 401/403 at the handshake. A stopped channel
 says so once at error level and does not connect again until `reconfigure`
 gives it different settings; notifications meanwhile stay queued.
 
-Sending: one frame at a time, `{"type": frame_type, "message": text (at
-most 2,000 characters, cut with "…"), "metadata": {incident_id, state,
-target, kind, action, outcome, dedupe_key, ...}, "timestamp": ...}`, followed
-by an application `ping` (the probe) and a WebSocket protocol ping. The
-server handles a socket's frames in order, so its answer to the probe comes
-after its answer to the frame: an `error` before the probe's `pong` is the
-frame's rejection, a `pong` first means the server took the frame without
-complaint. A server that does not answer the probe is judged by the protocol
-pong, which proves the frame was read, plus `reply_window` seconds in which
-an error may still come; that is a bounded wait, not proof. Every wait is
-bounded by `timeout`; no answer at all is "no confirmation", a failure.
+Sending: one frame at a time (its shape, the batching and the rate budget
+are in `pam_frames`), followed by an application `ping` (the probe) and a
+WebSocket protocol ping. The server handles a socket's frames in order, so
+its answer to the probe comes after its answer to the frame: an `error`
+before the probe's `pong` is the frame's rejection, a `pong` first means
+the server took the frame without complaint. A server that does not answer
+the probe is judged by the protocol pong, which proves the frame was read,
+plus `reply_window` seconds in which an error may still come; that is a
+bounded wait, not proof. Every wait is bounded by `timeout`; no answer at
+all is "no confirmation", a failure.
 
 "Delivered" therefore means: the server read the frame and did not reject it.
 PAM has no application-level acknowledgement, so this is the strongest
 receipt the socket gives, and it says nothing about a human seeing it.
 Guarantee: at least once -- a frame whose verdict was lost with the
 connection is sent again with the same `dedupe_key` in its metadata.
-
-Limits: PAM allows 60 frames a minute per user and closes with 4008 after
-five excess hits. Every frame we send counts against `messages_per_minute`
-(probes and pongs too); `PONG_RESERVE` of them are kept for pongs, and each
-notification frame costs two. When a batch is larger than what is left,
-several notifications share one frame (texts one per line, metadata
-`{"batched": n, "notifications": [...]}`), within the 2,000 characters.
 """
 
 from __future__ import annotations
@@ -59,13 +51,10 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import random as _random
 import re
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -80,25 +69,16 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock, sleep_or_wake
 from incident_fsm.notify.channels.base import Outcome, Outgoing
+from incident_fsm.notify.channels.pam_frames import FrameBudget, clip, frame, pack
 from incident_fsm.settings import PamSettings
 
 #: Close codes (REFERENCE.md): 4001 auth (an expired token once the socket had worked),
 #: 4003 blocked (final).
 CLOSE_AUTH: Final = 4001
 CLOSE_BLOCKED: Final = 4003
-#: At most this many notifications share one batched message.
-MAX_PER_MESSAGE: Final = 25
-#: PAM's limit on a message's text.
-MAX_TEXT: Final = 2000
-ELLIPSIS: Final = "…"
-#: Frames a minute kept for pongs: PAM pings every 25 s and every 20 s (5.4 a minute).
-PONG_RESERVE: Final = 6
-#: A notification frame and its probe.
-FRAMES_PER_MESSAGE: Final = 2
 #: How long `blocked_for` tells the dispatcher to wait while disconnected or failed;
 #: `ready()` wakes it earlier on reconnect.
 IDLE_HINT: Final = 30.0
-WINDOW: Final = timedelta(seconds=60)
 #: PAM's error texts are shown this long at most.
 MAX_ERROR: Final = 200
 
@@ -109,11 +89,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 def redact(text: str) -> str:
     """`text` with every `token=` query value replaced by `***`."""
     return _TOKEN.sub(r"\1***", text)
-
-
-def clip(text: str, limit: int = MAX_TEXT) -> str:
-    """`text` cut to `limit` characters, the cut marked with an ellipsis."""
-    return text if len(text) <= limit else text[:limit - len(ELLIPSIS)] + ELLIPSIS
 
 
 class _RedactToken(logging.Filter):
@@ -160,7 +135,7 @@ class PamChannel:
         self._sending = anyio.Lock()
         self._failed: str | None = None
         self._changed: anyio.Event | None = None
-        self._sent: deque[datetime] = deque()
+        self._budget = FrameBudget(clock)
         self._ready: Callable[[], None] = lambda: None
         self._worked = False
         #: digest of the token last closed with 4001 after it had worked, while recovering
@@ -220,12 +195,7 @@ class PamChannel:
     def blocked_for(self) -> float:
         if self._failed is not None or self._ws is None:
             return IDLE_HINT
-        self._forget_old(self._sent)
-        excess = len(self._sent) - (self._capacity() - FRAMES_PER_MESSAGE)
-        if excess > 0:
-            wait = (self._sent[excess - 1] + WINDOW - self._clock.now()).total_seconds()
-            return max(0.1, wait)
-        return 0.0
+        return self._budget.wait(self._settings.messages_per_minute)
 
     # --- connection upkeep ---------------------------------------------------------
 
@@ -359,7 +329,7 @@ class PamChannel:
                     continue
                 kind = message.get("type")
                 if kind == "ping":  # both of PAM's ping streams
-                    self._count()
+                    self._budget.count()
                     await ws.send(json.dumps({"type": "pong",
                                               "timestamp": self._clock.now().isoformat()}))
                 elif kind == "connection" and message.get("status") == "connected":
@@ -404,18 +374,6 @@ class PamChannel:
         else:
             await sleep_or_wake(self._clock, seconds, changed)
 
-    def _forget_old(self, times: deque[datetime]) -> None:
-        cutoff = self._clock.now() - WINDOW
-        while times and times[0] <= cutoff:
-            times.popleft()
-
-    def _count(self) -> None:
-        self._sent.append(self._clock.now())
-
-    def _capacity(self) -> int:
-        """Frames a minute that notifications may use (the rest is kept for pongs)."""
-        return self._settings.messages_per_minute - PONG_RESERVE
-
     # --- sending -------------------------------------------------------------------
 
     async def send(self, batch: Sequence[Outgoing]) -> Sequence[Outcome]:
@@ -426,8 +384,7 @@ class PamChannel:
             ws, replies = self._ws, self._replies
             if ws is None or replies is None:
                 return [Outcome.unavailable("PAM is not connected", retry_after=IDLE_HINT)]
-            self._forget_old(self._sent)
-            budget = (self._capacity() - len(self._sent)) // FRAMES_PER_MESSAGE
+            budget = self._budget.notifications_left(self._settings.messages_per_minute)
             if budget <= 0:
                 return [Outcome.unavailable("PAM message rate limit reached",
                                             retry_after=self.blocked_for())]
@@ -436,7 +393,9 @@ class PamChannel:
             for done, group in enumerate(groups):
                 self.attempted += len(group)
                 try:
-                    rejection = await self._deliver(ws, replies, self._message(group))
+                    rejection = await self._deliver(ws, replies, frame(
+                        group, frame_type=self._settings.frame_type,
+                        timestamp=self._clock.now().isoformat()))
                 except (ConnectionClosed, TimeoutError, OSError, anyio.EndOfStream,
                         anyio.ClosedResourceError) as exc:
                     why = ("no confirmation" if isinstance(exc, TimeoutError)
@@ -471,10 +430,10 @@ class PamChannel:
         try:
             with anyio.fail_after(s.timeout):
                 await ws.send(json.dumps(message, ensure_ascii=False))
-                self._count()
+                self._budget.count()
                 await ws.send(json.dumps({"type": "ping",
                                           "timestamp": self._clock.now().isoformat()}))
-                self._count()
+                self._budget.count()
                 pong = await ws.ping()
                 kind, text = "", ""
                 with anyio.CancelScope() as window:
@@ -497,45 +456,7 @@ class PamChannel:
         finally:
             self._waiting = False
 
-    def _message(self, group: Sequence[Outgoing]) -> dict[str, Any]:
-        if len(group) == 1:
-            text, metadata = group[0].text, group[0].metadata()
-        else:
-            text = "\n".join(item.text for item in group)
-            metadata = {"batched": len(group), "notifications": [i.metadata() for i in group]}
-        return {"type": self._settings.frame_type, "message": clip(text), "metadata": metadata,
-                "timestamp": self._clock.now().isoformat()}
-
 
 def _shown(value: object) -> str:
     """PAM's error text as we record it: one line, no token, at most `MAX_ERROR` characters."""
     return clip(_CONTROL.sub(" ", redact(str(value))).strip(), MAX_ERROR)
-
-
-def pack(batch: Sequence[Outgoing], *, budget: int, per_message: int = MAX_PER_MESSAGE,
-         max_chars: int = MAX_TEXT) -> list[Sequence[Outgoing]]:
-    """Split `batch` into at most `budget` messages, in order; one each while the budget allows.
-
-    A shared message holds at most `per_message` notifications and, while
-    more than one, at most `max_chars` characters of text (a single long
-    text is cut when sent). Rows that do not fit are left out: they were not
-    attempted and go out with the next batch.
-    """
-    if budget < 1 or not batch:
-        return []
-    size = min(per_message, max(1, math.ceil(len(batch) / budget)))
-    groups: list[Sequence[Outgoing]] = []
-    current: list[Outgoing] = []
-    chars = 0
-    for item in batch:
-        extra = len(item.text) + (1 if current else 0)  # the joining newline
-        if current and (len(current) >= size or chars + extra > max_chars):
-            groups.append(current)
-            if len(groups) == budget:
-                return groups
-            current, extra = [], len(item.text)
-            chars = 0
-        current.append(item)
-        chars += extra
-    groups.append(current)
-    return groups
