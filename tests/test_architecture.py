@@ -9,11 +9,16 @@ The layers, lowest first, are `LAYERS`: a module may import its own layer
 or lower ones. `incident_fsm/__init__.py` is the public facade, above
 everything, and `incident_fsm.testing` (the manual clock) is for tests only:
 no library module imports either.
+
+The README's architecture section is held to the tree it describes: every
+package is in its module tree, and every `incident_fsm/...` path and
+`incident_fsm.x.y` name the README mentions exists.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -21,6 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "incident_fsm"
+README = ROOT / "README.md"
 FACADE = "incident_fsm"
 #: for tests of code that uses the library; never on the library's own import path
 TEST_ONLY = "testing"
@@ -193,6 +199,92 @@ def long_modules(root: Path = PACKAGE, limit: int = MAX_LINES) -> set[str]:
     }
 
 
+def top_level_definitions(source: str) -> set[str]:
+    """The names a module defines or imports at its top (under `if` too), and its `__all__`."""
+    names: set[str] = set()
+    body = list(ast.parse(source).body)
+    while body:
+        node = body.pop(0)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+            if "__all__" in names and isinstance(node.value, ast.List | ast.Tuple):
+                names.update(e.value for e in node.value.elts
+                             if isinstance(e, ast.Constant) and isinstance(e.value, str))
+        elif isinstance(node, ast.If):
+            body.extend(node.body + node.orelse)
+    return names
+
+
+def package_directories(root: Path = PACKAGE) -> set[str]:
+    """Every package under `root` as a path with a trailing slash, e.g. `notify/channels/`."""
+    return {f"{p.parent.relative_to(root).as_posix()}/"
+            for p in root.rglob("__init__.py") if p.parent != root}
+
+
+# --- reading the README ------------------------------------------------------------------
+
+_TREE_LINE = re.compile(r"^((?:│   |    )*)(?:├── |└── )(\S+)")
+
+
+def readme_section(text: str, title: str) -> str:
+    """The body of the `## title` section of a Markdown text ('' if there is none)."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    return match.group(1) if match else ""
+
+
+def tree_entries(block: str) -> list[str]:
+    """The paths a `tree`-style drawing lists, relative to its root (directories end in /)."""
+    entries: list[str] = []
+    folders: list[str] = []
+    for line in block.splitlines()[1:]:
+        match = _TREE_LINE.match(line)
+        if match is None:
+            continue
+        depth = len(match.group(1)) // 4
+        name = match.group(2)
+        del folders[depth:]
+        entries.append("".join(folders) + name)
+        if name.endswith("/"):
+            folders.append(name)
+    return entries
+
+
+def module_tree(readme: str) -> list[str]:
+    """The entries of the README's drawing of `incident_fsm/`, in its architecture section."""
+    section = readme_section(readme, "Architecture")
+    match = re.search(r"```text\n(incident_fsm/\n.*?)```", section, re.S)
+    assert match, "README: no ```text tree of incident_fsm/ under ## Architecture"
+    return tree_entries(match.group(1))
+
+
+def readme_paths(readme: str) -> set[str]:
+    """Every `incident_fsm/...` path the README mentions."""
+    return {m.rstrip(".,") for m in re.findall(r"(?<![\w.])incident_fsm/[\w./]*", readme)}
+
+
+def readme_dotted_names(readme: str) -> set[str]:
+    """Every `incident_fsm.x.y` name the README mentions (file names like `./incident_fsm.db`
+    are left out by the character before them)."""
+    return set(re.findall(r"(?<![\w/.])incident_fsm(?:\.[A-Za-z_]\w*)+", readme))
+
+
+def unknown_dotted_names(names: Iterable[str], modules: Mapping[str, Path]) -> list[str]:
+    """The names that are neither a module nor something a module defines at its top."""
+    unknown = []
+    for name in sorted(names):
+        module = _owner(name, modules)
+        rest = name.removeprefix(module or "").lstrip(".").split(".")
+        if module is None or (rest != [""] and rest[0] not in top_level_definitions(
+                modules[module].read_text(encoding="utf-8"))):
+            unknown.append(name)
+    return unknown
+
+
 # --- the package as it is --------------------------------------------------------------
 
 
@@ -231,6 +323,26 @@ def test_no_module_is_over_the_line_limit() -> None:
     assert not new, f"over {MAX_LINES} lines: split along its seams: {new}"
     fixed = sorted(KNOWN_LONG - long)
     assert not fixed, f"now at most {MAX_LINES} lines: remove from KNOWN_LONG: {fixed}"
+
+
+def test_the_readme_tree_names_every_package_and_only_what_exists() -> None:
+    entries = module_tree(README.read_text(encoding="utf-8"))
+    missing = sorted(package_directories() - set(entries))
+    assert not missing, f"packages missing from the README's module tree: {missing}"
+    gone = sorted(e for e in entries if not (PACKAGE / e).exists())
+    assert not gone, f"the README's module tree lists what does not exist: {gone}"
+
+
+def test_every_package_path_and_name_in_the_readme_exists() -> None:
+    readme = README.read_text(encoding="utf-8")
+    paths = readme_paths(readme)
+    assert paths, "no incident_fsm/ path found in README.md"
+    gone = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not gone, f"README.md names paths that do not exist: {gone}"
+    names = readme_dotted_names(readme)
+    assert names, "no incident_fsm.x name found in README.md"
+    unknown = unknown_dotted_names(names, package_modules())
+    assert not unknown, f"README.md names modules or attributes that do not exist: {unknown}"
 
 
 # --- the checks themselves can fail ------------------------------------------------------
@@ -286,3 +398,37 @@ def test_the_layer_checker_reports_upward_facade_test_and_unplaced_imports() -> 
         "p.low.uses_tests imports p.testing, which is for tests only",
         "p.mid.other (layer 1) imports p.high.x (layer 2)",
     ]
+
+
+def test_the_readme_readers_find_tree_entries_paths_and_stale_names(tmp_path: Path) -> None:
+    readme = """# x
+
+## Architecture
+
+```text
+incident_fsm/
+├── __init__.py      the facade
+├── fsm/             the machine
+│   ├── graph.py     the graph
+│   └── sub/         nested
+│       └── deep.py  deepest
+└── text.py          text
+```
+
+Old: `incident_fsm/machine.py`, `incident_fsm.journal`, `incident_fsm.text.one_line`,
+`sqlite:///incident_fsm.db` and `./incident_fsm.journal` are file names.
+
+## Next
+"""
+    assert module_tree(readme) == ["__init__.py", "fsm/", "fsm/graph.py", "fsm/sub/",
+                                   "fsm/sub/deep.py", "text.py"]
+    assert readme_paths(readme) == {"incident_fsm/", "incident_fsm/machine.py"}
+    assert readme_dotted_names(readme) == {"incident_fsm.journal", "incident_fsm.text.one_line"}
+    (tmp_path / "incident_fsm").mkdir()
+    (tmp_path / "incident_fsm" / "__init__.py").write_text("from typing import Any\n")
+    (tmp_path / "incident_fsm" / "text.py").write_text("def one_line() -> None: ...\n")
+    modules = package_modules(tmp_path / "incident_fsm")
+    names = {"incident_fsm.journal", "incident_fsm.text.one_line", "incident_fsm.text.gone",
+             "incident_fsm.Any", "incident_fsm.text"}
+    assert unknown_dotted_names(names, modules) == ["incident_fsm.journal",
+                                                    "incident_fsm.text.gone"]
