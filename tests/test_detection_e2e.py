@@ -17,10 +17,11 @@ import httpx
 import psutil
 import pytest
 
+from incident_fsm.detection.targets import default_probes
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.models import Incident
 from incident_fsm.persistence.store import Store
-from incident_fsm.runtime.monitor import Monitor, default_probes
+from incident_fsm.runtime.monitor import Monitor
 from incident_fsm.settings import AgentSettings, TargetSettings, Threshold, Thresholds
 from incident_fsm.testing import ManualClock
 

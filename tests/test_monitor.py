@@ -18,6 +18,7 @@ from incident_fsm.detection.dependencies import DependencyStatus
 from incident_fsm.detection.detector import Change, Phase
 from incident_fsm.detection.payload import ProbeFailure, ProbeResult
 from incident_fsm.detection.probe import HttpProbe
+from incident_fsm.detection.targets import TargetProbes, default_probes
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import HealthCheck
@@ -27,8 +28,6 @@ from incident_fsm.runtime.monitor import (
     Cadence,
     Monitor,
     ProblemEvent,
-    TargetProbes,
-    default_probes,
 )
 from incident_fsm.settings import AgentSettings, TargetSettings
 from incident_fsm.testing import ManualClock

@@ -18,16 +18,10 @@ the local copy (`persistence.local_copy`) when the database is unreachable
 - incidents and attempts created offline get provisional negative ids. The
   replay maps them to real ids, and every method accepts the provisional id
   ever after, so a task that started with one keeps working;
-- `replay()` applies the entries in order once the database answers again.
-  Each entry is idempotent against a crash half-way through: an incident is
-  found again by its fingerprint and opening time, a transition already
-  present with the same sequence number and trigger is skipped, an outcome
-  already recorded is skipped (`AttemptAlreadySettled`). An entry that
-  cannot be applied -- a step that conflicts with a change someone made
-  meanwhile, what depends on it, or an entry that fails in a way nobody
-  foresaw -- is not forced and does not stop the replay: it is logged at
-  error level, kept in `<journal>.rejected` for a human, and the replay
-  goes on. The journal is cleared only when nothing is left in it.
+- `replay()` applies the entries in order once the database answers again
+  (`persistence.replay`: idempotent per entry; what cannot be applied is
+  logged and kept in `<journal>.rejected`, never forced). The journal is
+  cleared only when nothing is left in it.
 
 Only the methods below exist here: a new `Store` method is not reachable
 through the journal until it is given its offline behaviour (or is
@@ -44,9 +38,9 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -54,9 +48,7 @@ import anyio
 from loguru import logger
 
 from incident_fsm.errors import (
-    AttemptAlreadySettled,
     ConcurrentUpdate,
-    IncidentFSMError,
     InvalidInput,
     InvalidTransition,
     StoreUnavailable,
@@ -68,11 +60,8 @@ from incident_fsm.models import (
     HealthCheck,
     Incident,
     IncidentId,
-    Lease,
-    Notification,
     Opened,
     Timeline,
-    Transition,
 )
 from incident_fsm.persistence import database
 from incident_fsm.persistence.attempts import ActionTally
@@ -80,18 +69,15 @@ from incident_fsm.persistence.effects import finish_run, judge_run, strike_count
 from incident_fsm.persistence.journal_file import (
     JournalFile,
     decode_finish,
-    decode_intent,
-    decode_open,
-    decode_step,
     encode_finish,
     encode_intent,
     encode_open,
     encode_step,
 )
 from incident_fsm.persistence.local_copy import LocalCopy, copy
-from incident_fsm.persistence.statistics import Statistics
+from incident_fsm.persistence.online_only import OnlineOnly
+from incident_fsm.persistence.replay import Replayer
 from incident_fsm.persistence.store import Store
-from incident_fsm.text import one_line
 
 T = TypeVar("T")
 
@@ -104,7 +90,7 @@ class _Offline(enum.Enum):
 LOCAL: Final = _Offline.LOCAL
 
 
-class JournalingStore:
+class JournalingStore(OnlineOnly):
     """A store that keeps the agent working through database outages; see the module docstring."""
 
     def __init__(self, store: Store | str, *, journal_path: str | Path, max_threads: int = 4,
@@ -114,6 +100,7 @@ class JournalingStore:
         self.journal_path = Path(journal_path)
         self._file = JournalFile(self.journal_path)
         self._local = LocalCopy()
+        self._replayer = Replayer(self.online, self._local, self._file)
         self._journaled: set[int] = set()
         self._lock = anyio.Lock()
         self._replayed = 0
@@ -427,56 +414,6 @@ class JournalingStore:
         except StoreUnavailable:
             return False
 
-    async def end_beat(self, replica: str) -> None:
-        await self.online.end_beat(replica)
-
-    async def agents_seen(self, now: datetime) -> list[tuple[str, datetime]]:
-        return await self.online.agents_seen(now)
-
-    async def acquire_lease(self, name: str, holder: str, *, now: datetime,
-                            ttl: float) -> Lease:
-        return await self.online.acquire_lease(name, holder, now=now, ttl=ttl)
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        await self.online.release_lease(name, holder)
-
-    async def history(self, **kwargs: Any) -> list[tuple[Transition, Incident]]:
-        return await self.online.history(**kwargs)
-
-    async def statistics(self, *, since: datetime | None = None) -> Statistics:
-        return await self.online.statistics(since=since)
-
-    async def health_checks(self, **kwargs: Any) -> list[HealthCheck]:
-        return await self.online.health_checks(**kwargs)
-
-    async def prune_health_checks(self, older_than: datetime) -> int:
-        return await self.online.prune_health_checks(older_than)
-
-    async def due_notifications(self, channel: str, *, now: datetime,
-                                limit: int = 50) -> list[Notification]:
-        return await self.online.due_notifications(channel, now=now, limit=limit)
-
-    async def next_notification_due(self, channel: str) -> datetime | None:
-        return await self.online.next_notification_due(channel)
-
-    async def claim_notifications(self, ids: Sequence[int], **kwargs: Any) -> list[Notification]:
-        return await self.online.claim_notifications(ids, **kwargs)
-
-    async def mark_delivered(self, ids: Sequence[int], *, at: datetime) -> None:
-        await self.online.mark_delivered(ids, at=at)
-
-    async def reschedule_notification(self, notification_id: int, **kwargs: Any) -> None:
-        await self.online.reschedule_notification(notification_id, **kwargs)
-
-    async def mark_dead(self, notification_id: int, *, error: str) -> None:
-        await self.online.mark_dead(notification_id, error=error)
-
-    async def release_notifications(self, ids: Sequence[int], **kwargs: Any) -> None:
-        await self.online.release_notifications(ids, **kwargs)
-
-    async def skip_notifications(self, *, keep_channels: Iterable[str], reason: str) -> int:
-        return await self.online.skip_notifications(keep_channels=keep_channels, reason=reason)
-
     # --- replay -------------------------------------------------------------------
 
     async def replay(self) -> int:
@@ -501,112 +438,13 @@ class JournalingStore:
                         break
                 continue
             for entry in todo:
-                await self._replay_one(entry)
+                await self._replayer.entry(entry)
                 self._replayed += 1
                 applied += 1
-        await self._reload_working_set()
+        await self._replayer.reload_working_set()
         if applied:
             logger.info("store back: replayed {} journaled entries", applied)
         return applied
-
-    async def _reload_working_set(self) -> None:
-        """After a replay: the local copy again holds database rows under real ids."""
-        local = self._local
-        ids = {self.real_id(i) for i in local.incidents}
-        for old in [i for i in local.incidents if i < 0]:
-            local.incidents.pop(old, None)
-            local.forget_runs(old)
-        for iid in sorted(i for i in ids if i > 0):
-            try:
-                found = await self.online.timeline(IncidentId(iid))
-            except IncidentFSMError:
-                local.incidents.pop(iid, None)
-                local.forget_runs(iid)
-                continue
-            local.incidents.pop(iid, None)  # the database's row is the truth now
-            local.remember(found.incident, found.actions)
-
-    async def _replay_one(self, entry: Mapping[str, Any]) -> None:
-        """Apply one entry. StoreUnavailable aborts the replay; any other failure rejects it."""
-        try:
-            await self._apply_entry(entry)
-        except StoreUnavailable:
-            raise
-        except IncidentFSMError as exc:
-            await self._reject(entry, f"{type(exc).__name__}: {exc}")
-        except Exception as exc:
-            await self._reject(entry, f"unexpected {type(exc).__name__}: {one_line(str(exc))}")
-
-    async def _apply_entry(self, entry: Mapping[str, Any]) -> None:
-        op = entry["op"]
-        if op == "base":
-            return
-        if op == "open":
-            args = decode_open(entry["args"])
-            real = await self._find_opened(args) or (
-                await self.online.open_incident(**args)).incident.incident_id
-            self._local.aliases[entry["id"]] = real
-            return
-        if op == "step":
-            step = decode_step(entry["step"], self.real_id(entry["step"]["incident_id"]))
-            if step.incident_id < 0:
-                raise InvalidInput("its incident was never replayed")
-            try:
-                await self.online.apply_transition(step)
-            except ConcurrentUpdate:
-                if not await self._already_applied(step):
-                    raise
-            if entry.get("run_id") is not None:
-                runs = (await self.online.timeline(step.incident_id)).actions
-                run = next((r for r in reversed(runs) if r.started_at == step.at), None)
-                if run is not None and run.id is not None:
-                    self._local.aliases[entry["run_id"]] = run.id
-            return
-        if op == "record_action":
-            incident_id = self.real_id(entry["incident_id"])
-            if incident_id < 0:
-                raise InvalidInput("its incident was never replayed")
-            at = datetime.fromisoformat(entry["at"])
-            existing = [r for r in (await self.online.timeline(IncidentId(incident_id))).actions
-                        if r.started_at == at and r.action == entry["intent"]["action"]]
-            run = existing[0] if existing else await self.online.record_action(
-                IncidentId(incident_id), decode_intent(entry["intent"]), at=at)
-            self._local.aliases[entry["run_id"]] = run.id or 0
-            return
-        run_id = self.real_id(entry["run_id"])
-        if run_id < 0:
-            raise InvalidInput("its attempt was never replayed (its step was rejected)")
-        if op == "claim":
-            # False: claimed already (an earlier, interrupted replay). Fine.
-            await self.online.claim_attempt(run_id, at=datetime.fromisoformat(entry["at"]))
-            return
-        try:
-            if op == "finish":
-                await self.online.finish_action(run_id, **decode_finish(entry["args"]))
-            else:
-                await self.online.judge_action(run_id, verified=entry["args"]["verified"])
-        except AttemptAlreadySettled:
-            pass  # recorded before the crash that interrupted the last replay: fine
-
-    async def _find_opened(self, args: Mapping[str, Any]) -> int | None:
-        """The incident an earlier (interrupted) replay created for this `open`, if any."""
-        at: datetime = args["at"]
-        rows = await self.online.list_incidents(
-            target=args["target"], kind=args["kind"], since=at,
-            until=at + timedelta(microseconds=1), limit=10)
-        match = next((i for i in rows if i.opened_at == at), None)
-        return None if match is None else match.incident_id
-
-    async def _already_applied(self, step: StepRequest) -> bool:
-        timeline = await self.online.timeline(step.incident_id)
-        seq = step.expected_version + 1
-        return any(t.seq == seq and t.trigger == step.trigger and t.at == step.at
-                   for t in timeline.transitions)
-
-    async def _reject(self, entry: Mapping[str, Any], why: str) -> None:
-        logger.error("journaled {} not replayed: {}; kept in {}", entry.get("op"), why,
-                     self._file.rejected_path)
-        await anyio.to_thread.run_sync(self._file.reject, entry, why)
 
     # --- journal file ---------------------------------------------------------------
 

@@ -68,11 +68,10 @@ from incident_fsm.remediation.policy import (
     decide,
 )
 from incident_fsm.remediation.ranking import Ranked, rank
+from incident_fsm.remediation.running import run_action
 from incident_fsm.timebox import within
 from incident_fsm.vocabulary import State, Verdict
 
-#: Extra seconds an action gets past its limit to report its own timeout, with evidence.
-GRACE: Final = 5.0
 MAX_REASON: Final = 1000
 #: Seconds a dry run's preview (e.g. scanning the cleanup roots) may take.
 PREVIEW_LIMIT: Final = 60.0
@@ -277,7 +276,7 @@ class Remediator:
         ctx = ActionContext(incident=incident, idempotency_key=run.idempotency_key,
                             deadline=deadline, clock=self._clock)
         try:
-            outcome = await self._run(action, run.action, ctx)
+            outcome = await run_action(action, run.action, ctx, clock=self._clock)
         except BaseException:
             # Cancelled (the agent is stopping): say so, so a restart judges it, never reruns it.
             with anyio.CancelScope(shield=True):
@@ -304,35 +303,6 @@ class Remediator:
         return await self._fire(incident, "action_finished",
                                 f"{run.action} {outcome.status.value}: {outcome.summary}",
                                 details=details)
-
-    async def _run(self, action: Action | None, name: str, ctx: ActionContext) -> Outcome:
-        """Run `action` within its limit; exceptions, garbage and overruns become outcomes."""
-        if action is None:
-            return Outcome.failed(f"{name} is not available for {ctx.incident.target}")
-        # The grace lets an action that watches its own limit (all of ours do) report the
-        # timeout itself, with its evidence; the cut-off here is for those that hang.
-        # The incident escalates at its deadline regardless (the sweeper sees to it);
-        # the grace only lets a late action say how it ended.
-        limit = min(action.timeout, ctx.remaining()) + GRACE
-
-        async def guarded() -> Outcome:
-            try:
-                result = await action.run(ctx)
-            except Exception as exc:
-                return Outcome.failed(f"{name} raised {type(exc).__name__}: "
-                                      f"{redact(str(exc))[:300]}")
-            if not isinstance(result, Outcome):
-                return Outcome.failed(f"{name} returned {type(result).__name__}, not an outcome")
-            if result.status is OutcomeStatus.OK and (result.http_status or 0) >= 400:
-                # An error answer is no success, whatever the action made of it.
-                return replace(result, status=OutcomeStatus.FAILED,
-                               summary=f"{result.summary} (answered HTTP {result.http_status})")
-            return result
-
-        try:
-            return await within(self._clock, limit, guarded)
-        except TimeoutError:
-            return Outcome.timed_out(f"{name} gave no result within {limit:g} s")
 
     async def _finish(self, run: ActionRun, outcome: Outcome, *, status: str | None = None) -> bool:
         """Store how the attempt ended; False if it had been closed by someone else."""
@@ -460,7 +430,7 @@ class Remediator:
         ctx = ActionContext(incident=incident, idempotency_key=run.idempotency_key,
                             deadline=self._clock.now() + timedelta(seconds=PREVIEW_LIMIT),
                             clock=self._clock, dry_run=True)
-        preview = await self._run(action, intent.action, ctx)
+        preview = await run_action(action, intent.action, ctx, clock=self._clock)
         # The verdict would otherwise be lost: a dry run moves the incident nowhere.
         preview = replace(preview, evidence={**preview.evidence, "verdict": intent.verdict.value,
                                              "verdict_reason": intent.why})

@@ -51,6 +51,7 @@ from incident_fsm.clock import Clock, SystemClock, sleep_or_wake
 from incident_fsm.config import load_settings
 from incident_fsm.detection.detector import METRIC_KINDS, Change, Observation
 from incident_fsm.detection.payload import DOWN, HealthSnapshot
+from incident_fsm.detection.targets import TargetProbes, default_probes
 from incident_fsm.errors import SchemaNotReady, StoreError, StoreUnavailable
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.graph import AUTOMATED_STATES
@@ -68,7 +69,7 @@ from incident_fsm.remediation.remediator import Remediator, Verification
 from incident_fsm.reports.status_app import AgentStatus, ASGIApp, TargetStatus, status_app
 from incident_fsm.runtime.heartbeat import Heartbeat
 from incident_fsm.runtime.leader import LeaderElector
-from incident_fsm.runtime.monitor import Monitor, ProblemEvent, TargetProbes, default_probes
+from incident_fsm.runtime.monitor import Monitor, ProblemEvent
 from incident_fsm.runtime.preflight import PreflightFailed, start_failures
 from incident_fsm.runtime.sweeper import DeadlineSweeper
 from incident_fsm.settings import (

@@ -37,11 +37,10 @@ from datetime import datetime, timedelta
 from typing import Final, NamedTuple, Protocol
 
 import anyio
-import httpx
 from loguru import logger
 
 from incident_fsm.clock import Clock
-from incident_fsm.detection.dependencies import DependencyProbe, DependencyStatus, dependency_checks
+from incident_fsm.detection.dependencies import DependencyProbe, DependencyStatus
 from incident_fsm.detection.detector import (
     Change,
     Detector,
@@ -51,7 +50,7 @@ from incident_fsm.detection.detector import (
     status_label,
 )
 from incident_fsm.detection.payload import THROTTLED, HealthSnapshot, ProbeFailure, ProbeResult
-from incident_fsm.detection.probe import HttpProbe, LocalProbe, Probe
+from incident_fsm.detection.targets import TargetProbes
 from incident_fsm.errors import ConcurrentUpdate, GuardRejected, InvalidTransition
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.models import HealthCheck, Incident, IncidentId
@@ -80,32 +79,6 @@ class MonitorStore(Protocol):
     async def prune_health_checks(self, older_than: datetime) -> int: ...
 
     async def record_health_check(self, *checks: HealthCheck) -> None: ...
-
-
-@dataclass(frozen=True)
-class TargetProbes:
-    """How one target is read: its own probe, an optional fallback, its dependency checks."""
-
-    health: Probe
-    fallback: Probe | None = None
-    dependencies: Sequence[DependencyProbe] = ()
-    #: HTTP requests one poll sends to the target (endpoints + HTTP dependency checks)
-    requests_per_poll: int = 1
-
-
-def default_probes(target: TargetSettings, *, client: httpx.AsyncClient) -> TargetProbes:
-    """The probes a target's settings describe, sharing one HTTP client."""
-    dependencies = dependency_checks(target, client=client)
-    return TargetProbes(
-        health=HttpProbe(base_url=target.base_url, endpoints=target.endpoints, client=client,
-                         timeout=target.probe_timeout, read_all=target.read_all_endpoints,
-                         name=target.name),
-        fallback=LocalProbe(mounts=target.local_mounts, timeout=target.probe_timeout)
-        if target.fallback_local else None,
-        dependencies=dependencies,
-        requests_per_poll=(len(target.endpoints) if target.read_all_endpoints else 1)
-        + sum(d.requests_per_check for d in dependencies),
-    )
 
 
 @dataclass(frozen=True)
