@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from incident_fsm.models import IncidentId
-from incident_fsm.notify.channels.base import Outgoing, Status
+from incident_fsm.notify.channels.base import DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam import _WS_LOG, PamChannel
 from incident_fsm.notify.channels.pam_frames import MAX_TEXT, PONG_RESERVE, pack
 from incident_fsm.settings import PamSettings
@@ -119,7 +119,7 @@ async def test_a_pam_that_takes_system_messages_gets_each_with_its_metadata(
                 await eventually(lambda: channel.connected, what="connect")
                 assert readies == [1]
                 outcomes = await channel.send([item(1), item(2, incident=2)])
-        assert [o.status for o in outcomes] == [Status.DELIVERED, Status.DELIVERED]
+        assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED, DeliveryStatus.DELIVERED]
         assert pam.paths == ["/api/v1/pam/ws/ops"]
         first, second = pam.system_messages
         assert first["type"] == "system_message"
@@ -147,7 +147,7 @@ async def test_pam_answering_error_means_nothing_was_delivered(clock: ManualCloc
                 await eventually(lambda: channel.connected, what="connect")
                 outcomes = await channel.send([item(1), item(2)])
         (outcome,) = outcomes  # stopped at the first failure: the second was not attempted
-        assert outcome.status is Status.FAILED
+        assert outcome.status is DeliveryStatus.FAILED
         assert outcome.error == "PAM answered with an error: Unknown message type: system_message"
         assert channel.last_error == "Unknown message type: system_message"
         assert channel.delivered == 0 and channel.delivery_rate == 0.0
@@ -168,11 +168,12 @@ async def test_a_pam_that_never_answers_the_probe_is_judged_by_the_protocol_pong
             started = anyio.current_time()
             (outcome,) = await channel.send([item(1)])
             took = anyio.current_time() - started
-            assert outcome.status is Status.DELIVERED
+            assert outcome.status is DeliveryStatus.DELIVERED
             assert 0.2 <= took < 1.5  # the reply window, well inside the 2 s timeout
             pam.accepts = frozenset()  # now it rejects: the error comes inside the window
             (outcome,) = await channel.send([item(2)])
-            assert outcome.status is Status.FAILED and "Unknown message type" in outcome.error
+            assert outcome.status is DeliveryStatus.FAILED
+            assert "Unknown message type" in outcome.error
 
 
 async def test_the_connection_survives_several_ping_rounds(clock: ManualClock) -> None:
@@ -184,7 +185,7 @@ async def test_the_connection_survives_several_ping_rounds(clock: ManualClock) -
             await eventually(lambda: pam.pongs >= 5 and pam.heartbeats >= 2,
                              what="five ping rounds of both streams")
             await stays(lambda: channel.connected, duration=0.3, what="connection")
-            assert (await channel.send([item(1)]))[0].status is Status.DELIVERED
+            assert (await channel.send([item(1)]))[0].status is DeliveryStatus.DELIVERED
         assert pam.connections == 1
         assert pam.closed_for_no_pong == 0
         assert pam.pongs >= 5
@@ -201,7 +202,7 @@ async def test_a_refused_handshake_is_retried_with_backoff_until_pam_is_back(
             async with running(channel) as readies:
                 await eventually(lambda: pam.refused == 1, what="first refusal")
                 (outcome,) = await channel.send([item(1)])
-                assert outcome.status is Status.UNAVAILABLE
+                assert outcome.status is DeliveryStatus.UNAVAILABLE
                 # backoff 1 s, then 2 s (random=1.0 takes the full delay)
                 await eventually(lambda: clock.sleepers == 1, what="backoff wait")
                 clock.advance(0.9)
@@ -213,7 +214,7 @@ async def test_a_refused_handshake_is_retried_with_backoff_until_pam_is_back(
                 clock.advance(2.0)
                 await eventually(lambda: channel.connected, what="reconnect")
                 assert readies == [1]
-                assert (await channel.send([item(1)]))[0].status is Status.DELIVERED
+                assert (await channel.send([item(1)]))[0].status is DeliveryStatus.DELIVERED
         warnings = [line for line in logs if line.startswith("WARNING|PAM ")]
         assert len(warnings) == 1 and "HTTP 503" in warnings[0]
         assert channel.failures == 0
@@ -246,7 +247,7 @@ async def test_close_4001_at_the_first_connect_stops_the_channel_and_is_reported
                     await anyio.sleep(0.01)
                 assert pam.connections == 1
                 (outcome,) = await channel.send([item(1)])
-                assert outcome.status is Status.UNAVAILABLE
+                assert outcome.status is DeliveryStatus.UNAVAILABLE
                 assert "4001" in outcome.error
                 # A configuration change is what brings it back.
                 pam.mode = "up"
@@ -282,7 +283,7 @@ async def test_over_the_rate_limit_notifications_share_messages(clock: ManualClo
         async with running(channel):
             await eventually(lambda: channel.connected, what="connect")
             outcomes = await channel.send([item(n) for n in range(1, 8)])
-            assert [o.status for o in outcomes] == [Status.DELIVERED] * 7
+            assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED] * 7
             messages = pam.system_messages
             assert len(messages) == 3
             assert messages[0]["message"].splitlines() == [f"🔧 System Alert: note {n}"
@@ -293,10 +294,10 @@ async def test_over_the_rate_limit_notifications_share_messages(clock: ManualClo
             assert keys == [f"incident-1-seq-{n}-pam" for n in range(1, 8)]
             assert channel.blocked_for() == pytest.approx(60.0)
             (outcome,) = await channel.send([item(8)])
-            assert outcome.status is Status.UNAVAILABLE
+            assert outcome.status is DeliveryStatus.UNAVAILABLE
             clock.advance(60.0)
             assert channel.blocked_for() == 0.0
-            assert (await channel.send([item(8)]))[0].status is Status.DELIVERED
+            assert (await channel.send([item(8)]))[0].status is DeliveryStatus.DELIVERED
         assert len(pam.system_messages) == 4
 
 
@@ -317,7 +318,7 @@ async def test_messages_over_2000_characters_are_cut(clock: ManualClock) -> None
         async with running(channel):
             await eventually(lambda: channel.connected, what="connect")
             (outcome,) = await channel.send([item(1, text="⚠️ " + "y" * 5000)])
-        assert outcome.status is Status.DELIVERED
+        assert outcome.status is DeliveryStatus.DELIVERED
         (message,) = pam.accepted
         assert len(message["message"]) == MAX_TEXT == 2000
         assert message["message"].startswith("⚠️ yyy") and message["message"].endswith("…")
@@ -333,9 +334,9 @@ async def test_the_rate_limit_of_60_a_minute_is_respected(clock: ManualClock) ->
             await eventually(lambda: channel.connected, what="connect")
             statuses = [(await channel.send([item(n)]))[0].status for n in range(1, 41)]
             await eventually(lambda: pam.pongs >= PONG_RESERVE, what="pongs to the pings")
-        delivered = statuses.count(Status.DELIVERED)
+        delivered = statuses.count(DeliveryStatus.DELIVERED)
         assert delivered == (60 - PONG_RESERVE) // 2 == 27
-        assert set(statuses[delivered:]) == {Status.UNAVAILABLE}
+        assert set(statuses[delivered:]) == {DeliveryStatus.UNAVAILABLE}
         assert len(pam.accepted) == delivered
         assert pam.closed_for_rate == 0 and not [r for r in pam.rejected if "Rate" in r[1]]
 
@@ -350,14 +351,14 @@ async def test_a_message_the_server_never_read_is_reported_failed_and_resent(
             await eventually(lambda: channel.connected, what="connect")
             pam.freeze()  # the peer vanished: our frames leave, nothing comes back
             (outcome,) = await channel.send([item(1)])
-            assert outcome.status is Status.FAILED
+            assert outcome.status is DeliveryStatus.FAILED
             assert "no confirmation" in outcome.error
             pam.kill_connections()  # ...and what it never read is gone
             await eventually(lambda: not channel.connected, what="disconnect")
             await eventually(lambda: clock.sleepers >= 1, what="backoff")
             clock.advance(1.0)
             await eventually(lambda: channel.connected, what="reconnect")
-            assert (await channel.send([item(1)]))[0].status is Status.DELIVERED
+            assert (await channel.send([item(1)]))[0].status is DeliveryStatus.DELIVERED
         assert [m["metadata"]["dedupe_key"] for m in pam.accepted] == ["incident-1-seq-1-pam"]
 
 
@@ -414,7 +415,7 @@ async def test_4001_after_expiry_rereads_the_token_file_and_delivery_resumes(
         with captured_logs() as logs:
             async with running(channel) as readies:
                 await eventually(lambda: channel.connected, what="connect")
-                assert (await channel.send([item(1)]))[0].status is Status.DELIVERED
+                assert (await channel.send([item(1)]))[0].status is DeliveryStatus.DELIVERED
                 path.write_text(fresh, encoding="utf-8")  # the refresher wrote a new one
                 pam.tokens.add(fresh)
                 await pam.expire(TOKEN)  # `exp` passed: PAM closes with 4001
@@ -422,11 +423,11 @@ async def test_4001_after_expiry_rereads_the_token_file_and_delivery_resumes(
                                  what="expiry noticed")
                 assert channel.failed is None
                 (waiting,) = await channel.send([item(2)])
-                assert waiting.status is Status.UNAVAILABLE  # queued, not lost
+                assert waiting.status is DeliveryStatus.UNAVAILABLE  # queued, not lost
                 await eventually(lambda: clock.sleepers >= 1, what="backoff")
                 clock.advance(1.0)
                 await eventually(lambda: channel.connected, what="reconnect with the new token")
-                assert (await channel.send([item(2)]))[0].status is Status.DELIVERED
+                assert (await channel.send([item(2)]))[0].status is DeliveryStatus.DELIVERED
                 assert len(readies) == 2 and channel.token_retries == 0
         assert pam.closed_for_expiry == 1 and pam.connections == 2
         assert [m["metadata"]["dedupe_key"] for m in pam.accepted] == [
@@ -455,7 +456,7 @@ async def test_the_same_token_refused_again_unchanged_is_final(
                     clock.advance(60.0)
                     await anyio.sleep(0.01)
                 (outcome,) = await channel.send([item(1)])
-        assert outcome.status is Status.UNAVAILABLE
+        assert outcome.status is DeliveryStatus.UNAVAILABLE
         assert "unchanged" in (channel.failed or "") and channel.status.startswith("failed: ")
         assert pam.connections == 2  # one retry with the re-read token, then no more
         errors = [line for line in logs if line.startswith("ERROR|")]

@@ -23,7 +23,7 @@ from incident_fsm.config import ConfigError, load_settings
 from incident_fsm.demo.simulator import ConnectionManager, ServiceState, Simulator, free_port
 from incident_fsm.models import IncidentId, Notification
 from incident_fsm.notify.channels import channels_from_settings
-from incident_fsm.notify.channels.base import Outgoing, Status
+from incident_fsm.notify.channels.base import DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import InProcessPamChannel, priority_of
 from incident_fsm.persistence.store import Store
 from incident_fsm.settings import ChannelsSettings, PamInProcessSettings
@@ -83,7 +83,7 @@ async def test_an_open_socket_receives_a_proactive_alert_and_it_counts_as_delive
     channel = channel_for(manager, clock)
     long_text = "x" * 5000
     outcomes = await channel.send([item(1), item(2, text=long_text, event="escalated")])
-    assert [o.status for o in outcomes] == [Status.DELIVERED, Status.DELIVERED]
+    assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED, DeliveryStatus.DELIVERED]
     first, second = ws.received
     assert first == {
         "type": "proactive_alert", "timestamp": clock.now().isoformat(),
@@ -112,7 +112,7 @@ async def test_nobody_connected_is_unavailable_and_nothing_is_sent(clock: Manual
     channel = channel_for(manager, clock)
     assert channel.blocked_for() > 0
     (outcome,) = await channel.send([item(1), item(2)])
-    assert outcome.status is Status.UNAVAILABLE
+    assert outcome.status is DeliveryStatus.UNAVAILABLE
     assert other.received == [] and manager.sent == []
     manager.connect(FakeSocket(), USER)
     assert channel.blocked_for() == 0
@@ -126,7 +126,7 @@ async def test_a_socket_the_manager_drops_during_the_send_is_not_a_delivery(
     manager = ConnectionManager()
     manager.connect(FakeSocket(broken=True), USER)
     (outcome,) = await channel_for(manager, clock).send([item(1), item(2)])
-    assert outcome.status is Status.UNAVAILABLE
+    assert outcome.status is DeliveryStatus.UNAVAILABLE
     assert manager.user_connections == {}
 
 
@@ -136,7 +136,7 @@ async def test_a_send_that_raises_is_a_failed_attempt_and_stops_the_batch(
     manager = RaisingManager()
     manager.connect(FakeSocket(), USER)
     outcomes = await channel_for(manager, clock).send([item(1), item(2)])
-    assert [o.status for o in outcomes] == [Status.FAILED]
+    assert [o.status for o in outcomes] == [DeliveryStatus.FAILED]
     assert outcomes[0].error == "PAM in-process: send failed (ConnectionResetError)"
 
 
@@ -146,7 +146,7 @@ async def test_one_of_several_users_connected_is_enough(clock: ManualClock) -> N
     manager.connect(ws, "second-user")
     channel = channel_for(manager, clock, user_ids=(USER, "second-user"))
     (outcome,) = await channel.send([item(1)])
-    assert outcome.status is Status.DELIVERED
+    assert outcome.status is DeliveryStatus.DELIVERED
     assert [m["id"] for m in ws.received] == ["incident-1-seq-1-pam_inprocess"]
 
 

@@ -14,7 +14,7 @@ import pytest
 import respx
 
 from incident_fsm.models import IncidentId
-from incident_fsm.notify.channels.base import Outgoing, Status
+from incident_fsm.notify.channels.base import DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.webhook import (
     DEDUPE_HEADER,
     SIGNATURE_HEADER,
@@ -60,7 +60,7 @@ def channel(client: httpx.AsyncClient, clock: ManualClock) -> WebhookChannel:
 async def test_the_body_is_signed_and_a_2xx_is_delivered(channel: WebhookChannel) -> None:
     route = respx.post(URL).mock(return_value=httpx.Response(204))
     outcomes = await channel.send([item(1)])
-    assert [o.status for o in outcomes] == [Status.DELIVERED]
+    assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED]
     request = route.calls.last.request
     assert verify(request)
     assert request.headers[DEDUPE_HEADER] == "incident-3-seq-1-webhook"
@@ -92,7 +92,7 @@ async def test_429_reports_its_retry_after_in_seconds_or_as_a_date(
     ])
     for expected in (120.0, 90.0, None):
         (outcome,) = await channel.send([item(1)])
-        assert outcome.status is Status.FAILED
+        assert outcome.status is DeliveryStatus.FAILED
         assert outcome.retry_after == expected
         assert outcome.error == "webhook https://hooks.test/incidents answered HTTP 429"
 
@@ -101,7 +101,7 @@ async def test_429_reports_its_retry_after_in_seconds_or_as_a_date(
 async def test_the_first_failure_stops_the_batch(channel: WebhookChannel) -> None:
     route = respx.post(URL).mock(side_effect=[httpx.Response(200), httpx.Response(500)])
     outcomes = await channel.send([item(1), item(2), item(3)])
-    assert [o.status for o in outcomes] == [Status.DELIVERED, Status.FAILED]
+    assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED, DeliveryStatus.FAILED]
     assert outcomes[1].error.endswith("answered HTTP 500")
     assert route.call_count == 2  # item 3 was not attempted
 
@@ -111,7 +111,7 @@ async def test_timeouts_and_transport_errors_are_failures(channel: WebhookChanne
     respx.post(URL).mock(side_effect=[httpx.ReadTimeout("slow"), httpx.ConnectError("refused")])
     (first,) = await channel.send([item(1)])
     (second,) = await channel.send([item(1)])
-    assert first.status is second.status is Status.FAILED
+    assert first.status is second.status is DeliveryStatus.FAILED
     assert "timed out after 2 s" in first.error
     assert "unreachable (ConnectError)" in second.error
 
@@ -125,7 +125,7 @@ async def test_a_missing_secret_keeps_rows_queued_and_is_reported_once(
     with captured_logs() as logs:
         for _ in range(3):
             (outcome,) = await channel.send([item(1)])
-            assert outcome.status is Status.UNAVAILABLE
+            assert outcome.status is DeliveryStatus.UNAVAILABLE
     assert route.call_count == 0  # never unsigned
     assert len([line for line in logs if line.startswith("ERROR|")]) == 1
 
@@ -136,7 +136,7 @@ async def test_without_a_secret_setting_requests_go_unsigned(
 ) -> None:
     route = respx.post(URL).mock(return_value=httpx.Response(200))
     channel = WebhookChannel(WebhookSettings(url=URL), client=client, clock=clock, environ={})
-    assert (await channel.send([item(1)]))[0].status is Status.DELIVERED
+    assert (await channel.send([item(1)]))[0].status is DeliveryStatus.DELIVERED
     assert SIGNATURE_HEADER not in route.calls.last.request.headers
 
 

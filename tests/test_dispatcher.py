@@ -19,7 +19,7 @@ from incident_fsm.clock import Clock, SystemClock
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import ActionIntent, MachinePolicy
 from incident_fsm.models import IncidentId, Notification, OutboxMessage
-from incident_fsm.notify.channels.base import Channel, Outcome, Outgoing
+from incident_fsm.notify.channels.base import Channel, Delivery, Outgoing
 from incident_fsm.notify.channels.log import LogChannel
 from incident_fsm.notify.channels.pam import PamChannel
 from incident_fsm.notify.channels.webhook import DEDUPE_HEADER, SIGNATURE_HEADER, WebhookChannel
@@ -271,7 +271,7 @@ async def test_a_crash_between_send_and_commit_resends_with_the_same_dedupe_key(
     async with FakePam(token=TOKEN, accepts=ACCEPTS) as pam:
         scopes: list[anyio.CancelScope] = []
 
-        async def crash(batch: Sequence[Outgoing], outcomes: Sequence[Outcome]) -> None:
+        async def crash(batch: Sequence[Outgoing], outcomes: Sequence[Delivery]) -> None:
             if batch[0].channel == "pam":
                 scopes[0].cancel()  # the process dies: nothing after this point runs
                 await anyio.lowlevel.checkpoint()
@@ -364,7 +364,7 @@ async def test_a_failing_channel_does_not_hold_up_the_others(
         def blocked_for(self) -> float:
             return 0.0
 
-        async def send(self, batch: Sequence[Outgoing]) -> Sequence[Outcome]:
+        async def send(self, batch: Sequence[Outgoing]) -> Sequence[Delivery]:
             await anyio.sleep_forever()
             raise AssertionError
 

@@ -23,7 +23,7 @@ from incident_fsm.clock import SystemClock
 from incident_fsm.config import ConfigError, load_settings
 from incident_fsm.demo.simulator import ConnectionManager, free_port
 from incident_fsm.models import IncidentId
-from incident_fsm.notify.channels.base import Outgoing, Status
+from incident_fsm.notify.channels.base import DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_relay import RelayPamChannel, encode, sign
 from incident_fsm.settings import PamRelaySettings
 
@@ -217,13 +217,13 @@ async def test_the_channel_delivers_only_when_someone_received_it() -> None:
         waits = []
         for _ in range(3):
             (outcome,) = await channel.send([item(1), item(2)])
-            assert outcome.status is Status.UNAVAILABLE  # nobody connected: rows wait
+            assert outcome.status is DeliveryStatus.UNAVAILABLE  # nobody connected: rows wait
             waits.append(outcome.retry_after)
         assert waits == [1.0, 2.0, 4.0]  # offered again later and later
         ws = FakeSocket()
         manager.connect(ws, USER)
         outcomes = await channel.send([item(1), item(2)])
-    assert [o.status for o in outcomes] == [Status.DELIVERED, Status.DELIVERED]
+    assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED, DeliveryStatus.DELIVERED]
     assert [m["id"] for m in ws.received] == ["incident-1-seq-1-pam_relay",
                                               "incident-1-seq-2-pam_relay"]
     assert ws.received[0]["content"]["message"] == "⚠️ System Alert: memory_high on api (1)"
@@ -238,8 +238,8 @@ async def test_the_channel_keeps_rows_queued_on_configuration_problems() -> None
             wrong = relay_channel(client, environ={VAR: "a-different-secret"})
             (refused,) = await wrong.send([item()])
             await wrong.send([item()])
-    assert missing.status is Status.UNAVAILABLE and VAR in missing.error
-    assert refused.status is Status.UNAVAILABLE and "HTTP 401" in refused.error
+    assert missing.status is DeliveryStatus.UNAVAILABLE and VAR in missing.error
+    assert refused.status is DeliveryStatus.UNAVAILABLE and "HTTP 401" in refused.error
     assert sum("HTTP 401" in line and line.startswith("ERROR") for line in logs) == 1
     assert ws.received == []
     assert not any(SECRET in line or "a-different-secret" in line for line in logs)
@@ -254,7 +254,7 @@ async def test_the_channel_fails_an_attempt_when_the_relay_breaks() -> None:
     manager.connect(FakeSocket(), USER)
     async with relay_client(manager) as client:
         (outcome,) = await relay_channel(client).send([item(), item(2)])
-    assert outcome.status is Status.FAILED and "HTTP 502" in outcome.error
+    assert outcome.status is DeliveryStatus.FAILED and "HTTP 502" in outcome.error
 
 
 def test_the_relay_channel_configuration(tmp_path: Path) -> None:
@@ -308,8 +308,8 @@ async def test_a_standalone_agent_reaches_a_pam_user_through_the_mounted_relay()
                 with anyio.fail_after(5):
                     received = json.loads(await ws.recv())
             server.should_exit = True
-    assert nobody.status is Status.UNAVAILABLE
-    assert outcome.status is Status.DELIVERED
+    assert nobody.status is DeliveryStatus.UNAVAILABLE
+    assert outcome.status is DeliveryStatus.DELIVERED
     assert received["type"] == "proactive_alert"
     assert received["id"] == "incident-1-seq-1-pam_relay"
     assert SECRET not in "\n".join(logs)

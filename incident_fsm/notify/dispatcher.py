@@ -50,12 +50,12 @@ from incident_fsm.backoff import Backoff, keep_running
 from incident_fsm.clock import Clock, sleep_or_wake
 from incident_fsm.errors import StoreError
 from incident_fsm.models import IncidentId, Notification
-from incident_fsm.notify.channels.base import Channel, Outcome, Outgoing, Status
+from incident_fsm.notify.channels.base import Channel, Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
 from incident_fsm.settings import Settings
 
 #: Called after a channel returned, before the outcomes are committed (tests crash here).
-AfterSend = Callable[[Sequence[Outgoing], Sequence[Outcome]], Awaitable[None]]
+AfterSend = Callable[[Sequence[Outgoing], Sequence[Delivery]], Awaitable[None]]
 
 #: The channels `pam_integration = false` holds.
 PAM_CHANNELS: Final = ("pam", "pam_inprocess", "pam_relay")
@@ -181,33 +181,33 @@ class Dispatcher:
             with anyio.fail_after(self._send_timeout):
                 outcomes = list(await channel.send(batch))
         except TimeoutError:
-            outcomes = [Outcome.failed(f"{channel.name} send timed out")] * len(batch)
+            outcomes = [Delivery.failed(f"{channel.name} send timed out")] * len(batch)
         except Exception as exc:  # a channel bug must not stop delivery on the others
-            outcomes = [Outcome.failed(f"{channel.name} channel error ({type(exc).__name__})")]
+            outcomes = [Delivery.failed(f"{channel.name} channel error ({type(exc).__name__})")]
         if self._after_send is not None:
             await self._after_send(batch, outcomes)
         return await self._settle(channel, batch, outcomes[:len(batch)])
 
     async def _settle(self, channel: Channel, batch: Sequence[Outgoing],
-                      outcomes: Sequence[Outcome]) -> float:
+                      outcomes: Sequence[Delivery]) -> float:
         now = self._clock.now()
         # Deliveries first: if we die halfway, what was delivered is on record.
         await self._store.mark_delivered(
             [item.notification_id for item, o in zip(batch, outcomes, strict=False)
-             if o.status is Status.DELIVERED], at=now)
+             if o.status is DeliveryStatus.DELIVERED], at=now)
         # A channel that answers nothing at all is not allowed to make us spin.
         pause = 0.0 if outcomes else MIN_PAUSE
         unsent: list[int] = [item.notification_id for item in batch[len(outcomes):]]
         for item, outcome in zip(batch, outcomes, strict=False):
-            if outcome.status is Status.FAILED:
+            if outcome.status is DeliveryStatus.FAILED:
                 await self._failed(item, outcome, now)
-            elif outcome.status is Status.UNAVAILABLE:
+            elif outcome.status is DeliveryStatus.UNAVAILABLE:
                 unsent.append(item.notification_id)
                 pause = max(pause, MIN_PAUSE, outcome.retry_after or channel.blocked_for())
         await self._store.release_notifications(unsent, next_attempt_at=now)
         return pause
 
-    async def _failed(self, item: Outgoing, outcome: Outcome, now: datetime) -> None:
+    async def _failed(self, item: Outgoing, outcome: Delivery, now: datetime) -> None:
         log = logger.bind(incident_id=item.incident_id, dedupe_key=item.dedupe_key)
         if item.attempt >= self.max_attempts:
             error = f"gave up after {item.attempt} attempt(s): {outcome.error}"

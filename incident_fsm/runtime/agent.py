@@ -65,7 +65,7 @@ from incident_fsm.persistence.journal import JournalingStore
 from incident_fsm.persistence.store import Store
 from incident_fsm.remediation.actions.catalog import Catalog
 from incident_fsm.remediation.policy import Limits
-from incident_fsm.remediation.remediator import Remediator, Verification
+from incident_fsm.remediation.remediator import ActionSource, Remediator, Verification
 from incident_fsm.reports.status_app import AgentStatus, ASGIApp, TargetStatus, status_app
 from incident_fsm.runtime.heartbeat import Heartbeat
 from incident_fsm.runtime.leader import LeaderElector
@@ -132,7 +132,12 @@ def judge(kind: str, observation: Observation, target: TargetSettings) -> Verifi
 
 
 class Agent:
-    """The running agent; see the module docstring."""
+    """The running agent; see the module docstring.
+
+    `actions`, if given, receives the actions the configuration describes
+    (an `ActionSource`) and returns the source the remediator uses: how a
+    host adds its own `Action` implementations next to the built-in ones.
+    """
 
     def __init__(
         self,
@@ -149,6 +154,7 @@ class Agent:
         max_concurrent_incidents: int = 256,
         pam_manager: ConnectionManager | None = None,
         migrate: bool | None = None,
+        actions: Callable[[ActionSource], ActionSource] | None = None,
     ) -> None:
         self.settings = settings
         #: migrate a database behind the code's schema first (default: SQLite only)
@@ -178,7 +184,8 @@ class Agent:
             on_problem=self._on_problem)
         self.remediator = Remediator(
             engine=self.engine, store=self.store, clock=self.clock,
-            actions=Catalog.from_settings(settings, http=self.http, environ=environ),
+            actions=(actions or _as_configured)(
+                Catalog.from_settings(settings, http=self.http, environ=environ)),
             verifier=MonitorVerifier(self.monitor, targets),
             limits=Limits.from_settings(agent), policy=settings.policy or None,
             verify_timeout=max(30.0, 3 * agent.fast_poll_interval))
@@ -456,6 +463,10 @@ class Agent:
                     self._wake.set()
                     self._wake = anyio.Event()
             await self.clock.sleep(5.0)
+
+
+def _as_configured(catalog: ActionSource) -> ActionSource:
+    return catalog
 
 
 def _journal_for(url: str) -> Path:

@@ -1,12 +1,11 @@
-"""Adding test plug-in actions to a running agent's catalog."""
+"""Adding test plug-in actions to an agent's catalog, through its `actions=` hook."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from incident_fsm.remediation.actions.base import Action
 from incident_fsm.remediation.remediator import ActionSource
-from incident_fsm.runtime.agent import Agent
 
 
 class WithPlugIns:
@@ -20,6 +19,6 @@ class WithPlugIns:
         return {**found, **self.extra} if target == self.target else found
 
 
-def add_plug_ins(agent: Agent, target: str, extra: Mapping[str, Action]) -> None:
-    """Before the agent starts: `extra` becomes available on `target`."""
-    agent.remediator._actions = WithPlugIns(agent.remediator._actions, target, extra)
+def plug_ins(target: str, extra: Mapping[str, Action]) -> Callable[[ActionSource], ActionSource]:
+    """`Agent(..., actions=plug_ins(target, extra))`: `extra` becomes available on `target`."""
+    return lambda base: WithPlugIns(base, target, extra)

@@ -24,7 +24,7 @@ from incident_fsm.runtime.agent import Agent
 
 from ..scenario import RENDER_KEY, incident_state, old_logs, sim_settings, until
 from .exposure import ENV
-from .plugins import add_plug_ins
+from .plugins import plug_ins as with_plug_ins
 
 pytestmark = pytest.mark.anyio
 
@@ -80,8 +80,8 @@ async def test_hung_raising_and_garbage_actions_strike_out_while_another_target_
         other = replace(target, name="files", base_url=sim_files.base_url,
                         render_service_id=None, worker_service_id=None, dependencies=())
         settings = replace(base, targets=(target, other))
-        agent = Agent(settings, environ=ENV, journal_path=tmp_path / "j")
-        add_plug_ins(agent, "api", plug_ins)
+        agent = Agent(settings, environ=ENV, journal_path=tmp_path / "j",
+                      actions=with_plug_ins("api", plug_ins))
         async with agent:
             await until(lambda: _running(store, "hangs"), within=10)
             old_logs(logs, files=9, size=100_000)  # files fills up while api's action hangs

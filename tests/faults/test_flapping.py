@@ -22,7 +22,7 @@ from incident_fsm.runtime.agent import Agent
 
 from ..scenario import fast_agent, incident_state, sim_settings, until
 from .exposure import ENV
-from .plugins import add_plug_ins
+from .plugins import plug_ins
 
 pytestmark = pytest.mark.anyio
 
@@ -65,8 +65,8 @@ async def test_a_problem_that_keeps_returning_is_escalated_within_the_action_bud
                                     action_budget=BUDGET, action_budget_window=1800)
         settings = sim_settings(sim, sqlite_url, agent=agent_settings,
                                 policy={"memory_high": FIXES})
-        agent = Agent(settings, environ=ENV, journal_path=tmp_path / "j")
-        add_plug_ins(agent, "api", {name: Fix(name, state, runs) for name in FIXES})
+        agent = Agent(settings, environ=ENV, journal_path=tmp_path / "j",
+                      actions=plug_ins("api", {name: Fix(name, state, runs) for name in FIXES}))
         async with agent, anyio.create_task_group() as tg:
             tg.start_soon(_leak_again_after_each_fix, state, runs, 1.0)
             await until(lambda: _escalated(store), within=40)

@@ -28,7 +28,7 @@ from incident_fsm.runtime.agent import Agent
 from ..scenario import fast_agent, incident_state, sim_settings, until
 from ..tcp_proxy import TcpProxy
 from .exposure import DB_PASSWORD, ENV, Exposure
-from .plugins import add_plug_ins
+from .plugins import plug_ins
 
 pytestmark = pytest.mark.anyio
 
@@ -61,8 +61,8 @@ async def test_an_outage_longer_than_the_action_deadline_escalates_on_time_and_r
             sim, url, policy={"memory_high": ("never_done",)},
             agent=fast_agent(url, leader_election=False, action_deadline=DEADLINE))
         store = JournalingStore(url, journal_path=tmp_path / "agent.journal", call_timeout=1.0)
-        agent = Agent(settings, environ=ENV, store=store)
-        add_plug_ins(agent, "api", {"never_done": action})
+        agent = Agent(settings, environ=ENV, store=store,
+                      actions=plug_ins("api", {"never_done": action}))
         async with agent:
             await until(lambda: _polled(state), within=10)
             proxy.cut(outage)

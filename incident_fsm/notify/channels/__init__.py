@@ -16,7 +16,7 @@ import httpx
 
 from incident_fsm.clock import Clock
 from incident_fsm.config import ConfigError
-from incident_fsm.notify.channels.base import Channel, Outcome, Outgoing, Status
+from incident_fsm.notify.channels.base import Channel, Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.log import LogChannel
 from incident_fsm.notify.channels.pam import PamChannel
 from incident_fsm.notify.channels.pam_inprocess import (
@@ -31,13 +31,13 @@ from incident_fsm.settings import ChannelsSettings
 __all__ = [
     "Channel",
     "ConnectionManager",
+    "Delivery",
+    "DeliveryStatus",
     "InProcessPamChannel",
     "LogChannel",
-    "Outcome",
     "Outgoing",
     "PamChannel",
     "RelayPamChannel",
-    "Status",
     "WebhookChannel",
     "channels_from_settings",
 ]

@@ -1,7 +1,7 @@
 """What every notification channel is: a `Channel` takes outbox rows and says what became of each.
 
 The dispatcher hands a channel a batch of claimed rows (`Outgoing`, oldest
-first) and gets back one `Outcome` per row it dealt with, in order. A channel
+first) and gets back one `Delivery` per row it dealt with, in order. A channel
 stops at its first failure and leaves the rest of the batch unreported:
 those rows were not attempted and go back to the queue untouched, so a later
 notification of an incident is never delivered before an earlier one.
@@ -61,30 +61,30 @@ class Outgoing:
         return meta
 
 
-class Status(enum.StrEnum):
+class DeliveryStatus(enum.StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
-class Outcome:
-    status: Status
+class Delivery:
+    status: DeliveryStatus
     error: str = ""
     #: seconds the channel asks us to wait (429 Retry-After, reconnect backoff)
     retry_after: float | None = None
 
     @classmethod
-    def delivered(cls) -> Outcome:
-        return cls(Status.DELIVERED)
+    def delivered(cls) -> Delivery:
+        return cls(DeliveryStatus.DELIVERED)
 
     @classmethod
-    def failed(cls, error: str, *, retry_after: float | None = None) -> Outcome:
-        return cls(Status.FAILED, error, retry_after)
+    def failed(cls, error: str, *, retry_after: float | None = None) -> Delivery:
+        return cls(DeliveryStatus.FAILED, error, retry_after)
 
     @classmethod
-    def unavailable(cls, error: str, *, retry_after: float | None = None) -> Outcome:
-        return cls(Status.UNAVAILABLE, error, retry_after)
+    def unavailable(cls, error: str, *, retry_after: float | None = None) -> Delivery:
+        return cls(DeliveryStatus.UNAVAILABLE, error, retry_after)
 
 
 class Channel(Protocol):
@@ -108,6 +108,6 @@ class Channel(Protocol):
         """Seconds until it is worth offering messages again; 0 when it can take them now."""
         ...
 
-    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Outcome]:
+    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Delivery]:
         """Deliver `batch` in order; one outcome per row dealt with, stopping at a failure."""
         ...

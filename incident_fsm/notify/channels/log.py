@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
-from incident_fsm.notify.channels.base import Outcome, Outgoing
+from incident_fsm.notify.channels.base import Delivery, Outgoing
 
 _LEVELS = {"info": "INFO", "warning": "WARNING", "critical": "WARNING"}
 
@@ -24,11 +24,11 @@ class LogChannel:
     def blocked_for(self) -> float:
         return 0.0
 
-    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Outcome]:
+    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Delivery]:
         for item in batch:
             meta = item.metadata()
             level = _LEVELS.get(str(meta.get("level")), "INFO")
             logger.bind(incident_id=item.incident_id, state=meta.get("state"),
                         target=meta.get("target"), dedupe_key=item.dedupe_key).log(
                 level, "🔔 Notification for incident {}: {}", item.incident_id, item.text)
-        return [Outcome.delivered() for _ in batch]
+        return [Delivery.delivered() for _ in batch]

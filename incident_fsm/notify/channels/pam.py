@@ -68,7 +68,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock, sleep_or_wake
-from incident_fsm.notify.channels.base import Outcome, Outgoing
+from incident_fsm.notify.channels.base import Delivery, Outgoing
 from incident_fsm.notify.channels.pam_frames import FrameBudget, clip, frame, pack
 from incident_fsm.settings import PamSettings
 
@@ -376,20 +376,20 @@ class PamChannel:
 
     # --- sending -------------------------------------------------------------------
 
-    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Outcome]:
+    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Delivery]:
         if self._failed is not None:
-            return [Outcome.unavailable(f"PAM channel failed: {self._failed}",
+            return [Delivery.unavailable(f"PAM channel failed: {self._failed}",
                                         retry_after=IDLE_HINT)]
         async with self._sending:
             ws, replies = self._ws, self._replies
             if ws is None or replies is None:
-                return [Outcome.unavailable("PAM is not connected", retry_after=IDLE_HINT)]
+                return [Delivery.unavailable("PAM is not connected", retry_after=IDLE_HINT)]
             budget = self._budget.notifications_left(self._settings.messages_per_minute)
             if budget <= 0:
-                return [Outcome.unavailable("PAM message rate limit reached",
+                return [Delivery.unavailable("PAM message rate limit reached",
                                             retry_after=self.blocked_for())]
             groups = pack(batch, budget=budget)
-            outcomes: list[Outcome] = []
+            outcomes: list[Delivery] = []
             for done, group in enumerate(groups):
                 self.attempted += len(group)
                 try:
@@ -402,19 +402,19 @@ class PamChannel:
                            else f"connection lost ({type(exc).__name__})")
                     error = f"PAM {why} after {done} of {len(groups)} message(s)"
                     logger.warning("{}; will retry", error)
-                    return [*outcomes, *(Outcome.failed(error) for _ in group)]
+                    return [*outcomes, *(Delivery.failed(error) for _ in group)]
                 if rejection is not None:
                     self.last_error = rejection
                     error = f"PAM answered with an error: {rejection}"
                     logger.warning("PAM did not take {} notification(s) ({}): {}", len(group),
                                    ", ".join(i.dedupe_key for i in group), rejection)
-                    return [*outcomes, *(Outcome.failed(error) for _ in group)]
+                    return [*outcomes, *(Delivery.failed(error) for _ in group)]
                 self.delivered += len(group)
                 for item in group:
                     logger.bind(incident_id=item.incident_id, state=item.payload.get("state"),
                                 target=item.payload.get("target")).info(
                         "📱 Sent notification to PAM: {}", item.text)
-                outcomes.extend(Outcome.delivered() for _ in group)
+                outcomes.extend(Delivery.delivered() for _ in group)
             return outcomes
 
     async def _deliver(self, ws: ClientConnection, replies: MemoryObjectReceiveStream[_Reply],

@@ -41,7 +41,7 @@ from loguru import logger
 
 from incident_fsm.clock import Clock
 from incident_fsm.config import ConfigError
-from incident_fsm.notify.channels.base import Outcome, Outgoing
+from incident_fsm.notify.channels.base import Delivery, Outgoing
 from incident_fsm.settings import PamInProcessSettings
 
 #: PAM's limit on a message's text.
@@ -182,12 +182,12 @@ class InProcessPamChannel:
     def blocked_for(self) -> float:
         return 0.0 if self.connected_users() else IDLE_HINT
 
-    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Outcome]:
+    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Delivery]:
         s = self._settings
-        outcomes: list[Outcome] = []
+        outcomes: list[Delivery] = []
         for item in batch:
             if not self.connected_users():
-                outcomes.append(Outcome.unavailable(
+                outcomes.append(Delivery.unavailable(
                     "no configured PAM user has an open socket", retry_after=IDLE_HINT))
                 break
             message = proactive_alert(item, category=s.category,
@@ -198,17 +198,17 @@ class InProcessPamChannel:
                 send_timeout=s.timeout)
             if not reached and error is None:
                 # Every socket went away during the send: nobody to tell, nothing counted.
-                outcomes.append(Outcome.unavailable(
+                outcomes.append(Delivery.unavailable(
                     "the PAM user's socket closed during the send", retry_after=IDLE_HINT))
                 break
             if not reached:
                 why = f"PAM in-process: {error}"
                 logger.warning("{} for {}; will retry", why, item.dedupe_key)
-                outcomes.append(Outcome.failed(why))
+                outcomes.append(Delivery.failed(why))
                 break  # later rows wait: order per incident
             self.delivered += 1
             logger.bind(incident_id=item.incident_id, state=item.payload.get("state"),
                         target=item.payload.get("target")).info(
                 "📱 Sent notification to PAM ({} user(s)): {}", len(reached), item.text)
-            outcomes.append(Outcome.delivered())
+            outcomes.append(Delivery.delivered())
         return outcomes

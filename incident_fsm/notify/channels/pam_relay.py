@@ -40,7 +40,7 @@ from loguru import logger
 
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock, SystemClock
-from incident_fsm.notify.channels.base import Outcome, Outgoing
+from incident_fsm.notify.channels.base import Delivery, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import proactive_alert
 from incident_fsm.notify.channels.webhook import safe_url
 from incident_fsm.settings import PamRelaySettings
@@ -87,12 +87,12 @@ class RelayPamChannel:
     def blocked_for(self) -> float:
         return 0.0
 
-    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Outcome]:
+    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Delivery]:
         name = self._settings.secret_env
         secret = self._environ.get(name)
         if not secret:
             return [self._config_problem(f"the relay secret variable {name} is not set")]
-        outcomes: list[Outcome] = []
+        outcomes: list[Delivery] = []
         for item in batch:
             outcome = await self._post(item, secret.encode())
             outcomes.append(outcome)
@@ -100,7 +100,7 @@ class RelayPamChannel:
                 break  # later rows wait: order per incident
         return outcomes
 
-    async def _post(self, item: Outgoing, secret: bytes) -> Outcome:
+    async def _post(self, item: Outgoing, secret: bytes) -> Delivery:
         s = self._settings
         now = self._clock.now()
         message = proactive_alert(item, category=s.category, timestamp=now.isoformat())
@@ -125,9 +125,9 @@ class RelayPamChannel:
                 return self._judge(item, response, where)
             error = f"PAM relay {where} answered HTTP {response.status_code}"
         logger.warning("{} for {}; will retry", error, item.dedupe_key)
-        return Outcome.failed(error)
+        return Delivery.failed(error)
 
-    def _judge(self, item: Outgoing, response: httpx.Response, where: str) -> Outcome:
+    def _judge(self, item: Outgoing, response: httpx.Response, where: str) -> Delivery:
         try:
             reached = response.json().get("delivered_to")
         except (ValueError, AttributeError):
@@ -135,26 +135,26 @@ class RelayPamChannel:
         if not isinstance(reached, list):
             error = f"PAM relay {where} answered 200 without a delivered_to list"
             logger.warning("{} for {}; will retry", error, item.dedupe_key)
-            return Outcome.failed(error)
+            return Delivery.failed(error)
         self._complained = None
         if not reached:
             self.idle += 1
             wait = _IDLE.delay(self.idle)
-            return Outcome.unavailable("no configured PAM user has an open socket",
+            return Delivery.unavailable("no configured PAM user has an open socket",
                                        retry_after=wait)
         self.idle = 0
         logger.bind(incident_id=item.incident_id, state=item.payload.get("state"),
                     target=item.payload.get("target")).info(
             "📱 Sent notification to PAM via the relay ({} user(s)): {}", len(reached),
             item.text)
-        return Outcome.delivered()
+        return Delivery.delivered()
 
-    def _config_problem(self, why: str) -> Outcome:
+    def _config_problem(self, why: str) -> Delivery:
         # Rows wait rather than burn their attempts on a problem only a human can fix.
         if why != self._complained:
             logger.error("{}: PAM relay notifications stay queued until it is fixed", why)
             self._complained = why
-        return Outcome.unavailable(why, retry_after=CONFIG_RETRY)
+        return Delivery.unavailable(why, retry_after=CONFIG_RETRY)
 
 
 async def check_relay(settings: PamRelaySettings, *, http: httpx.AsyncClient,

@@ -27,7 +27,7 @@ import httpx
 from loguru import logger
 
 from incident_fsm.clock import Clock
-from incident_fsm.notify.channels.base import Outcome, Outgoing
+from incident_fsm.notify.channels.base import Delivery, Outgoing
 from incident_fsm.retry_after import retry_after_seconds
 from incident_fsm.settings import WebhookSettings
 
@@ -78,11 +78,11 @@ class WebhookChannel:
     def blocked_for(self) -> float:
         return 0.0
 
-    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Outcome]:
+    async def send(self, batch: Sequence[Outgoing]) -> Sequence[Delivery]:
         secret = self._secret()
-        if isinstance(secret, Outcome):
+        if isinstance(secret, Delivery):
             return [secret]
-        outcomes: list[Outcome] = []
+        outcomes: list[Delivery] = []
         for item in batch:
             outcome = await self._post(item, secret)
             outcomes.append(outcome)
@@ -90,7 +90,7 @@ class WebhookChannel:
                 break  # later rows wait: order per incident
         return outcomes
 
-    def _secret(self) -> bytes | Outcome | None:
+    def _secret(self) -> bytes | Delivery | None:
         name = self._settings.secret_env
         if name is None:
             return None
@@ -101,12 +101,12 @@ class WebhookChannel:
                 logger.error("webhook secret variable {} is not set: webhook notifications stay "
                              "queued until it is", name)
                 self._missing_secret_logged = True
-            return Outcome.unavailable(f"webhook secret variable {name} is not set",
+            return Delivery.unavailable(f"webhook secret variable {name} is not set",
                                        retry_after=CONFIG_RETRY)
         self._missing_secret_logged = False
         return value.encode()
 
-    async def _post(self, item: Outgoing, secret: bytes | None) -> Outcome:
+    async def _post(self, item: Outgoing, secret: bytes | None) -> Delivery:
         body = body_of(item)
         headers = {"Content-Type": "application/json", DEDUPE_HEADER: item.dedupe_key,
                    ATTEMPT_HEADER: str(item.attempt)}
@@ -122,16 +122,16 @@ class WebhookChannel:
             error = f"webhook {where} unreachable ({type(exc).__name__})"
         else:
             if response.is_success:
-                return Outcome.delivered()
+                return Delivery.delivered()
             error = f"webhook {where} answered HTTP {response.status_code}"
             if response.status_code == 429:
                 wait = retry_after_seconds(response.headers.get("Retry-After"),
                                            self._clock.now(), cap=MAX_RETRY_AFTER)
                 logger.warning("{}; retrying in {}", error,
                                "the dispatcher's backoff" if wait is None else f"{wait:g} s")
-                return Outcome.failed(error, retry_after=wait)
+                return Delivery.failed(error, retry_after=wait)
         logger.warning("{} for {}", error, item.dedupe_key)
-        return Outcome.failed(error)
+        return Delivery.failed(error)
 
 
 
