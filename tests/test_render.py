@@ -11,7 +11,11 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -43,6 +47,7 @@ from incident_fsm.remediation.actions.render import (
 from incident_fsm.settings import FailoverSettings, RenderSettings
 from incident_fsm.testing import ManualClock
 
+from .endless_server import EndlessServer
 from .support import NOW, context, run_with_waits, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -453,6 +458,105 @@ async def test_429s_are_retried_a_bounded_number_of_times(
     assert outcome.status is OutcomeStatus.FAILED
     assert outcome.summary.endswith(f"rate limited (429); gave up after {MAX_ATTEMPTS} attempts")
     assert route.call_count == MAX_ATTEMPTS
+
+
+#: The most a Render answer may hold; more is a failure, never read on.
+RENDER_BOUND = 1024 * 1024
+
+
+def oversized_answer(shape: str, pulled: list[int]) -> httpx.Response:
+    """An answer over the bound: declared, streamed without a length, endless, or inflating."""
+    filler = b'{"message": "' + KEY.encode() + b'", "pad": "' + b"x" * (2 * RENDER_BOUND)
+
+    async def chunks(total: float) -> AsyncIterator[bytes]:
+        sent = 0
+        while sent < total:
+            pulled.append(1)
+            sent += 65536
+            yield b"y" * 65536
+
+    if shape == "declared":
+        return httpx.Response(200, content=filler)
+    if shape == "streamed":
+        return httpx.Response(200, content=chunks(2 * RENDER_BOUND))
+    if shape == "endless":
+        return httpx.Response(200, content=chunks(math.inf))
+    # 16 MiB inflating from about 16 KiB: small on the wire, not in memory.
+    return httpx.Response(200, content=zlib.compress(b" " * (16 * RENDER_BOUND)),
+                          headers={"Content-Encoding": "deflate"})
+
+
+@pytest.mark.parametrize("shape", ["declared", "streamed", "endless", "deflate_bomb"])
+async def test_an_oversized_answer_is_a_failure_that_never_includes_the_body(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str],
+    shape: str
+) -> None:
+    pulled: list[int] = []
+    route = router.post("/services/srv-web/restart").mock(
+        return_value=oversized_answer(shape, pulled))
+    with anyio.fail_after(10):
+        outcome = clean(await restart(api).run(context(clock)))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert outcome.summary == (f"restart of srv-web failed: response larger than {RENDER_BOUND} "
+                               "bytes (HTTP 200)")
+    assert outcome.http_status == 200
+    assert not outcome.output_excerpt
+    assert "xxxx" not in repr(outcome.record()) and "yyyy" not in repr(outcome.record())
+    assert route.call_count == 1  # not retried: the same peer would send the same again
+    assert len(pulled) <= RENDER_BOUND // 65536 + 2  # stopped at the bound
+
+
+async def test_an_oversized_read_is_a_failure_never_taken_as_applicable(
+    api: RenderApi, router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    router.get("/services/srv-web").mock(return_value=oversized_answer("endless", []))
+    scale = router.post("/services/srv-web/scale").mock(return_value=httpx.Response(200))
+    outcome = clean(await RenderScale(api, service_id="srv-web", kinds={"x"}).run(context(clock)))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert f"response larger than {RENDER_BOUND} bytes" in outcome.summary
+    assert scale.call_count == 0
+
+
+async def test_an_endless_answer_from_a_real_server_is_cut_off_at_the_bound(
+    clock: ManualClock, captured: list[str]
+) -> None:
+    with EndlessServer() as server:
+        settings = RenderSettings(api_url=server.base_url + "/v1", api_key_env="RENDER_API_KEY",
+                                  timeout=10.0)
+        async with httpx.AsyncClient() as http:
+            api = RenderApi(settings, http=http, environ={"RENDER_API_KEY": KEY})
+            tracemalloc.start()
+            try:
+                with anyio.fail_after(5):
+                    outcome = clean(await restart(api).run(context(clock)))
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+    assert outcome.status is OutcomeStatus.FAILED
+    assert f"response larger than {RENDER_BOUND} bytes" in outcome.summary
+    assert server.requests == 1
+    assert peak < 8 * RENDER_BOUND, peak  # the bound, plus chunks in flight
+
+
+async def test_a_trickling_answer_is_bounded_in_time_too(
+    router: respx.MockRouter, clock: ManualClock, captured: list[str]
+) -> None:
+    async def trickle() -> AsyncIterator[bytes]:
+        while True:  # every read is quick, the whole never ends
+            await anyio.sleep(0.02)
+            yield b" "
+
+    router.post("/services/srv-web/restart").mock(return_value=httpx.Response(200,
+                                                                             content=trickle()))
+    settings = replace(SETTINGS, timeout=0.3)
+    async with httpx.AsyncClient() as http:
+        api = RenderApi(settings, http=http, environ={"RENDER_API_KEY": KEY})
+        with anyio.fail_after(10):
+            outcome = clean(await run_in_virtual_time(clock, restart(api),
+                                                      context(clock, seconds=1), [1]))
+    assert outcome.status is OutcomeStatus.TIMED_OUT
+    assert outcome.summary == ("restart of srv-web failed: request timed out; still failing at "
+                               "the deadline")
 
 
 def test_ratelimit_headers_are_read_defensively() -> None:

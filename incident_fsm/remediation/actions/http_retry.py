@@ -15,18 +15,26 @@ long to wait, no request through the same gate starts before the window
 resets -- within the deadline, or not at all. Callers share one gate per
 quota (e.g. per API key), so one action's spent quota holds back the others.
 
+An answer's body is read up to `max_body` bytes (1 MiB by default) and the
+whole exchange, body included, within the request timeout: a bigger body
+fails at once ("response larger than N bytes", never retried: the same peer
+would send the same again), and neither it nor an excerpt of it is kept; a
+body still arriving at the timeout counts as a timeout.
+
 Nothing here logs or returns request headers, so credentials stay out of
 logs and outcomes.
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+import anyio
 import httpx
 from loguru import logger
 
@@ -35,6 +43,7 @@ from incident_fsm.clock import Clock
 from incident_fsm.remediation.actions.base import OutcomeStatus
 from incident_fsm.remediation.actions.redaction import excerpt
 from incident_fsm.retry_after import retry_after_seconds
+from incident_fsm.http_body import ACCEPT_ENCODING, BodyRefused, read_capped
 
 #: Attempts per request at most, whatever the deadline (a bound on every loop).
 MAX_ATTEMPTS: Final = 50
@@ -43,6 +52,8 @@ BACKOFF_CAP: Final = 30.0
 #: Longest Retry-After honoured; a longer one is treated as "not before the deadline".
 RETRY_AFTER_CAP: Final = 3600.0
 BODY_EXCERPT: Final = 500
+#: The most body bytes read from one answer (inflated); more is a failure.
+MAX_BODY: Final = 1024 * 1024
 #: A `Ratelimit-Reset` above this is a Unix time, not seconds (some APIs send one).
 _EPOCH_SECONDS: Final = 1_000_000_000.0
 
@@ -156,6 +167,7 @@ async def send_with_retry(
     secrets: Iterable[str] = (),
     what: str = "",
     gate: RateGate | None = None,
+    max_body: int = MAX_BODY,
 ) -> HttpReply:
     """Send until a final answer or the deadline; see the module docstring for the rules."""
     label = what or f"{method} {httpx.URL(url).path}"
@@ -182,22 +194,26 @@ async def send_with_retry(
                 break
         attempt += 1
         try:
-            response = await http.request(
-                method, url, headers=dict(headers or {}), json=json, content=content,
-                timeout=httpx.Timeout(min(request_timeout, remaining)),
+            response, raw = await _exchange(
+                http, method=method, url=url, headers=headers, json=json, content=content,
+                time_limit=min(request_timeout, remaining), max_body=max_body,
             )
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             problem, wait = "request timed out", backoff(attempt)
         except httpx.TransportError as exc:
             problem, wait = f"connection failed ({type(exc).__name__})", backoff(attempt)
+        except BodyRefused as exc:
+            logger.warning("{}: {} (HTTP {}); not read further", label, exc, exc.status)
+            return HttpReply(OutcomeStatus.FAILED, exc.status, attempt,
+                             problem=f"{exc} (HTTP {exc.status})")
         else:
             last_status = response.status_code
             if gate is not None:
                 gate.observe(response, clock.now())
-            body = excerpt(response.text, secrets, limit=BODY_EXCERPT)
+            body = excerpt(raw, secrets, limit=BODY_EXCERPT)
             if response.is_success:
                 return HttpReply(OutcomeStatus.OK, last_status, attempt, body=body,
-                                 data=_json_or_none(response))
+                                 data=_json_or_none(raw))
             if last_status == 429:
                 asked = retry_after(response, clock.now())
                 if asked is None:
@@ -233,8 +249,23 @@ def _final_problem(status: int) -> str:
     return f"request refused ({status})"
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+async def _exchange(
+    http: httpx.AsyncClient, *, method: str, url: str, headers: Mapping[str, str] | None,
+    json: Any, content: bytes | None, time_limit: float, max_body: int,
+) -> tuple[httpx.Response, bytes]:
+    """One request and its body, bounded in time by `time_limit` and in size by `max_body`."""
+    # fail_after bounds the whole exchange: httpx's own timeout is per socket
+    # operation, so a body trickling in byte by byte would pass it.
+    with anyio.fail_after(time_limit):
+        async with http.stream(
+            method, url, headers={"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})},
+            json=json, content=content, timeout=httpx.Timeout(time_limit),
+        ) as response:
+            return response, await read_capped(response, limit=max_body)
+
+
+def _json_or_none(body: bytes) -> Any:
     try:
-        return response.json()
+        return jsonlib.loads(body)
     except ValueError:
         return None

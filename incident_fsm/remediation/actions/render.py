@@ -20,7 +20,8 @@ key in the process, holds the next request until a spent window resets
 The API key is read from the environment variable `api_key_env` names at
 the moment of each attempt and goes only into the Authorization header:
 never into a log line, an outcome or an exception (the gates know it only
-by a digest). Retries and their bounds are `http_retry`'s; the attempt's
+by a digest). Retries and their bounds, and the bound on the size of an
+answer (1 MiB: a bigger one is a failure), are `http_retry`'s; the attempt's
 deadline is the incident's.
 """
 
