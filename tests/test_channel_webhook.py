@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from email.utils import format_datetime
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -24,6 +26,7 @@ from incident_fsm.notify.channels.webhook import (
 from incident_fsm.settings import WebhookSettings
 from incident_fsm.testing import ManualClock
 
+from .endless_server import EndlessServer
 from .logcapture import captured_logs
 
 pytestmark = pytest.mark.anyio
@@ -142,3 +145,69 @@ async def test_without_a_secret_setting_requests_go_unsigned(
 
 def test_urls_are_logged_without_credentials_or_query() -> None:
     assert safe_url("https://user:pw@hooks.test:8443/in?key=abc#x") == "https://hooks.test:8443/in"
+
+
+#: The most of a webhook answer that is read; its body is never needed.
+WEBHOOK_BOUND = 64 * 1024
+
+
+@pytest.mark.parametrize("status", [200, 500])
+@pytest.mark.parametrize("declared", [True, False])
+@respx.mock
+async def test_an_oversized_answer_is_a_failure_without_its_body(
+    channel: WebhookChannel, status: int, declared: bool
+) -> None:
+    pulled: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            pulled.append(1)
+            yield b"z" * 4096
+
+    content = b"z" * (2 * WEBHOOK_BOUND) if declared else endless()
+    route = respx.post(URL).mock(return_value=httpx.Response(status, content=content))
+    with anyio.fail_after(10):
+        (outcome,) = await channel.send([item(1)])
+    assert outcome.status is Status.FAILED
+    assert outcome.error == (f"webhook https://hooks.test/incidents answered HTTP {status} with "
+                             f"a response larger than {WEBHOOK_BOUND} bytes")
+    assert "zzzz" not in repr(outcome)
+    assert route.call_count == 1
+    assert len(pulled) <= WEBHOOK_BOUND // 4096 + 2  # stopped at the bound
+
+
+async def test_an_endless_answer_from_a_real_server_is_cut_off_at_the_bound(
+    client: httpx.AsyncClient, clock: ManualClock,
+) -> None:
+    with EndlessServer() as server:
+        settings = WebhookSettings(url=server.base_url + "/hook", timeout=5.0)
+        channel = WebhookChannel(settings, client=client, clock=clock, environ={})
+        tracemalloc.start()
+        try:
+            with anyio.fail_after(5):
+                (outcome,) = await channel.send([item(1)])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert outcome.status is Status.FAILED
+    assert f"a response larger than {WEBHOOK_BOUND} bytes" in outcome.error
+    assert server.requests == 1
+    assert peak < 4 * 1024 * 1024, peak
+
+
+@respx.mock
+async def test_a_trickling_answer_times_out(
+    client: httpx.AsyncClient, clock: ManualClock,
+) -> None:
+    async def trickle() -> AsyncIterator[bytes]:
+        while True:  # every read is quick, the whole never ends
+            await anyio.sleep(0.02)
+            yield b" "
+
+    respx.post(URL).mock(return_value=httpx.Response(200, content=trickle()))
+    channel = WebhookChannel(WebhookSettings(url=URL, timeout=0.3), client=client, clock=clock,
+                             environ={})
+    with anyio.fail_after(10):
+        (outcome,) = await channel.send([item(1)])
+    assert outcome.status is Status.FAILED
+    assert outcome.error == "webhook https://hooks.test/incidents timed out after 0.3 s"

@@ -12,6 +12,12 @@ at least once -- a lost 2xx, or a crash between the answer and the commit,
 sends the same body again with the same dedupe key; receivers that must act
 once deduplicate on it. The secret is read from its environment variable at
 each send and never logged; URLs are logged without query or credentials.
+
+The answer's body is never used: it is read to its end (so the connection
+can be reused) but at most `MAX_RESPONSE` bytes of it, the whole exchange
+within `timeout`, and none of it is kept. A bigger body is a failure
+("response larger than N bytes") even with a 2xx: the peer is broken, and
+resending is safe.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 from loguru import logger
 
@@ -30,6 +37,7 @@ from incident_fsm.clock import Clock
 from incident_fsm.notify.channels.base import Delivery, Outgoing
 from incident_fsm.retry_after import retry_after_seconds
 from incident_fsm.settings import WebhookSettings
+from incident_fsm.http_body import BodyTooLarge, drain_capped
 
 SIGNATURE_HEADER = "X-Incident-FSM-Signature"
 DEDUPE_HEADER = "X-Incident-FSM-Dedupe-Key"
@@ -38,6 +46,8 @@ ATTEMPT_HEADER = "X-Incident-FSM-Attempt"
 MAX_RETRY_AFTER = 86400.0
 #: How long to wait before asking again when the secret is missing from the environment.
 CONFIG_RETRY = 60.0
+#: The most of an answer's body that is read (and thrown away).
+MAX_RESPONSE = 64 * 1024
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -114,12 +124,13 @@ class WebhookChannel:
             headers[SIGNATURE_HEADER] = sign(secret, body)
         where = safe_url(self._settings.url)
         try:
-            response = await self._client.post(self._settings.url, content=body, headers=headers,
-                                               timeout=self._settings.timeout)
-        except httpx.TimeoutException:
+            response = await self._exchange(body, headers)
+        except (httpx.TimeoutException, TimeoutError):
             error = f"webhook {where} timed out after {self._settings.timeout:g} s"
         except httpx.HTTPError as exc:
             error = f"webhook {where} unreachable ({type(exc).__name__})"
+        except BodyTooLarge as exc:
+            error = f"webhook {where} answered HTTP {exc.status} with a {exc}"
         else:
             if response.is_success:
                 return Delivery.delivered()
@@ -133,5 +144,13 @@ class WebhookChannel:
         logger.warning("{} for {}", error, item.dedupe_key)
         return Delivery.failed(error)
 
-
-
+    async def _exchange(self, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        """POST `body`; the answer, its body read (bounded) and dropped."""
+        timeout = self._settings.timeout
+        # fail_after bounds the whole exchange: httpx's own timeout is per socket
+        # operation, so a body trickling in byte by byte would pass it.
+        with anyio.fail_after(timeout):
+            async with self._client.stream("POST", self._settings.url, content=body,
+                                           headers=headers, timeout=timeout) as response:
+                await drain_capped(response, limit=MAX_RESPONSE)
+                return response
