@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from loguru import logger
 
 from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.models import Incident, IncidentId
 from incident_fsm.persistence.store import Store
 from incident_fsm.runtime.agent import Agent
+from incident_fsm.settings import Settings, TargetSettings
+from incident_fsm.testing import ManualClock
 
+from .logcapture import diagnosed_logs
 from .pam_server import ACCEPTS, FakePam
-from .scenario import ENV, PAM_TOKEN, incident_state, old_logs, sim_settings, until
+from .scenario import ENV, PAM_TOKEN, fast_agent, incident_state, old_logs, sim_settings, until
+from .support import run_with_waits
 
 pytestmark = pytest.mark.anyio
 
@@ -122,3 +128,58 @@ async def test_a_failing_part_is_restarted_and_the_rest_keeps_working(
                                   "restarting it in 1 s")
     assert len(restarts) == calls["n"]  # once per failure
     assert not any("Traceback" in e for e in errors)
+
+
+SECRET = "rnd_Sup3rS3cretKeyInAFrame"
+
+
+def bare_agent(db_url: str, store: Store, clock: ManualClock, http: httpx.AsyncClient) -> Agent:
+    """An agent not started: its parts are called one by one."""
+    target = TargetSettings(name="api", base_url="http://127.0.0.1:9", fallback_local=False)
+    return Agent(Settings(agent=fast_agent(db_url), targets=(target,)), clock=clock, store=store,
+                 http=http, environ={})
+
+
+def use(api_key: str) -> Incident:
+    raise RuntimeError("a bug in the part")
+
+
+async def test_a_failing_part_is_logged_without_the_variables_of_its_frames(
+    db_url: str, store: Store, clock: ManualClock
+) -> None:
+    calls: list[int] = []
+
+    async def broken_sweep() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            api_key = SECRET
+            use(api_key)
+
+    async with httpx.AsyncClient() as http:
+        agent = bare_agent(db_url, store, clock, http)
+        with diagnosed_logs() as lines:
+            await run_with_waits(clock, lambda: agent._keep_running("sweeper", broken_sweep),
+                                 [1.0])
+    said = "agent sweeper stopped (RuntimeError: a bug in the part); restarting it in 1 s"
+    (failed,) = [line for line in lines if said in line]
+    assert "RuntimeError: a bug in the part" in failed
+    assert SECRET not in "\n".join(lines)
+    assert len(calls) == 2  # and it was restarted
+
+
+async def test_a_failing_driver_is_logged_without_the_variables_of_its_frames(
+    db_url: str, store: Store, clock: ManualClock
+) -> None:
+    async def drive(incident_id: IncidentId) -> Incident:
+        api_key = SECRET
+        return use(api_key)
+
+    async with httpx.AsyncClient() as http:
+        agent = bare_agent(db_url, store, clock, http)
+        agent.remediator.drive = drive  # type: ignore[method-assign]
+        with diagnosed_logs() as lines:
+            await agent._drive(7)
+    (failed,) = [line for line in lines if "driver of incident 7 failed" in line]
+    assert "RuntimeError: a bug in the part" in failed
+    assert SECRET not in "\n".join(lines)
+    assert agent.status().queues["incident_drivers"] == 0

@@ -168,7 +168,7 @@ async def test_an_oversized_answer_is_a_failure_without_its_body(
     route = respx.post(URL).mock(return_value=httpx.Response(status, content=content))
     with anyio.fail_after(10):
         (outcome,) = await channel.send([item(1)])
-    assert outcome.status is Status.FAILED
+    assert outcome.status is DeliveryStatus.FAILED
     assert outcome.error == (f"webhook https://hooks.test/incidents answered HTTP {status} with "
                              f"a response larger than {WEBHOOK_BOUND} bytes")
     assert "zzzz" not in repr(outcome)
@@ -189,7 +189,7 @@ async def test_an_endless_answer_from_a_real_server_is_cut_off_at_the_bound(
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert outcome.status is Status.FAILED
+    assert outcome.status is DeliveryStatus.FAILED
     assert f"a response larger than {WEBHOOK_BOUND} bytes" in outcome.error
     assert server.requests == 1
     assert peak < 4 * 1024 * 1024, peak
@@ -209,5 +209,5 @@ async def test_a_trickling_answer_times_out(
                              environ={})
     with anyio.fail_after(10):
         (outcome,) = await channel.send([item(1)])
-    assert outcome.status is Status.FAILED
+    assert outcome.status is DeliveryStatus.FAILED
     assert outcome.error == "webhook https://hooks.test/incidents timed out after 0.3 s"

@@ -23,18 +23,13 @@ from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import HealthCheck
 from incident_fsm.persistence.store import Store
-from incident_fsm.runtime.monitor import (
-    MAX_CONCURRENT_POLLS,
-    Cadence,
-    Monitor,
-    ProblemEvent,
-)
+from incident_fsm.runtime.monitor import MAX_CONCURRENT_POLLS, Cadence, Monitor, ProblemEvent
 from incident_fsm.settings import AgentSettings, TargetSettings
 from incident_fsm.testing import ManualClock
 from incident_fsm.vocabulary import State, Verdict
 
 from . import payloads
-from .logcapture import captured_logs
+from .logcapture import captured_logs, diagnosed_logs
 from .monitor_helpers import HangingProbe, ScriptedProbe, run_virtual, snap
 
 pytestmark = pytest.mark.anyio
@@ -499,3 +494,49 @@ async def test_a_recovery_that_loses_a_race_with_the_driver_is_not_forgotten(
         await run_virtual(clock, monitor, 30)
     assert raced == [api.incident_id]
     assert (await store.get_incident(api.incident_id)).state == State.RESOLVED
+
+
+SECRET = "tok-Sup3rS3cretProbeToken"
+
+
+class SecretHoldingProbe:
+    """A `Probe` that breaks (a bug, not a failed read) while a local variable holds a secret."""
+
+    async def probe(self) -> ProbeResult:
+        token = SECRET
+        return self._read(token)
+
+    def _read(self, token: str) -> ProbeResult:
+        raise RuntimeError("the probe has a bug")
+
+
+async def test_an_unexpected_poll_error_is_logged_without_the_variables_of_its_frames(
+    engine: IncidentEngine, store: Store, clock: ManualClock,
+) -> None:
+    monitor = make(engine, store, clock, {"api": TargetProbes(SecretHoldingProbe())})
+    with diagnosed_logs() as lines:
+        async with running(monitor):
+            await run_virtual(clock, monitor, 0.001)
+    (failed,) = [line for line in lines if "Failed to poll api" in line]
+    assert "RuntimeError: the probe has a bug" in failed  # in the traceback of the group
+    assert SECRET not in "\n".join(lines)
+
+
+async def test_a_failing_problem_subscriber_is_logged_without_the_variables_of_its_frames(
+    engine: IncidentEngine, store: Store, clock: ManualClock,
+) -> None:
+    def deliver(event: ProblemEvent, api_key: str) -> None:
+        raise ValueError(f"subscriber broke on {event.finding.problem.fingerprint}")
+
+    async def on_problem(event: ProblemEvent) -> None:
+        api_key = SECRET
+        deliver(event, api_key)
+
+    probes = {"api": TargetProbes(ScriptedProbe(clock, lambda _: snap(memory=95.0)))}
+    monitor = Monitor(targets=[target()], agent=QUIET, probes=probes, engine=engine, store=store,
+                      clock=clock, on_problem=on_problem)
+    with diagnosed_logs() as lines:
+        await monitor.poll("api")  # a suspect reading: one event, and the subscriber fails
+    (failed,) = [line for line in lines if "Failed to deliver a problem event" in line]
+    assert "ValueError: subscriber broke on api:memory_high" in failed
+    assert SECRET not in "\n".join(lines)

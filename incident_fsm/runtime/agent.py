@@ -56,6 +56,7 @@ from incident_fsm.errors import SchemaNotReady, StoreError, StoreUnavailable
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.graph import AUTOMATED_STATES
 from incident_fsm.fsm.steps import MachinePolicy
+from incident_fsm.logfail import log_failure
 from incident_fsm.models import Incident, IncidentId
 from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
 from incident_fsm.notify.dispatcher import Dispatcher, dispatcher_from_settings
@@ -425,10 +426,10 @@ class Agent:
         except StoreError as exc:
             logger.bind(incident_id=incident_id).warning(
                 "incident {}: store unavailable ({}); retried at the next scan", incident_id, exc)
-        except Exception:
+        except Exception as exc:
             # One incident's bug must never stop the others or the agent.
-            logger.bind(incident_id=incident_id).exception("driver of incident {} failed",
-                                                           incident_id)
+            log_failure("driver of incident {} failed", incident_id, error=exc,
+                        log=logger.bind(incident_id=incident_id))
         finally:
             self._drivers.discard(incident_id)
 

@@ -53,6 +53,7 @@ from incident_fsm.detection.payload import THROTTLED, HealthSnapshot, ProbeFailu
 from incident_fsm.detection.targets import TargetProbes
 from incident_fsm.errors import ConcurrentUpdate, GuardRejected, InvalidTransition
 from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.logfail import log_failure
 from incident_fsm.models import HealthCheck, Incident, IncidentId
 from incident_fsm.settings import STATIC_KINDS, AgentSettings, TargetSettings, service_down
 from incident_fsm.vocabulary import State, Trigger
@@ -284,10 +285,10 @@ class Monitor:
                 self._polling.add(name)
                 try:
                     await self.poll(name)
-                except Exception:
+                except Exception as exc:
                     # One bad poll must not end monitoring of this target.
-                    logger.bind(target=name).exception("❌ Failed to poll {}: unexpected error",
-                                                       name)
+                    log_failure("❌ Failed to poll {}: unexpected error", name, error=exc,
+                                log=logger.bind(target=name))
                 finally:
                     self._polling.discard(name)
             elapsed = (self._clock.now() - started).total_seconds()
@@ -424,8 +425,9 @@ class Monitor:
         if self._on_problem is not None:
             try:
                 await self._on_problem(ProblemEvent(finding, at, incident))
-            except Exception:
-                log.exception("❌ Failed to deliver a problem event for {}", problem.fingerprint)
+            except Exception as exc:
+                log_failure("❌ Failed to deliver a problem event for {}", problem.fingerprint,
+                            error=exc, log=log)
 
     async def _open_or_reopen(self, finding: Finding) -> Incident:
         problem = finding.problem

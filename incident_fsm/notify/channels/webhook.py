@@ -34,10 +34,10 @@ import httpx
 from loguru import logger
 
 from incident_fsm.clock import Clock
+from incident_fsm.http_body import BodyTooLarge, drain_capped
 from incident_fsm.notify.channels.base import Delivery, Outgoing
 from incident_fsm.retry_after import retry_after_seconds
 from incident_fsm.settings import WebhookSettings
-from incident_fsm.http_body import BodyTooLarge, drain_capped
 
 SIGNATURE_HEADER = "X-Incident-FSM-Signature"
 DEDUPE_HEADER = "X-Incident-FSM-Dedupe-Key"

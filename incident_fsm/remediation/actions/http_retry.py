@@ -40,10 +40,10 @@ from loguru import logger
 
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock
+from incident_fsm.http_body import ACCEPT_ENCODING, BodyRefused, read_capped
 from incident_fsm.remediation.actions.base import OutcomeStatus
 from incident_fsm.remediation.actions.redaction import excerpt
 from incident_fsm.retry_after import retry_after_seconds
-from incident_fsm.http_body import ACCEPT_ENCODING, BodyRefused, read_capped
 
 #: Attempts per request at most, whatever the deadline (a bound on every loop).
 MAX_ATTEMPTS: Final = 50
