@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import tracemalloc
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
+import incident_fsm
+from incident_fsm.demo.scenarios import simulator
 from incident_fsm.demo.simulator import ServiceState, Simulator
 
 pytestmark = pytest.mark.anyio
@@ -102,3 +109,51 @@ async def test_health_quirks_as_the_service_answers_today() -> None:
     assert ready.status_code == 503  # whatever the state: theirs calls a missing method
     assert (empty["status"], empty["checks"]) == ("healthy", {})
     assert not system["timestamp"].endswith("Z")  # utcnow() without a zone
+
+
+def test_importing_the_simulator_allocates_little() -> None:
+    # What the package and the simulator's libraries cost is theirs: measured from after them.
+    code = ("import incident_fsm, websockets.asyncio.server, tracemalloc; tracemalloc.start(); "
+            "import incident_fsm.demo.simulator; print(tracemalloc.get_traced_memory()[1])")
+    root = str(Path(incident_fsm.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, check=True, timeout=60)
+    assert int(done.stdout) < 5 * 1024**2
+
+
+async def test_the_disk_is_walked_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_the_loop: list[bool] = []
+    walk = simulator._tree_bytes
+
+    def recording(root: Path) -> int:
+        on_the_loop.append(threading.current_thread() is threading.main_thread())
+        return walk(root)
+
+    monkeypatch.setattr(simulator, "_tree_bytes", recording)
+    (tmp_path / "app.log").write_bytes(b"x" * 500_000)
+    state = ServiceState(disk_dir=tmp_path, disk_capacity_bytes=1_000_000)
+    async with Simulator(state) as sim, httpx.AsyncClient(base_url=sim.base_url) as client:
+        assert threading.current_thread() is threading.main_thread()  # where the loop runs
+        resources = (await client.get("/health/resources")).json()
+        system = (await client.get("/health/system")).json()
+    assert resources["stats"]["disk_pct"] == system["checks"]["disk"]["usage_percent"] == 50.0
+    assert on_the_loop == [False, False]
+
+
+async def test_the_huge_body_is_sent_without_ever_being_held_whole() -> None:
+    state = ServiceState(faults={"/health/resources": "huge"})
+    async with Simulator(state) as sim, httpx.AsyncClient(base_url=sim.base_url) as client:
+        tracemalloc.start()
+        try:
+            size = 0
+            async with client.stream("GET", "/health/resources") as answer:
+                async for chunk in answer.aiter_raw():
+                    size += len(chunk)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert size == int(answer.headers["Content-Length"]) > 50 * 1024**2
+    assert peak < 10 * 1024**2, peak

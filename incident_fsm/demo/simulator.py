@@ -19,7 +19,9 @@ state the caller controls:
   `Ratelimit-Limit`, `Ratelimit-Remaining` and `Ratelimit-Reset`, and a key
   over its quota (30 POSTs / 400 GETs a minute unless set lower) gets 429;
 - disk usage computed from the bytes really present in a directory, so a
-  real cleanup really lowers it.
+  real cleanup really lowers it; the directory is walked in a worker thread,
+  so a big one never holds up the simulator's own event loop (and with it the
+  agent under test, sharing that loop).
 
 Every request is counted per route, so tests can count what the agent
 actually did at the service rather than trusting our own tables. Faults
@@ -27,7 +29,8 @@ can be switched on per endpoint: `error` (200 with `"status": "ERROR"`),
 `500`, `garbage` (not JSON), `hang` (never answers), `close` (drops the
 connection), `429` (rate limited, `Retry-After: 1`), `empty_checks`
 (`/health/system` with empty `checks` still saying "healthy", as when psutil
-fails there), `huge` (a 50 MB body),
+fails there), `huge` (a 50 MB body, written in 64 KiB pieces: never held
+whole),
 `trickle` (a valid body sent one byte per second); and `bodies` serves a
 route's raw body of the caller's choosing with status 200 (hostile payloads).
 It is a minimal HTTP/1.1 server on asyncio streams: loopback only, one
@@ -47,13 +50,14 @@ import os
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -62,7 +66,10 @@ from websockets.http11 import Request, Response
 MAX_REQUEST = 64 * 1024
 #: The routes whose handlers block the service's loop for `health_delay`.
 _SLOW_ROUTES = frozenset({"/health/resources", "/health/system"})
-_HUGE_BODY = b'{"pad": "' + b"x" * (50 * 1024**2) + b'"}'  # the `huge` fault: 50 MB of JSON
+#: The `huge` fault: 50 MB of JSON, `{"pad": "xxx..."}`.
+_HUGE_PAD = 50 * 1024**2
+_HUGE_OPEN, _HUGE_CLOSE = b'{"pad": "', b'"}'
+_HUGE_PIECE = 64 * 1024
 
 
 @dataclass
@@ -118,6 +125,7 @@ class ServiceState:
         return min(100.0, self.cpu_load_pct / max(1, self.instances))
 
     def disk_pct(self) -> float:
+        """Walks `disk_dir`: blocking, so the simulator calls it in a worker thread."""
         used = self.disk_base_bytes + (_tree_bytes(self.disk_dir) if self.disk_dir else 0)
         return min(100.0, 100.0 * used / self.disk_capacity_bytes)
 
@@ -137,9 +145,13 @@ def _level(value: float, warning: float, critical: float) -> str | None:
     return "WARNING" if value >= warning else None
 
 
-def resources_payload(state: ServiceState) -> dict[str, Any]:
-    """`/health/resources` as the reference service builds it, quirks included."""
-    stats = {"memory_pct": round(state.memory_pct(), 1), "disk_pct": round(state.disk_pct(), 1),
+def resources_payload(state: ServiceState, *, disk_pct: float | None = None) -> dict[str, Any]:
+    """`/health/resources` as the reference service builds it, quirks included.
+
+    `disk_pct`: the disk usage if already measured (else `state.disk_pct()`, a disk walk).
+    """
+    disk = state.disk_pct() if disk_pct is None else disk_pct
+    stats = {"memory_pct": round(state.memory_pct(), 1), "disk_pct": round(disk, 1),
              "cpu_pct": round(state.cpu_pct(), 1)}
     limits = {"memory": (65.0, 80.0), "disk": (75.0, 85.0), "cpu": (85.0, 95.0)}
     alerts = []
@@ -159,9 +171,13 @@ def resources_payload(state: ServiceState) -> dict[str, Any]:
             "timestamp": datetime.now().isoformat()}  # naive local time, as the service does
 
 
-def system_payload(state: ServiceState) -> dict[str, Any]:
-    """`/health/system`, in the current schema or the older `SUCCESS`/`data` one."""
-    memory, disk, cpu = state.memory_pct(), state.disk_pct(), state.cpu_pct()
+def system_payload(state: ServiceState, *, disk_pct: float | None = None) -> dict[str, Any]:
+    """`/health/system`, in the current schema or the older `SUCCESS`/`data` one.
+
+    `disk_pct`: the disk usage if already measured (else `state.disk_pct()`, a disk walk).
+    """
+    memory, cpu = state.memory_pct(), state.cpu_pct()
+    disk = state.disk_pct() if disk_pct is None else disk_pct
     if state.system_schema == "legacy":
         return {"status": "SUCCESS", "data": {"memory_percent": memory, "disk_percent": disk,
                                               "cpu_percent": cpu},
@@ -249,17 +265,26 @@ class Simulator:
             elif fault is None and route in self.state.bodies:
                 status, payload = 200, self.state.bodies[route]
             else:
-                status, payload = self._respond(method, route, headers, body, fault)
+                disk = None
+                if method == "GET" and route in _SLOW_ROUTES and self.state.disk_dir is not None:
+                    # The walk blocks: in a thread, so this loop serves other requests meanwhile.
+                    disk = await anyio.to_thread.run_sync(self.state.disk_pct)
+                status, payload = self._respond(method, route, headers, body, fault,
+                                                disk_pct=disk)
             raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            if fault == "huge":
-                raw = _HUGE_BODY
+            length = _huge_length() if fault == "huge" else len(raw)
             extra = f"Retry-After: {retry_after or 1}\r\n" if status == 429 else ""
             if quota is not None:
                 extra = quota.header_lines(retry_after=status == 429)
             head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {length}\r\n"
                     f"{extra}Connection: close\r\n\r\n").encode()
-            if fault == "trickle":
+            if fault == "huge":
+                writer.write(head)
+                for piece in _huge_pieces():  # bounded by the client hanging up too
+                    writer.write(piece)
+                    await writer.drain()
+            elif fault == "trickle":
                 writer.write(head)
                 for byte in raw:  # bounded by the client hanging up (a reset ends it)
                     writer.write(bytes([byte]))
@@ -291,7 +316,7 @@ class Simulator:
         return None
 
     def _respond(self, method: str, route: str, headers: dict[str, str], body: bytes,
-                 fault: str | None) -> tuple[int, Any]:
+                 fault: str | None, *, disk_pct: float | None = None) -> tuple[int, Any]:
         s = self.state
         if fault == "500":
             return 500, {"detail": "internal error"}
@@ -306,9 +331,9 @@ class Simulator:
             return 200, {"status": "healthy", "checks": {}, "issues": [],
                          "timestamp": datetime.now(UTC).replace(tzinfo=None).isoformat()}
         if method == "GET" and route == "/health/resources":
-            return 200, resources_payload(s)
+            return 200, resources_payload(s, disk_pct=disk_pct)
         if method == "GET" and route == "/health/system":
-            return 200, system_payload(s)
+            return 200, system_payload(s, disk_pct=disk_pct)
         if method == "GET" and route == "/health":
             return 200, {"status": "healthy", "timestamp": datetime.now(UTC).isoformat()}
         if method == "GET" and route == "/health/ready":
@@ -430,6 +455,21 @@ def render_service_payload(state: ServiceState, service_id: str) -> dict[str, An
                if web else {}),
         },
     }
+
+
+def _huge_length() -> int:
+    return len(_HUGE_OPEN) + _HUGE_PAD + len(_HUGE_CLOSE)
+
+
+def _huge_pieces() -> Iterator[bytes]:
+    """The `huge` body, piece by piece: 64 KiB in memory, never 50 MB."""
+    yield _HUGE_OPEN
+    piece = b"x" * _HUGE_PIECE
+    left = _HUGE_PAD
+    while left > 0:
+        yield piece if left >= _HUGE_PIECE else piece[:left]
+        left -= _HUGE_PIECE
+    yield _HUGE_CLOSE
 
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
