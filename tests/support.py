@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import sqlalchemy as sa
 
 from incident_fsm.clock import Clock
-from incident_fsm.models import Incident
+from incident_fsm.fsm.engine import IncidentEngine
+from incident_fsm.fsm.steps import ActionIntent
+from incident_fsm.models import Incident, IncidentId
+from incident_fsm.persistence.store import Store
 from incident_fsm.remediation.actions.base import ActionContext
 from incident_fsm.testing import ManualClock
+from incident_fsm.vocabulary import Verdict
 
 T = TypeVar("T")
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -79,3 +84,19 @@ async def run_with_waits(clock: ManualClock, call: Callable[[], Awaitable[T]],
         for seconds in waits:
             await advance_when_waiting(clock, seconds)
     return result[0]
+
+
+async def remediating_without_attempt(engine: IncidentEngine, store: Store, *,
+                                      target: str = "api", kind: str = "disk_high") -> IncidentId:
+    """An incident in `remediating` whose attempt row is gone (an old bug, a hand-edited
+    database): the graph says an action runs, the store has none."""
+    opened = await engine.open(target=target, kind=kind, severity="critical",
+                               reason="disk 91% > 85% on two samples")
+    iid = opened.incident.incident_id
+    await engine.fire(iid, "remediate", actor="agent", reason="disk_cleanup: safe",
+                      intent=ActionIntent("disk_cleanup", "safe", Verdict.AUTO, "safe"))
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM action_run WHERE incident_id = :iid"), {"iid": iid})
+    assert (await store.get_incident(iid)).state == "remediating"
+    assert (await store.attempts(iid)) == []
+    return iid

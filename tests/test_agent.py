@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from loguru import logger
 
 from incident_fsm.demo.simulator import ServiceState, Simulator
+from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.models import Incident, IncidentId
 from incident_fsm.persistence.store import Store
 from incident_fsm.runtime.agent import Agent
 from incident_fsm.settings import Settings, TargetSettings
 from incident_fsm.testing import ManualClock
 
-from .logcapture import diagnosed_logs
+from .logcapture import captured_logs, diagnosed_logs
 from .pam_server import ACCEPTS, FakePam
 from .scenario import ENV, PAM_TOKEN, fast_agent, incident_state, old_logs, sim_settings, until
-from .support import run_with_waits
+from .support import remediating_without_attempt, run_with_waits
 
 pytestmark = pytest.mark.anyio
 
@@ -183,3 +185,21 @@ async def test_a_failing_driver_is_logged_without_the_variables_of_its_frames(
     assert "RuntimeError: a bug in the part" in failed
     assert SECRET not in "\n".join(lines)
     assert agent.status().queues["incident_drivers"] == 0
+
+
+async def test_remediating_with_no_attempt_on_record_is_handled_once_not_every_scan(
+    db_url: str, store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    iid = await remediating_without_attempt(engine, store)
+    async with httpx.AsyncClient() as http:
+        agent = bare_agent(db_url, store, clock, http)
+        with captured_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(agent._supervise)
+                await clock.run_for(10)  # ten scans (one a second)
+                tg.cancel_scope.cancel()
+    timeline = await store.timeline(iid)
+    assert [t.trigger for t in timeline.transitions] == ["open", "remediate", "escalate"]
+    assert timeline.transitions[-1].reason == "remediating with no attempt on record"
+    warned = [line for line in logs if line.startswith("WARNING|")]
+    assert len(warned) == 1 and "no attempt on record" in warned[0]

@@ -91,6 +91,10 @@ MEMORY = {"metric": "memory", "value": 91.04, "threshold": 90, "clear": 75,
          "❌ System Issue: ", "the deadline passed while the agent was running render_restart"),
         (step("escalate", "detected", "escalated", actor="alice", reason="taking over"),
          "escalated", "❌ System Issue: ", "was escalated by alice: taking over."),
+        (step("escalate", "remediating", "escalated"), "escalated", "❌ System Issue: ",
+         "is marked as being remediated, but no attempt is on record: the agent cannot tell "
+         "what ran, so it has stopped acting on it. Take it with: incident-fsm force 7 "
+         "acknowledge --reason TEXT."),
         (step("recovered", "verifying", "resolved", notified_before=True, attempt=RESTARTED,
               details={"verification": {"memory_pct": 60.0, "clear": 75, "source": "x"}}),
          "resolved", "✅ System Recovery: ",

@@ -31,7 +31,14 @@ from incident_fsm.settings import CommandSettings, FailoverSettings, RenderSetti
 from incident_fsm.testing import ManualClock
 from incident_fsm.vocabulary import Verdict
 
-from .support import advance_when_waiting, alive, run_with_waits, wait_until
+from .logcapture import captured_logs
+from .support import (
+    advance_when_waiting,
+    alive,
+    remediating_without_attempt,
+    run_with_waits,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 VERIFY = 90.0
@@ -647,3 +654,22 @@ async def test_stopping_the_agent_mid_action_kills_it_and_a_restart_judges_it_wi
     assert not pid_file.exists()  # not run again
     assert [(r.outcome, r.verified) for r in (await store.timeline(iid)).actions] == [
         ("interrupted", True)]
+
+
+async def test_remediating_with_no_attempt_on_record_is_escalated_once(
+    store: Store, engine: IncidentEngine, clock: ManualClock, tmp_path: Path
+) -> None:
+    iid = await remediating_without_attempt(engine, store)
+    rem = remediator(engine, store, clock, {"clean": touch(tmp_path, "clean")},
+                     ScriptedVerifier(True))
+    with captured_logs() as logs:
+        first = await rem.drive(iid)
+        again = await rem.drive(iid)  # the next scan finds it escalated: nothing to do
+    assert first.state == again.state == "escalated"
+    timeline = await store.timeline(iid)
+    assert path(timeline)[-1] == ("escalate", "escalated")
+    assert [t.trigger for t in timeline.transitions].count("escalate") == 1
+    assert timeline.transitions[-1].reason == "remediating with no attempt on record"
+    assert timeline.actions == [] and runs(tmp_path, "clean") == 0  # nothing was run
+    warned = [line for line in logs if line.startswith("WARNING|")]
+    assert len(warned) == 1 and "no attempt on record" in warned[0]

@@ -336,6 +336,10 @@ def _escalated(step: StepView) -> str:
                      step.source or "", "choosing an action")
         return (f"was not fixed in time: the deadline passed while the agent was {doing}. "
                 "The agent has stopped acting on it.")
+    if step.trigger == Trigger.ESCALATE:
+        # The agent hands an incident over itself only when it cannot tell where it stands.
+        return ("is marked as being remediated, but no attempt is on record: the agent cannot "
+                "tell what ran, so it has stopped acting on it.")
     last = f" (the last: {step.attempt.action})" if step.attempt is not None else ""
     return (f"is still not fixed after {_times(step.strikes, 'failed attempt')}{last}. "
             "The agent has stopped acting on it.")

@@ -27,7 +27,10 @@ while it ran) is marked interrupted and judged, never run twice. An action
 that raises, returns something that is not an `Outcome`, or overruns, is a
 failed or timed-out attempt, not a crash. When someone else moves the
 incident meanwhile (the deadline sweeper, an operator, another replica),
-`drive` stops and returns the incident as it is.
+`drive` stops and returns the incident as it is. An incident in
+`remediating` with no attempt on record at all (nothing to run, judge or
+wait for) is escalated to an operator at once, with that reason: left to
+its deadline, every scan of the controller would find it again.
 
 `drive` assumes it is the only driver of its incident at a time (the
 controller runs one task per incident).
@@ -78,6 +81,8 @@ PREVIEW_LIMIT: Final = 60.0
 ACTOR: Final = "agent"
 #: How a recovery is recorded when the attempt before it had failed.
 CLEARED_ANYWAY: Final = "cleared without a working action"
+#: Why an incident in `remediating` with no attempt on record is escalated.
+NO_ATTEMPT: Final = "remediating with no attempt on record"
 _FAILED_HOW: Final = {"failed": "failed", "timed_out": "timed out",
                       "interrupted": "was interrupted"}
 
@@ -324,10 +329,12 @@ class Remediator:
         """
         run = _last_real(await self._store.attempts(incident.incident_id))
         if run is None:
-            # Remediating without any attempt on record: never judge what we cannot see.
-            _log(incident).warning("incident {} is remediating with no attempt on record; "
-                                   "leaving it to the deadline", incident.incident_id)
-            return incident
+            # Never judge what we cannot see, nor run something nobody chose. Hand it to a
+            # human now, in one step: waiting for the deadline instead, every scan of the
+            # controller would start a driver that finds the same and gives up again.
+            _log(incident).warning("incident {} is {}: escalating it to an operator",
+                                   incident.incident_id, NO_ATTEMPT)
+            return await self._fire(incident, "escalate", NO_ATTEMPT)
         if run.finished_at is None and run.executing_at is None:
             return await self._attempt(incident)
         reason = "resuming: the attempt had finished"
