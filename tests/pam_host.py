@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from incident_fsm.demo.simulator import ConnectionManager
+from incident_fsm.demo.pam_simulator import ConnectionManager
 
 
 def add_pam_socket(app: FastAPI, manager: ConnectionManager) -> None:

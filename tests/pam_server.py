@@ -6,8 +6,8 @@ the outbox's own mechanics (backlogs, ordering, resends), which need a
 transport that works, pass `accepts=ACCEPTS`: a PAM that took notifications.
 """
 
-from incident_fsm.demo.simulator import PamSimulator as FakePam
-from incident_fsm.demo.simulator import free_port
+from incident_fsm.demo.pam_simulator import PamSimulator as FakePam
+from incident_fsm.demo.pam_simulator import free_port
 
 #: the frame type the PAM channel sends, taken as a notification (the real PAM does not)
 ACCEPTS = ("system_message",)

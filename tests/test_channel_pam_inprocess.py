@@ -20,7 +20,8 @@ from websockets.asyncio.client import connect
 import incident_fsm
 from incident_fsm.clock import SystemClock
 from incident_fsm.config import ConfigError, load_settings
-from incident_fsm.demo.simulator import ConnectionManager, ServiceState, Simulator, free_port
+from incident_fsm.demo.pam_simulator import ConnectionManager, free_port
+from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.models import IncidentId, Notification
 from incident_fsm.notify.channels import channels_from_settings
 from incident_fsm.notify.channels.base import DeliveryStatus, Outgoing

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from incident_fsm import pam_relay
 from incident_fsm.clock import SystemClock
 from incident_fsm.config import ConfigError, load_settings
-from incident_fsm.demo.simulator import ConnectionManager, free_port
+from incident_fsm.demo.pam_simulator import ConnectionManager, free_port
 from incident_fsm.models import IncidentId
 from incident_fsm.notify.channels.base import DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_relay import RelayPamChannel, encode, sign

@@ -20,8 +20,9 @@ import anyio
 import pytest
 
 from incident_fsm import Agent
+from incident_fsm.demo.pam_simulator import free_port
 from incident_fsm.demo.scenarios import demo_settings
-from incident_fsm.demo.simulator import ServiceState, Simulator, free_port
+from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.persistence import database
 from incident_fsm.runtime.preflight import (
     FAIL,
@@ -177,7 +178,7 @@ async def test_the_relay_checks_the_signature_without_delivering(
     from fastapi import FastAPI
 
     from incident_fsm import pam_relay
-    from incident_fsm.demo.simulator import ConnectionManager
+    from incident_fsm.demo.pam_simulator import ConnectionManager
 
     from .pam_host import add_pam_socket
 

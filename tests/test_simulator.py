@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import incident_fsm
-from incident_fsm.demo.scenarios import simulator
+from incident_fsm.demo import simulator
 from incident_fsm.demo.simulator import ServiceState, Simulator
 
 pytestmark = pytest.mark.anyio

@@ -45,7 +45,8 @@ from typing import Any
 
 import anyio
 
-from incident_fsm.demo.simulator import ConnectionManager, ServiceState, Simulator
+from incident_fsm.demo.pam_simulator import ConnectionManager
+from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.errors import InvalidInput
 from incident_fsm.models import Incident, IncidentId, Opened, Transition
 from incident_fsm.persistence import database

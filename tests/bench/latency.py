@@ -31,7 +31,8 @@ import anyio
 from sqlalchemy import text
 
 from incident_fsm import Agent
-from incident_fsm.demo.simulator import PamSimulator, ServiceState, Simulator
+from incident_fsm.demo.pam_simulator import PamSimulator
+from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.models import Incident
 from tests.scenario import ENV, PAM_TOKEN, fast_agent, sim_settings, until
 

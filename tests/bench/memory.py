@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import psutil
 
-from incident_fsm.demo.simulator import free_port
+from incident_fsm.demo.pam_simulator import free_port
 
 from .common import Row, child_env, knob, throwaway_postgres
 from .world import Tenants, agent_config

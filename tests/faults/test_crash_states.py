@@ -19,7 +19,8 @@ import anyio
 import pytest
 from sqlalchemy.engine import make_url
 
-from incident_fsm.demo.simulator import PamSimulator, ServiceState, Simulator
+from incident_fsm.demo.pam_simulator import PamSimulator
+from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.persistence import database
 from incident_fsm.persistence.store import Store
 

@@ -20,13 +20,8 @@ from typing import Any
 
 import pytest
 
-from incident_fsm.demo.simulator import (
-    ServiceState,
-    Simulator,
-    free_port,
-    resources_payload,
-    system_payload,
-)
+from incident_fsm.demo.pam_simulator import free_port
+from incident_fsm.demo.simulator import ServiceState, Simulator, resources_payload, system_payload
 from incident_fsm.models import HealthCheck
 from incident_fsm.persistence.store import Store
 from incident_fsm.runtime.agent import Agent

@@ -13,7 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from incident_fsm.demo.simulator import PamSimulator, ServiceState, Simulator
+from incident_fsm.demo.pam_simulator import PamSimulator
+from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.persistence.store import Store
 from incident_fsm.runtime.agent import Agent
 

@@ -20,7 +20,8 @@ import pytest
 from loguru import logger
 
 from incident_fsm.clock import SystemClock
-from incident_fsm.demo.simulator import PamSimulator, ServiceState, Simulator
+from incident_fsm.demo.pam_simulator import PamSimulator
+from incident_fsm.demo.simulator import ServiceState, Simulator
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.persistence.store import Store
 from incident_fsm.runtime.agent import Agent
