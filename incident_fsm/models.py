@@ -25,6 +25,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from incident_fsm.vocabulary import AttemptOutcome, NotificationStatus, State
+
 IncidentId = NewType("IncidentId", int)
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -37,14 +39,13 @@ NAMING_CONVENTION: dict[str, str] = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
-# Kept in sync with machine.State by a test; spelled out here so the schema
-# does not import the state machine (the CLI and migrations load this module).
-STATES = ("detected", "remediating", "verifying", "resolved", "escalated")
-OPEN_STATES = ("detected", "remediating", "verifying", "escalated")
-ACTION_OUTCOMES = ("ok", "failed", "timed_out", "interrupted", "skipped")
+# The values the schema's CHECK constraints allow, from the one vocabulary.
+STATES = tuple(s.value for s in State)
+OPEN_STATES = tuple(s.value for s in State if s is not State.RESOLVED)
+ACTION_OUTCOMES = tuple(o.value for o in AttemptOutcome)
 #: the outcome of an attempt found not applicable: it changed nothing at the service
-OUTCOME_SKIPPED = "skipped"
-NOTIFICATION_STATUSES = ("pending", "delivered", "dead", "skipped")
+OUTCOME_SKIPPED = AttemptOutcome.SKIPPED
+NOTIFICATION_STATUSES = tuple(n.value for n in NotificationStatus)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

@@ -46,3 +46,31 @@ class Verdict(enum.StrEnum):
     APPROVED = "approved"  # an operator said yes
     HOLD = "hold"  # needs approval, or guardrails forbid it now
 
+
+class Actor(enum.StrEnum):
+    """Who took a step, when it was not a person (a person's steps carry their own name)."""
+
+    AGENT = "agent"
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How an attempt ended, as recorded (`action_run.outcome`)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    #: the agent stopped while it ran; it is judged, never run again
+    INTERRUPTED = "interrupted"
+    #: not applicable, or a dry run: it changed nothing at the service
+    SKIPPED = "skipped"
+
+
+class NotificationStatus(enum.StrEnum):
+    """Where an outbox row stands (`notification.status`)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    #: given up after the attempt bound; kept for a human
+    DEAD = "dead"
+    #: never sent: its channel is no longer configured
+    SKIPPED = "skipped"

@@ -66,6 +66,7 @@ from incident_fsm.settings import (
     Settings,
     TargetSettings,
 )
+from incident_fsm.vocabulary import NotificationStatus
 
 #: the PAM user told (a Supabase UUID in the real service)
 OPERATOR = "00000000-0000-4000-8000-00000000beef"
@@ -301,7 +302,8 @@ async def _until_pam_settled(store: Store, incident: Incident) -> None:
     with anyio.move_on_after(SCENARIO_LIMIT):
         while True:
             rows = (await store.timeline(incident.incident_id)).notifications
-            if all(n.status in ("delivered", "dead") for n in rows if n.channel == PAM_CHANNEL):
+            settled = (NotificationStatus.DELIVERED, NotificationStatus.DEAD)
+            if all(n.status in settled for n in rows if n.channel == PAM_CHANNEL):
                 return
             await anyio.sleep(0.1)
 
@@ -314,13 +316,13 @@ async def _summarise(store: Store, name: str, fingerprint: str, injected: dateti
     real = [r for r in timeline.actions if not r.dry_run]
     first = (real[0].started_at - incident.opened_at).total_seconds() if real else None
     pam = [n for n in timeline.notifications if n.channel == PAM_CHANNEL]
-    delivered = sum(n.status == "delivered" for n in pam)
+    delivered = sum(n.status == NotificationStatus.DELIVERED for n in pam)
     outcome = timeline.incident.state
     if real:
         outcome += " after " + ", ".join(f"{r.action} ({r.outcome})" for r in real)
     notifications = f"{delivered}/{len(pam)} to PAM"
-    dead = sum(n.status == "dead" for n in pam)
-    waiting = sum(n.status == "pending" for n in pam)
+    dead = sum(n.status == NotificationStatus.DEAD for n in pam)
+    waiting = sum(n.status == NotificationStatus.PENDING for n in pam)
     if dead or waiting:
         notifications += f" ({dead} given up, {waiting} waiting)"
     return ScenarioResult(name, incident.id, fingerprint,

@@ -53,7 +53,7 @@ from incident_fsm.settings import (
     Settings,
 )
 from incident_fsm.text import one_line
-from incident_fsm.vocabulary import OPEN_TRIGGER, State, Trigger, Verdict
+from incident_fsm.vocabulary import OPEN_TRIGGER, Actor, AttemptOutcome, State, Trigger, Verdict
 
 LOG_CHANNEL = "log"
 PAM_CHANNEL = "pam"
@@ -62,7 +62,7 @@ PAM_INPROCESS_CHANNEL = "pam_inprocess"
 PAM_RELAY_CHANNEL = "pam_relay"
 
 #: The actor of the agent's own steps; any other actor is a person.
-AGENT_ACTOR: Final = "agent"
+AGENT_ACTOR: Final = Actor.AGENT
 #: The longest quoted part (an action's account, an operator's reason).
 QUOTE_LIMIT: Final = 200
 #: The outcome of an action that returned without recording how it ended.
@@ -76,8 +76,10 @@ _PROBLEMS: Final = {
     PROBE_MISCONFIGURED: "health probe misconfigured",
 }
 _METRICS: Final = {MEMORY_HIGH: "memory", DISK_HIGH: "disk", CPU_HIGH: "cpu"}
-_HOW_IT_DID_NOT_WORK: Final = {"failed": "failed", "timed_out": "did not finish in time",
-                               "interrupted": "was interrupted", "skipped": "did not apply"}
+_HOW_IT_DID_NOT_WORK: Final[Mapping[str, str]] = {AttemptOutcome.FAILED: "failed",
+                               AttemptOutcome.TIMED_OUT: "did not finish in time",
+                               AttemptOutcome.INTERRUPTED: "was interrupted",
+                               AttemptOutcome.SKIPPED: "did not apply"}
 
 
 @dataclass(frozen=True)
@@ -288,19 +290,19 @@ def _starting(step: StepView, action: str, verdict: str | None) -> str:
 
 def _finished(step: StepView, attempt: AttemptView, outcome: str) -> str:
     action = attempt.action
-    if outcome in ("ok", RETURNED):
+    if outcome in (AttemptOutcome.OK, RETURNED):
         summary = _str(step.details.get("summary")) or attempt.summary
         done = f": {_quote(summary)}" if summary else ""
-        verb = "finished" if outcome == "ok" else "returned"
+        verb = "finished" if outcome == AttemptOutcome.OK else "returned"
         return (f"{action} {verb}{done}. Next: fresh health readings confirm whether it "
                 "worked.")
     then = ("Next: the agent checks whether the problem is still there, then tries another "
             "action or hands the incident to the operators.")
-    if outcome == "skipped":
+    if outcome == AttemptOutcome.SKIPPED:
         return f"{action} does not apply here and changed nothing. {then}"
-    if outcome == "timed_out":
+    if outcome == AttemptOutcome.TIMED_OUT:
         return f"{action} did not finish within its time limit. {then}"
-    if outcome == "interrupted":
+    if outcome == AttemptOutcome.INTERRUPTED:
         return f"{action} was interrupted when the agent stopped and is not run again. {then}"
     return f"{action} failed{_failure_code(step.details)}. {then}"
 
@@ -352,7 +354,7 @@ def _resolved(step: StepView) -> str:
     back = _back(step)
     if step.source == State.VERIFYING and step.attempt is not None:
         action, outcome = step.attempt.action, step.attempt.outcome
-        if outcome in (None, "ok"):
+        if outcome in (None, AttemptOutcome.OK):
             return f"{back} after {action}."
         # Cleared, but not by the action: say so rather than credit it.
         how = _HOW_IT_DID_NOT_WORK.get(outcome, "did not work")

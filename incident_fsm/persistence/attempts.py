@@ -36,7 +36,7 @@ from incident_fsm.persistence.effects import (
     judge_run,
     succeeded_condition,
 )
-from incident_fsm.vocabulary import Trigger
+from incident_fsm.vocabulary import AttemptOutcome, Trigger
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class AttemptRepository(StoreCore):
         evidence: Mapping[str, Any] | None = None,
     ) -> ActionRun:
         """Record how an attempt ended. An outcome, once written, is never overwritten."""
-        if outcome not in ("ok", "failed", "timed_out", "interrupted", "skipped"):
+        if outcome not in set(AttemptOutcome):
             raise InvalidInput(f"unknown action outcome {outcome!r}")
         payload = _json_safe("evidence", evidence or {})
 

@@ -29,7 +29,7 @@ from incident_fsm.models import (
 from incident_fsm.persistence.core import (
     _json_safe,
 )
-from incident_fsm.vocabulary import State
+from incident_fsm.vocabulary import AttemptOutcome, NotificationStatus, State
 
 MAX_EXCERPT = 4000
 
@@ -92,9 +92,11 @@ def judge_run(run: ActionRun, *, verified: bool) -> None:
 
 
 #: Outcomes of an attempt whose action did not work, whatever the problem did afterwards.
-FAILED_OUTCOMES = ("failed", "timed_out", "interrupted")
+FAILED_OUTCOMES = (AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT, AttemptOutcome.INTERRUPTED)
+#: Unjudged outcomes that count as a strike (an interrupted attempt waits for its verdict).
+_STRIKING = (AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT)
 #: The only outcome of an action that did what it was asked.
-OUTCOME_OK = "ok"
+OUTCOME_OK = AttemptOutcome.OK
 
 
 def succeeded_condition() -> sa.ColumnElement[bool]:
@@ -132,7 +134,7 @@ def strike_count_of(runs: Iterable[ActionRun]) -> int:
     return sum(
         1 for r in runs
         if not r.dry_run and (r.verified is False
-                              or (r.verified is None and r.outcome in ("failed", "timed_out")))
+                              or (r.verified is None and r.outcome in _STRIKING))
     )
 
 
@@ -144,7 +146,7 @@ def strike_condition() -> sa.ColumnElement[bool]:
             col(ActionRun.verified).is_(False),
             sa.and_(
                 col(ActionRun.verified).is_(None),
-                col(ActionRun.outcome).in_(("failed", "timed_out")),
+                col(ActionRun.outcome).in_(_STRIKING),
             ),
         ),
     )
@@ -193,7 +195,7 @@ def _add_outbox(session: Session, incident_id: int, seq: int,
             incident_id=incident_id, transition_seq=seq, channel=message.channel,
             payload=_json_safe("notification payload", message.payload),
             dedupe_key=f"incident-{incident_id}-seq-{seq}-{message.channel}",
-            status="pending", attempts=0, next_attempt_at=at, created_at=at,
+            status=NotificationStatus.PENDING, attempts=0, next_attempt_at=at, created_at=at,
         ))
 
 

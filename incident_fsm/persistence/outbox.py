@@ -19,6 +19,7 @@ from incident_fsm.models import (
 from incident_fsm.persistence.core import (
     StoreCore,
 )
+from incident_fsm.vocabulary import NotificationStatus
 
 
 class OutboxRepository(StoreCore):
@@ -55,13 +56,14 @@ class OutboxRepository(StoreCore):
             blocked = sa.exists().where(
                 col(earlier.incident_id) == col(Notification.incident_id),
                 col(earlier.channel) == col(Notification.channel),
-                col(earlier.status) == "pending",
+                col(earlier.status) == NotificationStatus.PENDING,
                 col(earlier.id) < col(Notification.id),
                 col(earlier.next_attempt_at) > now,
             )
             query = (
                 select(Notification)
-                .where(col(Notification.channel) == channel, col(Notification.status) == "pending",
+                .where(col(Notification.channel) == channel,
+                       col(Notification.status) == NotificationStatus.PENDING,
                        col(Notification.next_attempt_at) <= now, ~blocked)
                 .order_by(col(Notification.id))
                 .limit(limit)
@@ -77,7 +79,7 @@ class OutboxRepository(StoreCore):
                 found: datetime | None = session.exec(
                     select(sa.func.min(Notification.next_attempt_at))
                     .where(col(Notification.channel) == channel,
-                           col(Notification.status) == "pending")
+                           col(Notification.status) == NotificationStatus.PENDING)
                 ).one()
                 return found
         return await self._run(work)
@@ -97,7 +99,7 @@ class OutboxRepository(StoreCore):
                 claimed = session.execute(
                     sa.update(Notification)
                     .where(col(Notification.id).in_(list(ids)),
-                           col(Notification.status) == "pending",
+                           col(Notification.status) == NotificationStatus.PENDING,
                            col(Notification.next_attempt_at) <= now)
                     .values(attempts=col(Notification.attempts) + 1, next_attempt_at=lease_until)
                     .returning(col(Notification.id))
@@ -113,7 +115,7 @@ class OutboxRepository(StoreCore):
 
     async def mark_delivered(self, ids: Sequence[int], *, at: datetime) -> None:
         """The channel took these rows."""
-        await self._settle(ids, status="delivered", delivered_at=at, last_error="")
+        await self._settle(ids, status=NotificationStatus.DELIVERED, delivered_at=at, last_error="")
 
     async def reschedule_notification(self, notification_id: int, *, next_attempt_at: datetime,
                                       error: str) -> None:
@@ -122,17 +124,17 @@ class OutboxRepository(StoreCore):
         `error` must be free of secrets; channels report status codes and
         exception class names, never URLs with tokens or response bodies.
         """
-        await self._settle([notification_id], status="pending", next_attempt_at=next_attempt_at,
-                           last_error=error)
+        await self._settle([notification_id], status=NotificationStatus.PENDING,
+                           next_attempt_at=next_attempt_at, last_error=error)
 
     async def mark_dead(self, notification_id: int, *, error: str) -> None:
         """Give up on a row after its last allowed attempt; its incident's timeline shows it."""
-        await self._settle([notification_id], status="dead", last_error=error)
+        await self._settle([notification_id], status=NotificationStatus.DEAD, last_error=error)
 
     async def release_notifications(self, ids: Sequence[int], *,
                                     next_attempt_at: datetime) -> None:
         """Hand claimed rows back unsent (channel unavailable): the attempt does not count."""
-        await self._settle(ids, status="pending", next_attempt_at=next_attempt_at,
+        await self._settle(ids, status=NotificationStatus.PENDING, next_attempt_at=next_attempt_at,
                            uncount=True)
 
     async def skip_notifications(self, *, keep_channels: Iterable[str], reason: str) -> int:
@@ -143,9 +145,9 @@ class OutboxRepository(StoreCore):
             with self._session() as session:
                 done = session.execute(
                     sa.update(Notification)
-                    .where(col(Notification.status) == "pending",
+                    .where(col(Notification.status) == NotificationStatus.PENDING,
                            col(Notification.channel).not_in(keep))
-                    .values(status="skipped", last_error=reason[:2000])
+                    .values(status=NotificationStatus.SKIPPED, last_error=reason[:2000])
                 )
                 session.commit()
                 return int(done.rowcount)  # type: ignore[attr-defined]
@@ -167,7 +169,7 @@ class OutboxRepository(StoreCore):
                 session.execute(
                     sa.update(Notification)
                     .where(col(Notification.id).in_(list(ids)),
-                           col(Notification.status) == "pending")
+                           col(Notification.status) == NotificationStatus.PENDING)
                     .values(status=status, **values)
                 )
                 session.commit()

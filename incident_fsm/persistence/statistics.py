@@ -24,7 +24,7 @@ from incident_fsm.persistence.effects import (
     failed_condition,
     succeeded_condition,
 )
-from incident_fsm.vocabulary import State
+from incident_fsm.vocabulary import NotificationStatus, State
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,9 @@ def _statistics(session: Session, since: datetime | None) -> Statistics:
     channels = [
         ChannelStats(str(channel), int(d or 0), int(p or 0), int(x or 0), int(k or 0))
         for channel, d, p, x, k in session.execute(
-            sa.select(col(Notification.channel), status_sum("delivered"), status_sum("pending"),
-                      status_sum("dead"), status_sum("skipped"))
+            sa.select(col(Notification.channel), status_sum(NotificationStatus.DELIVERED),
+                      status_sum(NotificationStatus.PENDING), status_sum(NotificationStatus.DEAD),
+                      status_sum(NotificationStatus.SKIPPED))
             .where(*created).group_by(col(Notification.channel)).order_by(col(Notification.channel))
         )
     ]

@@ -48,7 +48,13 @@ import anyio
 from loguru import logger
 
 from incident_fsm.clock import Clock
-from incident_fsm.errors import ConcurrentUpdate, InvalidInput, InvalidTransition
+from incident_fsm.errors import (
+    AttemptAlreadyFinished,
+    AttemptAlreadyJudged,
+    ConcurrentUpdate,
+    InvalidInput,
+    InvalidTransition,
+)
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import ActionIntent
 from incident_fsm.models import ActionRun, Incident, IncidentId
@@ -73,18 +79,19 @@ from incident_fsm.remediation.policy import (
 from incident_fsm.remediation.ranking import Ranked, rank
 from incident_fsm.remediation.running import run_action
 from incident_fsm.timebox import within
-from incident_fsm.vocabulary import State, Verdict
+from incident_fsm.vocabulary import Actor, AttemptOutcome, State, Verdict
 
 MAX_REASON: Final = 1000
 #: Seconds a dry run's preview (e.g. scanning the cleanup roots) may take.
 PREVIEW_LIMIT: Final = 60.0
-ACTOR: Final = "agent"
+ACTOR: Final = Actor.AGENT
 #: How a recovery is recorded when the attempt before it had failed.
 CLEARED_ANYWAY: Final = "cleared without a working action"
 #: Why an incident in `remediating` with no attempt on record is escalated.
 NO_ATTEMPT: Final = "remediating with no attempt on record"
-_FAILED_HOW: Final = {"failed": "failed", "timed_out": "timed out",
-                      "interrupted": "was interrupted"}
+_FAILED_HOW: Final[Mapping[str, str]] = {
+    AttemptOutcome.FAILED: "failed", AttemptOutcome.TIMED_OUT: "timed out",
+    AttemptOutcome.INTERRUPTED: "was interrupted"}
 
 
 class AttemptStore(Protocol):
@@ -286,7 +293,7 @@ class Remediator:
             # Cancelled (the agent is stopping): say so, so a restart judges it, never reruns it.
             with anyio.CancelScope(shield=True):
                 await self._finish(run, Outcome.failed("interrupted: the agent stopped"),
-                                   status="interrupted")
+                                   status=AttemptOutcome.INTERRUPTED)
             raise
         if not await self._finish(run, outcome):
             # Someone else closed this attempt (the sweeper, at the deadline): theirs to move.
@@ -316,7 +323,7 @@ class Remediator:
             await self._store.finish_action(
                 run.id, outcome=status or outcome.status.value, finished_at=self._clock.now(),
                 output_excerpt=outcome.output_excerpt, evidence=_plain(outcome.record()))
-        except InvalidInput:
+        except AttemptAlreadyFinished:
             return False
         return True
 
@@ -341,7 +348,7 @@ class Remediator:
         if run is not None and run.finished_at is None:
             await self._finish(run, Outcome.failed(
                 "interrupted: the agent stopped while this attempt ran; it is not run again"),
-                status="interrupted")
+                status=AttemptOutcome.INTERRUPTED)
             reason = f"resuming: {run.action} was interrupted and is not run again"
         return await self._fire(incident, "action_finished", reason)
 
@@ -368,7 +375,7 @@ class Remediator:
         if run is not None and run.id is not None:
             try:
                 await self._store.judge_action(run.id, verified=verification.cleared)
-            except InvalidInput as exc:  # judged before a restart; the stored verdict stands
+            except AttemptAlreadyJudged as exc:  # judged before a restart; the verdict stands
                 _log(incident).warning("keeping the earlier verdict: {}", exc)
         details: dict[str, Any] = {"verification": _plain(dict(verification.evidence))}
         if verification.cleared and run is not None and run.outcome != OUTCOME_OK:
@@ -441,7 +448,7 @@ class Remediator:
         # The verdict would otherwise be lost: a dry run moves the incident nowhere.
         preview = replace(preview, evidence={**preview.evidence, "verdict": intent.verdict.value,
                                              "verdict_reason": intent.why})
-        await self._finish(run, preview, status="skipped")
+        await self._finish(run, preview, status=AttemptOutcome.SKIPPED)
         _log(incident).info("monitor-only: would run {} for {}: {}", intent.action,
                             incident.fingerprint, preview.summary)
 

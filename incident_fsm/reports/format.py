@@ -16,6 +16,7 @@ from incident_fsm.persistence.effects import cleared_without_working_action
 from incident_fsm.persistence.statistics import Statistics
 from incident_fsm.remediation.ranking import Ranked
 from incident_fsm.text import one_line
+from incident_fsm.vocabulary import NotificationStatus
 
 
 def _when(value: datetime | None) -> str:
@@ -95,7 +96,8 @@ def _action_line(run: ActionRun, timeline: Timeline) -> str:
 
 def _notification_line(n: Notification) -> str:
     status = n.status + (f" at {_when(n.delivered_at)}" if n.delivered_at else "")
-    error = f"  last error: {n.last_error}" if n.last_error and n.status != "delivered" else ""
+    failing = n.last_error and n.status != NotificationStatus.DELIVERED
+    error = f"  last error: {n.last_error}" if failing else ""
     return f"  step {n.transition_seq}  {n.channel:<8} {status}, {n.attempts} attempt(s){error}"
 
 

@@ -56,9 +56,9 @@ from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.logfail import log_failure
 from incident_fsm.models import HealthCheck, Incident, IncidentId
 from incident_fsm.settings import STATIC_KINDS, AgentSettings, TargetSettings, service_down
-from incident_fsm.vocabulary import State, Trigger
+from incident_fsm.vocabulary import Actor, State, Trigger
 
-ACTOR: Final = "agent"
+ACTOR: Final = Actor.AGENT
 #: How often old health_check rows are pruned (seconds).
 PRUNE_EVERY: Final = 3600.0
 #: Polls under way at once, across targets. Without a bound, a thousand targets

@@ -19,13 +19,18 @@ from typing import Any, Final, Protocol
 from loguru import logger
 
 from incident_fsm.clock import Clock
-from incident_fsm.errors import ConcurrentUpdate, IncidentNotFound, InvalidInput, InvalidTransition
+from incident_fsm.errors import (
+    AttemptAlreadyFinished,
+    ConcurrentUpdate,
+    IncidentNotFound,
+    InvalidTransition,
+)
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.graph import AUTOMATED_STATES
 from incident_fsm.models import ActionRun, Incident, IncidentId
-from incident_fsm.vocabulary import State
+from incident_fsm.vocabulary import Actor, AttemptOutcome, State
 
-ACTOR: Final = "agent"
+ACTOR: Final = Actor.AGENT
 _WHAT_WAS_LATE: Final = {
     State.ESCALATED: "nobody acknowledged the escalation: escalating again",
     State.DETECTED: "no action started before the detect deadline",
@@ -102,9 +107,9 @@ class DeadlineSweeper:
             if run.dry_run or run.id is None:
                 continue
             if run.finished_at is None:
-                # InvalidInput: it finished a moment ago, and its own outcome stands.
-                with contextlib.suppress(InvalidInput):
+                # It finished a moment ago: its own outcome stands.
+                with contextlib.suppress(AttemptAlreadyFinished):
                     await self._store.finish_action(
-                        run.id, outcome="timed_out", finished_at=now,
+                        run.id, outcome=AttemptOutcome.TIMED_OUT, finished_at=now,
                         output_excerpt="still running at the action deadline")
             return

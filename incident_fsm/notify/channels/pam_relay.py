@@ -40,7 +40,7 @@ from loguru import logger
 
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock, SystemClock
-from incident_fsm.notify.channels.base import Delivery, Outgoing
+from incident_fsm.notify.channels.base import Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import proactive_alert
 from incident_fsm.notify.channels.webhook import safe_url
 from incident_fsm.settings import PamRelaySettings
@@ -96,7 +96,7 @@ class RelayPamChannel:
         for item in batch:
             outcome = await self._post(item, secret.encode())
             outcomes.append(outcome)
-            if outcome.status != "delivered":
+            if outcome.status is not DeliveryStatus.DELIVERED:
                 break  # later rows wait: order per incident
         return outcomes
 

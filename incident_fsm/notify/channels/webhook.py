@@ -35,7 +35,7 @@ from loguru import logger
 
 from incident_fsm.clock import Clock
 from incident_fsm.http_body import BodyTooLarge, drain_capped
-from incident_fsm.notify.channels.base import Delivery, Outgoing
+from incident_fsm.notify.channels.base import Delivery, DeliveryStatus, Outgoing
 from incident_fsm.retry_after import retry_after_seconds
 from incident_fsm.settings import WebhookSettings
 
@@ -96,7 +96,7 @@ class WebhookChannel:
         for item in batch:
             outcome = await self._post(item, secret)
             outcomes.append(outcome)
-            if outcome.status != "delivered":
+            if outcome.status is not DeliveryStatus.DELIVERED:
                 break  # later rows wait: order per incident
         return outcomes
 
