@@ -7,6 +7,7 @@ carries the body; a Content-Length over the bound is refused before anything
 is read. gzip and deflate are inflated here, never more than one byte past
 the bound (httpx inflates a whole chunk at once: a few KiB can become many
 MiB), so a request read this way asks for `ACCEPT_ENCODING` only.
+`exchange` is one request read that way, bounded in time as a whole.
 `drain_capped` does the same for a body nobody needs: it counts the bytes
 on the wire and keeps none. The bound is on size, not time: httpx's timeout
 is per socket read, so a body trickling in passes it, and callers bound the
@@ -16,8 +17,10 @@ whole exchange themselves (`anyio.fail_after`).
 from __future__ import annotations
 
 import zlib
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
+import anyio
 import httpx
 
 #: The encodings `read_capped` inflates: what a request read with it may accept.
@@ -61,6 +64,21 @@ async def drain_capped(response: httpx.Response, *, limit: int) -> int:
         if size > limit:
             raise BodyTooLarge(limit, status=response.status_code)
     return size
+
+
+async def exchange(
+    http: httpx.AsyncClient, *, method: str, url: str, headers: Mapping[str, str] | None,
+    json: Any, content: bytes | None, time_limit: float, max_body: int,
+) -> tuple[httpx.Response, bytes]:
+    """One request and its body, bounded in time by `time_limit` and in size by `max_body`."""
+    # fail_after bounds the whole exchange: httpx's own timeout is per socket
+    # operation, so a body trickling in byte by byte would pass it.
+    with anyio.fail_after(time_limit):
+        async with http.stream(
+            method, url, headers={"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})},
+            json=json, content=content, timeout=httpx.Timeout(time_limit),
+        ) as response:
+            return response, await read_capped(response, limit=max_body)
 
 
 def _check_declared(response: httpx.Response, limit: int) -> None:

@@ -24,7 +24,13 @@ from incident_fsm.config import ConfigError, load_settings
 from incident_fsm.demo.pam_simulator import ConnectionManager, free_port
 from incident_fsm.models import IncidentId
 from incident_fsm.notify.channels.base import DeliveryStatus, Outgoing
-from incident_fsm.notify.channels.pam_relay import RelayPamChannel, encode, sign
+from incident_fsm.notify.channels.pam_relay import (
+    MAX_ANSWER,
+    RelayPamChannel,
+    check_relay,
+    encode,
+    sign,
+)
 from incident_fsm.settings import PamRelaySettings
 
 from .logcapture import captured_logs
@@ -313,3 +319,23 @@ async def test_a_standalone_agent_reaches_a_pam_user_through_the_mounted_relay()
     assert received["type"] == "proactive_alert"
     assert received["id"] == "incident-1-seq-1-pam_relay"
     assert SECRET not in "\n".join(logs)
+
+
+def _answering(body: bytes) -> httpx.AsyncClient:
+    """A client whose every request is answered 200 with `body` (a relay gone wrong)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def test_an_oversized_relay_answer_is_a_failed_attempt_that_keeps_none_of_it() -> None:
+    body = b'{"delivered_to": ["' + b"x" * (MAX_ANSWER + 10) + b'"]}'
+    async with _answering(body) as client:
+        (outcome,) = await relay_channel(client).send([item()])
+        assert outcome.status is DeliveryStatus.FAILED
+        assert f"larger than {MAX_ANSWER} bytes" in outcome.error
+        assert "xxxx" not in outcome.error
+        settings = PamRelaySettings(url=RELAY_URL, user_ids=(USER,), timeout=2.0)
+        fine, why = await check_relay(settings, http=client, environ=ENV)
+    assert not fine and f"larger than {MAX_ANSWER} bytes" in why

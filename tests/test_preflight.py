@@ -32,6 +32,7 @@ from incident_fsm.runtime.preflight import (
     PreflightFailed,
     cleanup_root_check,
     filesystem_type,
+    render_checks,
     run_checks,
     start_failures,
 )
@@ -337,3 +338,21 @@ async def test_a_redis_or_celery_check_without_its_package_stops_the_start(
     checks = await run_checks(settings, environ=env)  # the check runs, naming the gap
     skipped = the(checks, "target api dependency workers")
     assert skipped.status == FAIL and "the celery package is not installed" in skipped.detail
+
+
+async def test_an_oversized_render_answer_fails_its_check_without_being_read_whole(
+    sim: Simulator, tmp_path: Path,
+) -> None:
+    import httpx
+
+    from incident_fsm.remediation.actions.http_retry import MAX_BODY
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "GET"
+        return httpx.Response(200, content=b'{"id": "' + b"x" * (MAX_BODY + 1) + b'"}')
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        checks = await render_checks(demo(sim, tmp_path), http, ENV)
+    assert checks and all(c.status == FAIL for c in checks)
+    assert all(f"larger than {MAX_BODY} bytes" in c.detail and "xxxx" not in c.detail
+               for c in checks)

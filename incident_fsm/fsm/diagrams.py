@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from incident_fsm import extras
 from incident_fsm.errors import InvalidInput
 from incident_fsm.fsm.graph import EDGES, GUARDS, transition_table
 from incident_fsm.vocabulary import State
@@ -79,11 +80,15 @@ def render_image(path: str, *, visited: Sequence[str] = ()) -> None:
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in ("svg", "png"):
         raise InvalidInput(f"--output must end in .svg or .png, not {path!r}")
-    from importlib.util import find_spec
-
-    if find_spec("graphviz") is None or shutil.which("dot") is None:
-        raise InvalidInput("SVG/PNG needs Graphviz (the `dot` program and the `graphviz` "
-                           "Python package); the Mermaid text (the default) needs neither")
+    missing = []
+    if not extras.installed("graphviz"):
+        missing.append(f"the graphviz Python package ({extras.install_line('graph')})")
+    if shutil.which("dot") is None:
+        # A system program: no pip extra brings it.
+        missing.append("the `dot` program (e.g. apt-get install graphviz)")
+    if missing:
+        raise InvalidInput(f"SVG/PNG needs Graphviz, missing here: {' and '.join(missing)}; "
+                           "the Mermaid text (the default) needs neither")
     from transitions.extensions.diagrams import GraphMachine
 
     drawing = type("_Drawing", (), {name: (lambda self: True) for name in GUARDS})()

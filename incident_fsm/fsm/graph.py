@@ -126,7 +126,8 @@ EDGES: Final[tuple[Edge, ...]] = (
     Edge(Trigger.RESOLVE, (_D, _RM, _V, _E), _RS, (),
          "an operator declares the incident resolved", operator=True),
     Edge(Trigger.ESCALATE, (_D, _RM, _V), _E, (),
-         "an operator takes the incident over", operator=True),
+         "an operator takes the incident over (the agent hands over one it cannot drive: "
+         "remediating with no attempt on record)", operator=True),
     Edge(Trigger.ACKNOWLEDGE, (_D, _RM, _V, _E), None, (),
          "an operator says they are on it; the state does not change (an escalated "
          "incident stops being escalated again: its deadline is cleared)", operator=True),

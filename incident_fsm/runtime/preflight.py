@@ -30,7 +30,9 @@ from incident_fsm.detection.payload import THROTTLED, HealthSnapshot
 from incident_fsm.detection.probe import HttpProbe
 from incident_fsm.errors import InvalidInput, StoreUnavailable
 from incident_fsm.extras import install_line, installed
+from incident_fsm.http_body import BodyRefused, exchange
 from incident_fsm.persistence import database
+from incident_fsm.remediation.actions.http_retry import MAX_BODY
 from incident_fsm.settings import Settings
 
 OK: Final = "OK"
@@ -306,11 +308,15 @@ async def render_checks(settings: Settings, http: httpx.AsyncClient,
             continue
         url = f"{render.api_url.rstrip('/')}/services/{sid}"
         try:
-            with anyio.fail_after(render.timeout):
-                reply = await http.get(url, headers={"Authorization": f"Bearer {key}",
-                                                     "Accept": "application/json"})
+            reply, answer = await exchange(
+                http, method="GET", url=url, json=None, content=None,
+                headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+                time_limit=render.timeout, max_body=MAX_BODY)
         except (httpx.HTTPError, TimeoutError) as exc:
             checks.append(Check(FAIL, name, f"Render API unreachable ({type(exc).__name__})"))
+            continue
+        except BodyRefused as exc:
+            checks.append(Check(FAIL, name, f"Render answered HTTP {exc.status} with a {exc}"))
             continue
         if reply.status_code in (401, 403):
             checks.append(Check(FAIL, name, f"the key in {render.api_key_env} is refused "
@@ -324,7 +330,7 @@ async def render_checks(settings: Settings, http: httpx.AsyncClient,
             checks.append(Check(FAIL, name, f"Render answered HTTP {reply.status_code}"))
             continue
         try:
-            data = reply.json()
+            data = json.loads(answer)
         except ValueError:
             checks.append(Check(FAIL, name, "Render's answer is not JSON"))
             continue

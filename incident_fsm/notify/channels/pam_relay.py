@@ -40,11 +40,14 @@ from loguru import logger
 
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock, SystemClock
+from incident_fsm.http_body import BodyRefused, exchange
 from incident_fsm.notify.channels.base import Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import proactive_alert
 from incident_fsm.notify.channels.webhook import safe_url
 from incident_fsm.settings import PamRelaySettings
 
+#: bytes of the relay's answer read at most (it is a short JSON object)
+MAX_ANSWER: Final = 64 * 1024
 TIMESTAMP_HEADER: Final = "X-Incident-Fsm-Timestamp"
 SIGNATURE_HEADER: Final = "X-Incident-Fsm-Signature"
 #: How long to wait before asking again after a configuration problem.
@@ -110,26 +113,29 @@ class RelayPamChannel:
                    SIGNATURE_HEADER: sign(secret, timestamp, body)}
         where = safe_url(s.url)
         try:
-            response = await self._client.post(s.url, content=body, headers=headers,
-                                               timeout=s.timeout)
-        except httpx.TimeoutException:
+            response, answer = await exchange(
+                self._client, method="POST", url=s.url, headers=headers, json=None,
+                content=body, time_limit=s.timeout, max_body=MAX_ANSWER)
+        except (httpx.TimeoutException, TimeoutError):
             error = f"PAM relay {where} timed out after {s.timeout:g} s"
         except httpx.HTTPError as exc:
             error = f"PAM relay {where} unreachable ({type(exc).__name__})"
+        except BodyRefused as exc:
+            error = f"PAM relay {where} answered HTTP {exc.status} with a {exc}"
         else:
             if response.status_code in (401, 503):
                 return self._config_problem(
                     f"PAM relay {where} answered HTTP {response.status_code} (check that both "
                     f"sides have the same {s.secret_env}, and the clocks)")
             if response.status_code == 200:
-                return self._judge(item, response, where)
+                return self._judge(item, answer, where)
             error = f"PAM relay {where} answered HTTP {response.status_code}"
         logger.warning("{} for {}; will retry", error, item.dedupe_key)
         return Delivery.failed(error)
 
-    def _judge(self, item: Outgoing, response: httpx.Response, where: str) -> Delivery:
+    def _judge(self, item: Outgoing, answer: bytes, where: str) -> Delivery:
         try:
-            reached = response.json().get("delivered_to")
+            reached = json.loads(answer).get("delivered_to")
         except (ValueError, AttributeError):
             reached = None
         if not isinstance(reached, list):
@@ -173,17 +179,20 @@ async def check_relay(settings: PamRelaySettings, *, http: httpx.AsyncClient,
     headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
                SIGNATURE_HEADER: sign(secret.encode(), timestamp, body)}
     try:
-        response = await http.post(settings.url, content=body, headers=headers,
-                                   timeout=settings.timeout)
-    except httpx.HTTPError as exc:
+        response, answer = await exchange(
+            http, method="POST", url=settings.url, headers=headers, json=None, content=body,
+            time_limit=settings.timeout, max_body=MAX_ANSWER)
+    except (httpx.HTTPError, TimeoutError) as exc:
         return (False, f"unreachable ({type(exc).__name__})")
+    except BodyRefused as exc:
+        return (False, f"HTTP {exc.status} with a {exc}")
     if response.status_code == 401:
         return (False, f"the relay refused the signature (HTTP 401): check that both "
                        f"sides have the same {settings.secret_env}, and the clocks")
     if response.status_code == 503:
         return (False, "the relay has no secret set (HTTP 503)")
     try:
-        listening = response.json().get("connected") if response.status_code == 200 else None
+        listening = json.loads(answer).get("connected") if response.status_code == 200 else None
     except (ValueError, AttributeError):
         listening = None
     if not isinstance(listening, list):

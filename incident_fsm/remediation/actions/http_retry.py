@@ -34,13 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import anyio
 import httpx
 from loguru import logger
 
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock
-from incident_fsm.http_body import ACCEPT_ENCODING, BodyRefused, read_capped
+from incident_fsm.http_body import BodyRefused, exchange
 from incident_fsm.remediation.actions.base import OutcomeStatus
 from incident_fsm.remediation.actions.redaction import excerpt
 from incident_fsm.retry_after import retry_after_seconds
@@ -194,7 +193,7 @@ async def send_with_retry(
                 break
         attempt += 1
         try:
-            response, raw = await _exchange(
+            response, raw = await exchange(
                 http, method=method, url=url, headers=headers, json=json, content=content,
                 time_limit=min(request_timeout, remaining), max_body=max_body,
             )
@@ -247,21 +246,6 @@ def _final_problem(status: int) -> str:
     if status == 404:
         return "not found (404)"
     return f"request refused ({status})"
-
-
-async def _exchange(
-    http: httpx.AsyncClient, *, method: str, url: str, headers: Mapping[str, str] | None,
-    json: Any, content: bytes | None, time_limit: float, max_body: int,
-) -> tuple[httpx.Response, bytes]:
-    """One request and its body, bounded in time by `time_limit` and in size by `max_body`."""
-    # fail_after bounds the whole exchange: httpx's own timeout is per socket
-    # operation, so a body trickling in byte by byte would pass it.
-    with anyio.fail_after(time_limit):
-        async with http.stream(
-            method, url, headers={"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})},
-            json=json, content=content, timeout=httpx.Timeout(time_limit),
-        ) as response:
-            return response, await read_capped(response, limit=max_body)
 
 
 def _json_or_none(body: bytes) -> Any:
