@@ -39,9 +39,11 @@ class BodyRefused(Exception):
 class BodyTooLarge(BodyRefused):
     """More than `limit` bytes: reading stopped there."""
 
-    def __init__(self, limit: int, *, status: int) -> None:
+    def __init__(self, limit: int, *, status: int, declared: int | None = None) -> None:
         super().__init__(f"response larger than {limit} bytes", status=status)
         self.limit = limit
+        #: the size the answer's Content-Length declared, when that is what refused it
+        self.declared = declared
 
 
 async def read_capped(response: httpx.Response, *, limit: int) -> bytes:
@@ -84,7 +86,7 @@ async def exchange(
 def _check_declared(response: httpx.Response, limit: int) -> None:
     declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit, status=response.status_code)
+        raise BodyTooLarge(limit, status=response.status_code, declared=int(declared))
 
 
 class _CappedBody:

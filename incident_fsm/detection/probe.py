@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -47,6 +46,7 @@ from incident_fsm.detection.payload import (
     combine,
     parse_health,
 )
+from incident_fsm.http_body import ACCEPT_ENCODING, BodyRefused, BodyTooLarge, read_capped
 from incident_fsm.retry_after import retry_after_seconds
 
 #: The most body bytes read from one health endpoint (decoded); more is a failure.
@@ -226,7 +226,11 @@ async def fetch(client: httpx.AsyncClient, url: str, *, time_limit: float,
         raise FetchFailed(f"timed out after {time_limit:g}s", ms_since(started)) from None
     except httpx.HTTPError as exc:
         raise FetchFailed(describe_error(exc), ms_since(started)) from None
-    except _Refused as exc:
+    except BodyTooLarge as exc:
+        size = "body" if exc.declared is None else f"body of {exc.declared} bytes"
+        raise FetchFailed(f"{size} exceeds the {exc.limit} byte cap", ms_since(started),
+                          cause=UNUSABLE) from None
+    except BodyRefused as exc:
         raise FetchFailed(str(exc), ms_since(started), cause=UNUSABLE) from None
     return Fetched(status, body, ms_since(started),
                    retry_after_seconds(retry_after, datetime.now(UTC), cap=MAX_RETRY_AFTER))
@@ -234,17 +238,10 @@ async def fetch(client: httpx.AsyncClient, url: str, *, time_limit: float,
 
 async def _read(client: httpx.AsyncClient, url: str, *, io_limit: float,
                 max_body: int) -> tuple[int, bytes, str | None]:
-    headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate, identity"}
+    headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
     async with client.stream("GET", url, headers=headers, timeout=io_limit) as response:
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body:
-            raise _Refused(f"body of {int(declared)} bytes exceeds the {max_body} byte cap")
-        reader = _CappedBody(max_body, response.headers.get("content-encoding", ""))
-        # Raw bytes, inflated here: httpx would inflate a compressed chunk
-        # without a bound before our cap could see it.
-        async for chunk in response.aiter_raw():
-            reader.feed(chunk)
-        return response.status_code, reader.finish(), response.headers.get("retry-after")
+        body = await read_capped(response, limit=max_body)
+        return response.status_code, body, response.headers.get("retry-after")
 
 
 #: Where cgroup v2 is mounted; inside a container it shows the container's own cgroup.
@@ -404,48 +401,6 @@ def _available_cpus() -> int:
 
 def _percent(part: float, whole: float) -> float:
     return min(100.0, max(0.0, 100.0 * part / whole)) if whole > 0 else 0.0
-
-
-class _Refused(Exception):
-    """Internal: the answer is unusable before parsing (status, size, encoding)."""
-
-
-class _CappedBody:
-    """Collects a body, inflating gzip/deflate itself, and refuses more than `cap` bytes."""
-
-    def __init__(self, cap: int, encoding: str) -> None:
-        self.cap = cap
-        self._parts: list[bytes] = []
-        self._size = 0
-        encoding = encoding.strip().lower()
-        if encoding in ("", "identity"):
-            self._inflate: zlib._Decompress | None = None
-        elif encoding in ("gzip", "x-gzip", "deflate"):
-            # wbits 47: gzip or zlib header, detected; HTTP "deflate" is zlib-wrapped (15).
-            self._inflate = zlib.decompressobj(47 if encoding != "deflate" else 15)
-        else:
-            raise _Refused(f"unsupported Content-Encoding {encoding[:30]!r}")
-
-    def feed(self, chunk: bytes) -> None:
-        if self._inflate is None:
-            self._add(chunk)
-            return
-        try:
-            # max_length: never inflate more than one byte past the cap.
-            self._add(self._inflate.decompress(chunk, self.cap - self._size + 1))
-        except zlib.error as exc:
-            raise _Refused(f"compressed body is corrupt ({exc})") from None
-        if self._inflate.unconsumed_tail:
-            raise _Refused(f"body exceeds the {self.cap} byte cap")
-
-    def finish(self) -> bytes:
-        return b"".join(self._parts)
-
-    def _add(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > self.cap:
-            raise _Refused(f"body exceeds the {self.cap} byte cap")
-        self._parts.append(data)
 
 
 def ms_since(started: float) -> float:
