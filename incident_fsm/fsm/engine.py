@@ -1,10 +1,13 @@
 """The engine that fires triggers on persisted incidents: validate, guard, persist at once.
 
-All I/O happens in `IncidentEngine.fire`: it loads the incident, lets the
-machine decide, and writes the step through its step writer in one
-transaction from the machine's `before_state_change` callback. If that write
-fails, the machine never changes state: the database is the truth, the
-machine is the judge.
+All I/O happens in `IncidentEngine.step`: it lets the machine decide on the
+incident it is given, and writes the step through its step writer in one
+transaction from the machine's `before_state_change` callback, checked
+against the version it was given. If that write fails, the machine never
+changes state: the database is the truth, the machine is the judge.
+`fire` is `step` on the incident as stored now (operators, the sweeper,
+the monitor); the remediator holds the incident it drives and calls `step`
+with it and its attempts, so it reads neither again between steps.
 
 One `AsyncMachine` serves every incident: each `fire` adds a short-lived
 model, triggers, and removes it again, so no per-incident state lives in
@@ -39,6 +42,7 @@ from incident_fsm.fsm.steps import (
     AttemptView,
     MachinePolicy,
     OutboxPolicy,
+    Stepped,
     StepRequest,
     StepView,
 )
@@ -62,7 +66,7 @@ class _Model:
     notified_before: bool = False
     attempt: AttemptView | None = None
     written_notifications: bool = False
-    result: Incident | None = None
+    result: Stepped | None = None
 
     async def trigger(self, name: str, *args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("model was not added to the machine")  # replaced by add_model
@@ -114,7 +118,7 @@ class StepWriter(Protocol):
         details: Mapping[str, Any] | None = ..., notifications: Sequence[OutboxMessage] = ...,
     ) -> Opened: ...
 
-    async def apply_transition(self, step: StepRequest) -> Incident: ...
+    async def apply_transition(self, step: StepRequest) -> Stepped: ...
 
 
 class IncidentEngine:
@@ -193,18 +197,41 @@ class IncidentEngine:
         intent: ActionIntent | None = None,
         notifications: Sequence[Any] = (),
     ) -> Incident:
-        """Apply `trigger` to the incident and return it as persisted afterwards.
+        """Apply `trigger` to the incident as stored now; return it as persisted afterwards.
 
         Raises `IncidentNotFound`, `InvalidTransition` (trigger has no edge from
         the current state), `GuardRejected` (it has, but the guards refused),
         `ConcurrentUpdate` (someone else moved the incident first) or
         `InvalidInput`; in every one of those cases nothing was written.
         """
-        if not reason or not reason.strip():
-            raise InvalidInput("a transition needs a reason")
-        if not actor or not actor.strip():
-            raise InvalidInput("a transition needs an actor")
+        _check_words(actor, reason)
         incident = await self._store.get_incident(incident_id)
+        stepped = await self.step(incident, trigger, actor=actor, reason=reason,
+                                  details=details, intent=intent, notifications=notifications)
+        return stepped.incident
+
+    async def step(
+        self,
+        incident: Incident,
+        trigger: str,
+        *,
+        actor: str,
+        reason: str,
+        details: Mapping[str, Any] | None = None,
+        intent: ActionIntent | None = None,
+        notifications: Sequence[Any] = (),
+        attempts: Sequence[ActionRun] | None = None,
+    ) -> Stepped:
+        """Apply `trigger` to `incident` as the caller holds it; return what the step left.
+
+        For a caller that holds the incident it moves (the remediator): it is
+        not read again. The write is checked against the held version, so a
+        stale row is refused with `ConcurrentUpdate`, nothing written. Pass
+        the incident's `attempts` when held too: the notifications name the
+        latest, and it is not read again either. Raises as `fire` does.
+        """
+        _check_words(actor, reason)
+        incident_id = incident.incident_id
         allowed = operator_triggers_from(incident.state)
         if trigger not in triggers_from(incident.state):
             raise InvalidTransition(
@@ -219,7 +246,7 @@ class IncidentEngine:
         )
         attempt = None
         if self._outbox is not None and incident.state in (State.REMEDIATING, State.VERIFYING):
-            attempt = await self._latest_attempt(incident_id)
+            attempt = await self._latest_attempt(incident_id, attempts)
         model = _Model(
             ctx=GuardContext(incident=incident, now=self._clock.now(), policy=self.policy,
                              intent=intent),
@@ -248,7 +275,7 @@ class IncidentEngine:
                 incident_id=incident_id, state=incident.state, trigger=trigger, allowed=allowed,
                 detail="guards refused (" + "; ".join(refused) + ")",
             )
-        result = model.result
+        result = model.result.incident
         logger.bind(incident_id=incident_id, state=result.state, target=result.target).info(
             "incident {} {} → {} ({}) by {}: {}",
             incident_id, incident.state, result.state, trigger, one_line(model.actor, 200),
@@ -256,16 +283,17 @@ class IncidentEngine:
         )
         if model.written_notifications:
             self._outbox_written()
-        return result
+        return model.result
 
     def _outbox_written(self) -> None:
         if self._on_outbox is not None:
             self._on_outbox()
 
-    async def _latest_attempt(self, incident_id: IncidentId) -> AttemptView | None:
+    async def _latest_attempt(self, incident_id: IncidentId,
+                              held: Sequence[ActionRun] | None) -> AttemptView | None:
         """The latest real attempt, for the notification's wording; None if unknown."""
         try:
-            runs = await self._store.attempts(incident_id)
+            runs = await self._store.attempts(incident_id) if held is None else held
         except StoreUnavailable:
             # Only the wording of a message depends on it: never fail a step over it.
             return None
@@ -332,6 +360,13 @@ class IncidentEngine:
         with anyio.CancelScope(shield=True):
             model.result = await self._store.apply_transition(request)
         model.written_notifications = bool(notifications)
+
+
+def _check_words(actor: str, reason: str) -> None:
+    if not reason or not reason.strip():
+        raise InvalidInput("a transition needs a reason")
+    if not actor or not actor.strip():
+        raise InvalidInput("a transition needs an actor")
 
 
 def _merge_outbox(explicit: Sequence[Any], policy: Sequence[Any]) -> tuple[Any, ...]:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from incident_fsm.errors import InvalidInput
-from incident_fsm.models import IncidentId, OutboxMessage
+from incident_fsm.models import ActionRun, Incident, IncidentId, OutboxMessage
 from incident_fsm.vocabulary import State, Verdict
 
 if TYPE_CHECKING:
@@ -92,6 +92,19 @@ class StepRequest:
     details: Mapping[str, Any] = field(default_factory=dict)
     intent: ActionIntent | None = None
     notifications: Sequence[Any] = ()
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """What one persisted step left: the incident's new row and the attempt it recorded.
+
+    `attempt` is set only for a step that starts an action (`remediate`,
+    `approve`, a `still_failing` with the next choice): the row it wrote in
+    the same transaction, with its id and idempotency key.
+    """
+
+    incident: Incident
+    attempt: ActionRun | None = None
 
 
 @dataclass(frozen=True)

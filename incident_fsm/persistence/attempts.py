@@ -36,7 +36,7 @@ from incident_fsm.persistence.effects import (
     judge_run,
     succeeded_condition,
 )
-from incident_fsm.vocabulary import AttemptOutcome, Trigger
+from incident_fsm.vocabulary import AttemptOutcome, State, Trigger
 
 
 @dataclass(frozen=True)
@@ -106,21 +106,29 @@ class AttemptRepository(StoreCore):
             session.commit()
             return run
 
-    async def claim_attempt(self, run_id: int, *, at: datetime) -> bool:
+    async def claim_attempt(self, run_id: int, *, at: datetime,
+                            incident_version: int | None = None) -> bool:
         """Mark an attempt as being run now; True for exactly one caller, ever.
 
         The claim is what tells, after a crash, an attempt that never ran (an
         approval not yet acted on: run it) from one that was running (judge it,
-        never run it twice), whichever process or replica looks.
+        never run it twice), whichever process or replica looks. With
+        `incident_version`, it is also refused unless the incident is still
+        in `remediating` at that version: a driver holding the incident runs
+        nothing for it once someone else moved it.
         """
+        where = [col(ActionRun.id) == run_id, col(ActionRun.executing_at).is_(None),
+                 col(ActionRun.finished_at).is_(None)]
+        if incident_version is not None:
+            where.append(sa.exists().where(
+                col(Incident.id) == col(ActionRun.incident_id),
+                col(Incident.version) == incident_version,
+                col(Incident.state) == State.REMEDIATING.value))
+
         def work() -> bool:
             with self._session() as session:
                 claimed = session.execute(
-                    sa.update(ActionRun)
-                    .where(col(ActionRun.id) == run_id, col(ActionRun.executing_at).is_(None),
-                           col(ActionRun.finished_at).is_(None))
-                    .values(executing_at=at)
-                )
+                    sa.update(ActionRun).where(*where).values(executing_at=at))
                 session.commit()
                 return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
         return await self._run(work)

@@ -18,7 +18,7 @@ from incident_fsm.errors import (
     StoreError,
 )
 from incident_fsm.fsm.graph import edge_destinations, operator_triggers_from
-from incident_fsm.fsm.steps import StepRequest
+from incident_fsm.fsm.steps import Stepped, StepRequest
 from incident_fsm.models import (
     ActionRun,
     Incident,
@@ -203,7 +203,7 @@ class IncidentRepository(StoreCore):
 
     # --- transitions -------------------------------------------------------
 
-    async def apply_transition(self, step: StepRequest) -> Incident:
+    async def apply_transition(self, step: StepRequest) -> Stepped:
         """Persist one step in one transaction; see the module docstring.
 
         Raises `InvalidTransition` if (trigger, source, dest) is not an edge of
@@ -221,7 +221,7 @@ class IncidentRepository(StoreCore):
         details = _json_safe("details", step.details)
         return await self._run(self._apply_transition, step, details)
 
-    def _apply_transition(self, step: StepRequest, details: dict[str, Any]) -> Incident:
+    def _apply_transition(self, step: StepRequest, details: dict[str, Any]) -> Stepped:
         new_version = step.expected_version + 1
         with self._session() as session:
             updated = session.execute(
@@ -241,14 +241,15 @@ class IncidentRepository(StoreCore):
                     found_version=current.version, found_state=current.state,
                 )
             session.add(history_row(step, details))
+            run = None
             if step.intent is not None:
-                _add_action_run(session, step.incident_id, step.intent, step.at)
+                run = _add_action_run(session, step.incident_id, step.intent, step.at)
             _add_outbox(session, step.incident_id, new_version, step.notifications, step.at)
             session.flush()
             incident = session.get(Incident, step.incident_id, populate_existing=True)
             session.commit()
             assert incident is not None
-            return incident
+            return Stepped(incident, run)
 
     # --- history -----------------------------------------------------------
 

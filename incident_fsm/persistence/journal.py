@@ -54,7 +54,7 @@ from incident_fsm.errors import (
     StoreUnavailable,
 )
 from incident_fsm.fsm.graph import edge_destinations, operator_triggers_from
-from incident_fsm.fsm.steps import ActionIntent, StepRequest
+from incident_fsm.fsm.steps import ActionIntent, Stepped, StepRequest
 from incident_fsm.models import (
     ActionRun,
     HealthCheck,
@@ -78,6 +78,7 @@ from incident_fsm.persistence.local_copy import LocalCopy, copy
 from incident_fsm.persistence.online_only import OnlineOnly
 from incident_fsm.persistence.replay import Replayer
 from incident_fsm.persistence.store import Store
+from incident_fsm.vocabulary import State
 
 T = TypeVar("T")
 
@@ -295,15 +296,14 @@ class JournalingStore(OnlineOnly):
             self._journaled.add(provisional)
             return Opened(copy(self._local.get(provisional)), created=True)
 
-    async def apply_transition(self, step: StepRequest) -> Incident:
+    async def apply_transition(self, step: StepRequest) -> Stepped:
         iid = self.real_id(step.incident_id)
         if step.incident_id != iid:
             step = replace(step, incident_id=IncidentId(iid))
         found = await self._online(lambda: self.online.apply_transition(step), local_id=iid)
         if found is not LOCAL:
-            kept = self._local.remember(found)
-            self._local.stepped_online(step, found)
-            return copy(kept)
+            kept = self._local.took_step(step, found)
+            return Stepped(copy(kept), found.attempt)
         _validate_offline_step(step)
         async with self._lock:
             incident = self._local.get(iid)
@@ -320,12 +320,16 @@ class JournalingStore(OnlineOnly):
                 "store unavailable: journaled {} → {} ({}) for replay",
                 step.source, step.dest, step.trigger)
             assert isinstance(updated, Incident)
-            return copy(updated)
+            run_id = entry["run_id"]
+            run = None if not isinstance(run_id, int) else self._local.require_run(run_id)
+            return Stepped(copy(updated), None if run is None else ActionRun(**run.model_dump()))
 
-    async def claim_attempt(self, run_id: int, *, at: datetime) -> bool:
+    async def claim_attempt(self, run_id: int, *, at: datetime,
+                            incident_version: int | None = None) -> bool:
         rid = self.real_id(run_id)
-        claimed = await self._online(lambda: self.online.claim_attempt(rid, at=at),
-                                     local_id=rid)
+        claimed = await self._online(
+            lambda: self.online.claim_attempt(rid, at=at, incident_version=incident_version),
+            local_id=rid)
         if claimed is not LOCAL:
             run = self._local.find_run(rid)
             if claimed and run is not None:
@@ -335,6 +339,11 @@ class JournalingStore(OnlineOnly):
             run = self._local.require_run(rid)
             if run.executing_at is not None or run.finished_at is not None:
                 return False
+            if incident_version is not None:
+                incident = self._local.get(run.incident_id)
+                if (incident.version, incident.state) != (incident_version, State.REMEDIATING):
+                    return False
+            # The entry needs no version: the replay applies the entries in order.
             await self._journal(run.incident_id, {"op": "claim", "run_id": rid,
                                                   "at": at.isoformat()})
             return True

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from incident_fsm.errors import StoreUnavailable
-from incident_fsm.fsm.steps import StepRequest
+from incident_fsm.fsm.steps import Stepped, StepRequest
 from incident_fsm.models import OUTCOME_SKIPPED, ActionRun, Incident
 from incident_fsm.persistence import effects
 from incident_fsm.persistence.journal_file import (
@@ -69,7 +69,7 @@ class LocalCopy:
             return current
         self.incidents[iid] = incident
         if runs is not None:
-            self.runs[iid] = {r.id or 0: r for r in runs}
+            self.runs[iid] = _keyed(runs)
             self.runs_at[iid] = incident.version
         elif self.runs_at.get(iid) != incident.version:
             # It moved (e.g. an operator approved an attempt): the copy may be incomplete.
@@ -85,7 +85,7 @@ class LocalCopy:
     def remember_runs(self, incident_id: int, runs: Sequence[ActionRun]) -> None:
         cached = self.incidents.get(incident_id)
         if cached is not None:
-            self.runs[incident_id] = {r.id or 0: r for r in runs}
+            self.runs[incident_id] = _keyed(runs)
             self.runs_at[incident_id] = cached.version
 
     def keep_run(self, run: ActionRun) -> None:
@@ -93,11 +93,30 @@ class LocalCopy:
         runs = self.runs.get(run.incident_id)
         if runs is not None and run.id is not None:
             runs[run.id] = ActionRun(**run.model_dump())
+            incident = self.incidents.get(run.incident_id)
+            if incident is not None:  # the store recounted them with this write
+                incident.strikes = effects.strike_count_of(runs.values())
         self._count_budget(run)
 
     def forget_runs(self, incident_id: int) -> None:
         self.runs.pop(incident_id, None)
         self.runs_at.pop(incident_id, None)
+
+    def took_step(self, step: StepRequest, result: Stepped) -> Incident:
+        """Keep what a step the database took left: its row and the attempt it recorded.
+
+        The attempts stay known if they were known just before the step (it
+        adds at most the one it returns), so a driver that goes offline
+        right after it can still finish and judge that attempt here.
+        """
+        iid = result.incident.incident_id
+        known = self.runs.get(iid) if self.runs_at.get(iid) == step.expected_version else None
+        runs = None
+        if known is not None:
+            runs = [*known.values(), *([] if result.attempt is None else [result.attempt])]
+        kept = self.remember(result.incident, runs)
+        self.stepped_online(step, result.incident)
+        return kept
 
     def stepped_online(self, step: StepRequest, after: Incident) -> None:
         """A step the database took: note the guardrail inputs it changes."""
@@ -330,6 +349,11 @@ class LocalCopy:
 def _spends_budget(run: ActionRun) -> bool:
     # The store's `budget_attempts` condition, for a run held in memory.
     return not run.dry_run and run.outcome != OUTCOME_SKIPPED
+
+
+def _keyed(runs: Sequence[ActionRun]) -> dict[int, ActionRun]:
+    # Copies: the local copy changes its rows in place, the caller's are theirs.
+    return {r.id or 0: ActionRun(**r.model_dump()) for r in runs}
 
 
 def copy(incident: Incident) -> Incident:

@@ -28,7 +28,7 @@ from incident_fsm.errors import (
     StoreUnavailable,
 )
 from incident_fsm.fsm.steps import StepRequest
-from incident_fsm.models import IncidentId
+from incident_fsm.models import ActionRun, IncidentId
 from incident_fsm.persistence.journal_file import (
     JournalFile,
     decode_finish,
@@ -94,16 +94,17 @@ class Replayer:
             step = decode_step(entry["step"], self.real_id(entry["step"]["incident_id"]))
             if step.incident_id < 0:
                 raise InvalidInput("its incident was never replayed")
+            run: ActionRun | None = None
             try:
-                await self.online.apply_transition(step)
+                run = (await self.online.apply_transition(step)).attempt
             except ConcurrentUpdate:
                 if not await self._already_applied(step):
                     raise
-            if entry.get("run_id") is not None:
-                runs = (await self.online.timeline(step.incident_id)).actions
-                run = next((r for r in reversed(runs) if r.started_at == step.at), None)
-                if run is not None and run.id is not None:
-                    self._local.aliases[entry["run_id"]] = run.id
+                if entry.get("run_id") is not None:  # applied by an earlier, cut replay
+                    runs = (await self.online.timeline(step.incident_id)).actions
+                    run = next((r for r in reversed(runs) if r.started_at == step.at), None)
+            if entry.get("run_id") is not None and run is not None and run.id is not None:
+                self._local.aliases[entry["run_id"]] = run.id
             return
         if op == "record_action":
             incident_id = self.real_id(entry["incident_id"])
