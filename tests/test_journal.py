@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy.engine import make_url
 from incident_fsm.errors import ConcurrentUpdate, StoreUnavailable
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import ActionIntent
-from incident_fsm.models import ActionRun, IncidentId
+from incident_fsm.models import IncidentId
 from incident_fsm.persistence.journal import JournalingStore
 from incident_fsm.persistence.store import Store
 from incident_fsm.testing import ManualClock
@@ -234,15 +235,15 @@ async def test_a_provisional_id_keeps_working_after_the_replay(
 
 
 class _BlinkingStore(JournalingStore):
-    """Reading attempts fails twice right after the first one (a connection reset)."""
+    """Claiming the chosen attempt fails twice (a connection reset), then works."""
 
     calls = 0
 
-    async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
+    async def claim_attempt(self, run_id: int, **kwargs: Any) -> bool:
         self.calls += 1
-        if self.calls in (2, 3):
+        if self.calls in (1, 2):
             raise StoreUnavailable("database unavailable (OperationalError); nothing was written")
-        return await super().attempts(incident_id)
+        return await super().claim_attempt(run_id, **kwargs)
 
 
 async def test_a_blip_never_turns_a_chosen_action_into_a_silent_strike(
@@ -283,7 +284,77 @@ async def test_a_blip_never_turns_a_chosen_action_into_a_silent_strike(
                 if (await rem.drive(iid)).state == "resolved":
                     break
     timeline = await store.timeline(iid)
+    assert store.calls == 3
     assert ran == ["cleanup"]  # it ran, once
     assert [(r.outcome, r.verified) for r in timeline.actions] == [("ok", True)]
     assert timeline.incident.state == "resolved" and timeline.incident.strikes == 0
+    await store.close()
+
+
+async def test_an_outage_that_begins_while_the_action_runs_is_ridden_out_by_the_driver(
+    proxied_url: str, postgres_url: str, proxy: TcpProxy, tmp_path: Path
+) -> None:
+    # The driver reads the incident and its attempts once, at the start; the attempt its
+    # step recorded comes back from the step. The local copy keeps it as well, so the rest
+    # of the drive (outcome, verdict, the steps) goes to the journal with nothing re-read.
+    from incident_fsm.clock import SystemClock
+    from incident_fsm.fsm.steps import MachinePolicy
+    from incident_fsm.remediation.actions.base import Outcome
+    from incident_fsm.remediation.remediator import Remediator, Verification
+
+    class Cleanup:
+        name, kinds, tier, timeout = "disk_cleanup", ("disk_high",), "safe", 5.0
+
+        async def run(self, ctx: object) -> Outcome:
+            proxy.cut()
+            return Outcome.ok("freed 1 GB")
+
+    class Catalog:
+        def for_target(self, target: str) -> dict[str, object]:
+            return {"disk_cleanup": Cleanup()}
+
+    class Verifier:
+        async def verify(self, incident: object) -> Verification:
+            return Verification(False, "disk 91%")
+
+    journal = tmp_path / "agent.journal"
+    store = JournalingStore(proxied_url, journal_path=journal, call_timeout=2)
+    clock = SystemClock()
+    engine = IncidentEngine(store, clock=clock,
+                            policy=MachinePolicy(verify_window=0.1, max_strikes=1))
+    rem = Remediator(engine=engine, store=store, clock=clock, actions=Catalog(),  # type: ignore[arg-type]
+                     verifier=Verifier())
+    iid = (await engine.open(target="api", kind="disk_high", severity="critical",
+                             reason="disk 90%")).incident.incident_id
+    with anyio.fail_after(30):
+        final = await rem.drive(iid)
+    assert store.offline
+    assert (final.state, final.strikes, final.version) == ("escalated", 1, 4)
+    proxy.restore()
+    assert await store.replay() > 0
+    await store.close()
+    async with Store(postgres_url) as direct:
+        timeline = await direct.timeline(iid)
+        assert [t.trigger for t in timeline.transitions] == [
+            "open", "remediate", "action_finished", "still_failing"]
+        assert [(r.action, r.outcome, r.verified, r.executing_at is not None)
+                for r in timeline.actions] == [("disk_cleanup", "ok", False, True)]
+        assert timeline.incident.strikes == 1 and timeline.incident.state == "escalated"
+
+
+async def test_offline_a_claim_is_refused_once_the_incident_moved_as_online(
+    proxied_url: str, proxy: TcpProxy, clock: ManualClock, tmp_path: Path
+) -> None:
+    store = JournalingStore(proxied_url, journal_path=tmp_path / "agent.journal",
+                            call_timeout=2)
+    engine = IncidentEngine(store, clock=clock)
+    iid = (await engine.open(target="api", kind="memory_high", severity="critical",
+                             reason="memory 91%")).incident.incident_id
+    moved = await engine.fire(iid, "remediate", actor="agent", reason="go", intent=RESTART)
+    (run,) = (await store.timeline(iid)).actions
+    proxy.cut()
+    assert run.id is not None
+    assert not await store.claim_attempt(run.id, at=clock.now(),
+                                         incident_version=moved.version - 1)
+    assert await store.claim_attempt(run.id, at=clock.now(), incident_version=moved.version)
     await store.close()

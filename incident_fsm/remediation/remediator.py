@@ -33,7 +33,11 @@ wait for) is escalated to an operator at once, with that reason: left to
 its deadline, every scan of the controller would find it again.
 
 `drive` assumes it is the only driver of its incident at a time (the
-controller runs one task per incident).
+controller runs one task per incident), and so holds the incident and its
+attempts (`Held`): read once at the start, then taken from what each write
+returns. The store is read again only when a write is refused: a step whose
+version moved (`ConcurrentUpdate`), or a claim refused because the incident
+left `remediating` at the held version.
 """
 
 from __future__ import annotations
@@ -56,30 +60,19 @@ from incident_fsm.errors import (
     InvalidTransition,
 )
 from incident_fsm.fsm.engine import IncidentEngine
-from incident_fsm.fsm.steps import ActionIntent
+from incident_fsm.fsm.steps import ActionIntent, Stepped
 from incident_fsm.models import ActionRun, Incident, IncidentId
-from incident_fsm.persistence.attempts import ActionTally
-from incident_fsm.persistence.effects import OUTCOME_OK
-from incident_fsm.remediation.actions.base import (
-    Action,
-    ActionContext,
-    Outcome,
-    OutcomeStatus,
-    Tier,
-)
+from incident_fsm.persistence.effects import OUTCOME_OK, strike_count_of
+from incident_fsm.remediation.actions.base import ActionContext, Outcome, OutcomeStatus
 from incident_fsm.remediation.actions.redaction import redact
-from incident_fsm.remediation.policy import (
-    DEFAULT_RULES,
-    Limits,
-    Rule,
-    Situation,
-    candidates,
-    decide,
-)
-from incident_fsm.remediation.ranking import Ranked, rank
+from incident_fsm.remediation.chooser import ActionSource, Choice, ChoiceStore, Chooser
+from incident_fsm.remediation.policy import DEFAULT_RULES, Limits, Rule
 from incident_fsm.remediation.running import run_action
 from incident_fsm.timebox import within
 from incident_fsm.vocabulary import Actor, AttemptOutcome, State, Verdict
+
+__all__ = ["ActionSource", "AttemptStore", "Choice", "Held", "Remediator", "Verification",
+           "Verifier"]
 
 MAX_REASON: Final = 1000
 #: Seconds a dry run's preview (e.g. scanning the cleanup roots) may take.
@@ -94,18 +87,13 @@ _FAILED_HOW: Final[Mapping[str, str]] = {
     AttemptOutcome.INTERRUPTED: "was interrupted"}
 
 
-class AttemptStore(Protocol):
+class AttemptStore(ChoiceStore, Protocol):
     """What the remediator needs of a store: the incident, its attempts, the guardrail counts."""
-
-    async def action_record(self, kind: str) -> dict[str, ActionTally]: ...
 
     async def attempts(self, incident_id: IncidentId) -> list[ActionRun]: ...
 
-    async def claim_attempt(self, run_id: int, *, at: datetime) -> bool: ...
-
-    async def count_actions(self, *, target: str, since: datetime) -> int: ...
-
-    async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int: ...
+    async def claim_attempt(self, run_id: int, *, at: datetime,
+                            incident_version: int | None = None) -> bool: ...
 
     async def finish_action(
         self,
@@ -140,22 +128,37 @@ class Verifier(Protocol):
     async def verify(self, incident: Incident) -> Verification: ...
 
 
-class ActionSource(Protocol):
-    """Where the remediator finds the actions of a target (`actions.catalog.Catalog`)."""
+@dataclass
+class Held:
+    """The incident one drive holds and its attempts, as the driver's last write left them.
 
-    def for_target(self, target: str) -> Mapping[str, Action]: ...
+    The driver is the only writer of its incident while it drives it: it
+    takes the new row from each step and each attempt from each write, and
+    counts the strikes from the attempts it holds, as the store does.
+    """
 
+    incident: Incident
+    attempts: list[ActionRun]
 
-@dataclass(frozen=True)
-class Choice:
-    """The next action to propose (or None), the ranking it came from, and why."""
+    @property
+    def state(self) -> str:
+        return self.incident.state
 
-    intent: ActionIntent | None
-    ranking: tuple[Ranked, ...]
-    why: str
+    def last(self) -> ActionRun | None:
+        return _last_real(self.attempts)
 
-    def details(self) -> dict[str, Any]:
-        return {"ranking": [r.as_dict() for r in self.ranking]}
+    def took(self, stepped: Stepped) -> None:
+        self.incident = stepped.incident
+        if stepped.attempt is not None:
+            self.attempts.append(stepped.attempt)
+
+    def keep(self, run: ActionRun) -> None:
+        """An attempt as a write returned it; an outcome or a verdict may change the strikes."""
+        self.attempts = [run if r.id == run.id else r for r in self.attempts]
+        if all(r.id != run.id for r in self.attempts):
+            self.attempts.append(run)
+        self.incident = self.incident.model_copy(
+            update={"strikes": strike_count_of(self.attempts)})
 
 
 class Remediator:
@@ -182,106 +185,72 @@ class Remediator:
         self._actions = actions
         self._verifier = verifier
         self.limits = limits or Limits()
-        self._policy = policy
-        self._rules = tuple(rules)
+        self._chooser = Chooser(store=store, clock=clock, actions=actions, limits=self.limits,
+                                policy=policy, rules=tuple(rules))
         self._verify_timeout = verify_timeout
-
-    # --- choosing -----------------------------------------------------------------
 
     async def choose(self, incident: Incident,
                      attempts: Sequence[ActionRun] | None = None) -> Choice:
-        """The best permitted untried action for the incident, with policy's verdict on it.
-
-        If every candidate is held, the best held one is returned (its verdict
-        says why); if none is left, the intent is None.
-        """
+        """The best permitted untried action for the incident (see `Chooser.choose`)."""
         if attempts is None:
             attempts = await self._store.attempts(incident.incident_id)
-        available = self._actions.for_target(incident.target)
-        names = candidates(incident.kind, available=available, override=self._policy)
-        tried = {run.action for run in attempts if not run.dry_run}
-        record = await self._store.action_record(incident.kind)
-        ranking = tuple(rank(names, record, exclude=tried))
-        if not ranking:
-            why = (f"every action for {incident.kind} on {incident.target} was tried"
-                   if names else f"no action is configured for {incident.kind} on "
-                                 f"{incident.target}")
-            return Choice(None, ranking, why)
-        now = self._clock.now()
-        recent = await self._store.count_actions(
-            target=incident.target,
-            since=now - timedelta(seconds=self.limits.action_budget_window))
-        reopenings = await self._store.count_reopenings(
-            fingerprint=incident.fingerprint,
-            since=now - timedelta(seconds=self.limits.flap_window))
-        first_held: ActionIntent | None = None
-        for place, ranked in enumerate(ranking, start=1):
-            situation = Situation(incident=incident, action=ranked.action,
-                                  tier=_tier_of(available[ranked.action]), recent_actions=recent,
-                                  recent_reopenings=reopenings)
-            intent = decide(situation, self.limits, self._rules)
-            intent = replace(intent, why=(
-                f"ranked {place} of {len(ranking)} for {incident.kind} "
-                f"({ranked.successes} verified, {ranked.failures} failed, "
-                f"score {ranked.score:.2f}); {intent.why}"
-            ))
-            if intent.verdict is not Verdict.HOLD:
-                return Choice(intent, ranking, intent.why)
-            first_held = first_held or intent
-        assert first_held is not None
-        return Choice(first_held, ranking, first_held.why)
+        return await self._chooser.choose(incident, attempts)
 
     # --- driving ------------------------------------------------------------------
 
     async def drive(self, incident_id: IncidentId) -> Incident:
         """Take the incident as far as it goes now; returns it as persisted afterwards."""
-        incident = await self._store.get_incident(incident_id)
+        held = await self._hold(incident_id)
         try:
-            if incident.state == State.DETECTED:
-                incident = await self._begin(incident)
-                if incident.state == State.REMEDIATING:
-                    incident = await self._attempt(incident)
-            elif incident.state == State.REMEDIATING:
-                incident = await self._resume(incident)
+            if held.state == State.DETECTED:
+                await self._begin(held)
+                if held.state == State.REMEDIATING:
+                    await self._attempt(held)
+            elif held.state == State.REMEDIATING:
+                await self._resume(held)
             # Bounded by the graph: each round adds a strike or ends the incident.
-            while incident.state == State.VERIFYING:
-                incident = await self._judge(incident)
-                if incident.state == State.REMEDIATING:
-                    incident = await self._attempt(incident)
+            while held.state == State.VERIFYING:
+                await self._judge(held)
+                if held.state == State.REMEDIATING:
+                    await self._attempt(held)
         except (ConcurrentUpdate, InvalidTransition) as exc:
-            _log(incident).info("incident {} moved on without the remediator: {}",
-                                incident_id, exc)
+            _log(held.incident).info("incident {} moved on without the remediator: {}",
+                                     incident_id, exc)
             return await self._store.get_incident(incident_id)
-        return incident
+        return held.incident
 
-    async def _begin(self, incident: Incident) -> Incident:
-        attempts = await self._store.attempts(incident.incident_id)
-        choice = await self.choose(incident, attempts)
+    async def _hold(self, incident_id: IncidentId) -> Held:
+        """The incident and its attempts as stored now: at the start, or after a conflict."""
+        incident = await self._store.get_incident(incident_id)
+        return Held(incident, await self._store.attempts(incident_id))
+
+    async def _begin(self, held: Held) -> None:
+        choice = await self.choose(held.incident, held.attempts)
         intent = choice.intent
         if intent is None:
-            return await self._fire(incident, "hold", f"nothing to run: {choice.why}",
-                                    details=choice.details())
-        if intent.dry_run:
-            await self._dry_run(incident, intent, attempts)
-            return incident
-        if intent.verdict is Verdict.HOLD:
-            return await self._fire(incident, "hold", f"holding {intent.action}: {intent.why}",
-                                    intent=intent, details=choice.details())
-        return await self._fire(incident, "remediate", f"{intent.action}: {intent.why}",
-                                intent=intent, details=choice.details())
+            await self._fire(held, "hold", f"nothing to run: {choice.why}",
+                             details=choice.details())
+        elif intent.dry_run:
+            await self._dry_run(held, intent)
+        elif intent.verdict is Verdict.HOLD:
+            await self._fire(held, "hold", f"holding {intent.action}: {intent.why}",
+                             intent=intent, details=choice.details())
+        else:
+            await self._fire(held, "remediate", f"{intent.action}: {intent.why}",
+                             intent=intent, details=choice.details())
 
-    async def _attempt(self, incident: Incident) -> Incident:
+    async def _attempt(self, held: Held) -> None:
         """Run the attempt the last step recorded, store its outcome, and move on."""
-        run = _last_real(await self._store.attempts(incident.incident_id))
+        run = held.last()
         if run is None or run.finished_at is not None:
-            return await self._resume(incident)
+            return await self._resume(held)
+        incident = held.incident
         now = self._clock.now()
-        incident = await self._store.get_incident(incident.incident_id)
-        if incident.state != State.REMEDIATING:
-            return incident  # escalated or resolved meanwhile: not ours to run any more
-        if run.id is None or not await self._store.claim_attempt(run.id, at=now):
-            # Someone (maybe us, before a crash) already started it: never run it twice.
-            return await self._resume(incident)
+        # The claim holds only while the incident is still where we hold it: escalated,
+        # resolved or claimed meanwhile (by us, before a crash), it is never run (twice).
+        if run.id is None or not await self._store.claim_attempt(
+                run.id, at=now, incident_version=incident.version):
+            return await self._after_refused_claim(held)
         action = self._actions.for_target(incident.target).get(run.action)
         deadline = incident.deadline_at or now + timedelta(
             seconds=self._engine.policy.action_deadline)
@@ -292,12 +261,13 @@ class Remediator:
         except BaseException:
             # Cancelled (the agent is stopping): say so, so a restart judges it, never reruns it.
             with anyio.CancelScope(shield=True):
-                await self._finish(run, Outcome.failed("interrupted: the agent stopped"),
+                await self._finish(held, run, Outcome.failed("interrupted: the agent stopped"),
                                    status=AttemptOutcome.INTERRUPTED)
             raise
-        if not await self._finish(run, outcome):
+        if not await self._finish(held, run, outcome):
             # Someone else closed this attempt (the sweeper, at the deadline): theirs to move.
-            return await self._store.get_incident(incident.incident_id)
+            held.incident = await self._store.get_incident(incident.incident_id)
+            return None
         if outcome.status is OutcomeStatus.OK:
             _log(incident).info("🔧 Executed {} for {}: {}", run.action, incident.fingerprint,
                                 outcome.summary)
@@ -309,74 +279,83 @@ class Remediator:
         details = _outcome_details(outcome)
         if outcome.status is OutcomeStatus.TIMED_OUT and self._clock.now() >= deadline:
             return await self._fire(
-                incident, "timeout",
+                held, "timeout",
                 f"{run.action} was still not done at the action deadline: {outcome.summary}",
                 details=details)
-        return await self._fire(incident, "action_finished",
+        return await self._fire(held, "action_finished",
                                 f"{run.action} {outcome.status.value}: {outcome.summary}",
                                 details=details)
 
-    async def _finish(self, run: ActionRun, outcome: Outcome, *, status: str | None = None) -> bool:
+    async def _after_refused_claim(self, held: Held) -> None:
+        """The claim was refused: read the incident again and carry on from what it says."""
+        fresh = await self._hold(held.incident.incident_id)
+        held.incident, held.attempts = fresh.incident, fresh.attempts
+        run = held.last()
+        if held.state != State.REMEDIATING or run is None:
+            return None  # not ours to run any more (or nothing to run: the next drive says)
+        if run.executing_at is None and run.finished_at is None:
+            # Still unstarted, at another version: the next drive starts from there.
+            return None
+        return await self._resume(held)
+
+    async def _finish(self, held: Held, run: ActionRun, outcome: Outcome, *,
+                      status: str | None = None) -> bool:
         """Store how the attempt ended; False if it had been closed by someone else."""
         assert run.id is not None
         try:
-            await self._store.finish_action(
+            finished = await self._store.finish_action(
                 run.id, outcome=status or outcome.status.value, finished_at=self._clock.now(),
                 output_excerpt=outcome.output_excerpt, evidence=_plain(outcome.record()))
         except AttemptAlreadyFinished:
             return False
+        held.keep(finished)
         return True
 
-    async def _resume(self, incident: Incident) -> Incident:
+    async def _resume(self, held: Held) -> None:
         """An incident found in `remediating`: run its attempt if it never started, else judge it.
 
         Never started (no claim): an operator approved it, or the agent stopped
         between recording it and running it. Started but unfinished: the agent
         stopped while it ran, so it is marked interrupted and not run again.
         """
-        run = _last_real(await self._store.attempts(incident.incident_id))
+        run = held.last()
         if run is None:
             # Never judge what we cannot see, nor run something nobody chose. Hand it to a
             # human now, in one step: waiting for the deadline instead, every scan of the
             # controller would start a driver that finds the same and gives up again.
-            _log(incident).warning("incident {} is {}: escalating it to an operator",
-                                   incident.incident_id, NO_ATTEMPT)
-            return await self._fire(incident, "escalate", NO_ATTEMPT)
+            _log(held.incident).warning("incident {} is {}: escalating it to an operator",
+                                        held.incident.incident_id, NO_ATTEMPT)
+            return await self._fire(held, "escalate", NO_ATTEMPT)
         if run.finished_at is None and run.executing_at is None:
-            return await self._attempt(incident)
+            return await self._attempt(held)
         reason = "resuming: the attempt had finished"
-        if run is not None and run.finished_at is None:
-            await self._finish(run, Outcome.failed(
+        if run.finished_at is None:
+            await self._finish(held, run, Outcome.failed(
                 "interrupted: the agent stopped while this attempt ran; it is not run again"),
                 status=AttemptOutcome.INTERRUPTED)
             reason = f"resuming: {run.action} was interrupted and is not run again"
-        return await self._fire(incident, "action_finished", reason)
+        return await self._fire(held, "action_finished", reason)
 
-    async def _judge(self, incident: Incident) -> Incident:
-        attempts = await self._store.attempts(incident.incident_id)
-        run = _last_real(attempts)
+    async def _judge(self, held: Held) -> None:
+        run = held.last()
         if run is not None and run.outcome == OutcomeStatus.SKIPPED.value:
             # Not applicable: it changed nothing, so there is nothing to wait for or verify,
             # and no strike (a skipped attempt is none); straight on to the next candidate.
             summary = str((run.evidence or {}).get("summary", "")) or "not applicable"
-            return await self._next(incident, attempts,
-                                    f"{run.action} did not apply: {summary}", details={})
+            return await self._next(held, f"{run.action} did not apply: {summary}", details={})
         wait = self._engine.policy.verify_window - (
-            self._clock.now() - incident.updated_at).total_seconds()
+            self._clock.now() - held.incident.updated_at).total_seconds()
         if wait > 0:
+            # Not read again afterwards: if someone moved the incident meanwhile, the
+            # step below is refused (its version moved) and the drive ends there.
             await self._clock.sleep(wait)
-        incident = await self._store.get_incident(incident.incident_id)
-        if incident.state != State.VERIFYING:
-            return incident
-        attempts = await self._store.attempts(incident.incident_id)
-        run = _last_real(attempts)
-        verification = await self._verify(incident)
+        verification = await self._verify(held.incident)
         label = run.action if run is not None else "the last action"
         if run is not None and run.id is not None:
             try:
-                await self._store.judge_action(run.id, verified=verification.cleared)
+                held.keep(await self._store.judge_action(run.id, verified=verification.cleared))
             except AttemptAlreadyJudged as exc:  # judged before a restart; the verdict stands
-                _log(incident).warning("keeping the earlier verdict: {}", exc)
+                _log(held.incident).warning("keeping the earlier verdict: {}", exc)
         details: dict[str, Any] = {"verification": _plain(dict(verification.evidence))}
         if verification.cleared and run is not None and run.outcome != OUTCOME_OK:
             # `verified` records that the problem cleared after the attempt; the action
@@ -384,37 +363,36 @@ class Remediator:
             how = _FAILED_HOW.get(run.outcome or "", "did not finish")
             details |= {"recovery": CLEARED_ANYWAY, "action_outcome": run.outcome}
             return await self._fire(
-                incident, "recovered",
+                held, "recovered",
                 f"{CLEARED_ANYWAY} ({label} {how}): {verification.summary or 'cleared'}",
                 details=details)
         if verification.cleared:
-            return await self._fire(incident, "recovered",
+            return await self._fire(held, "recovered",
                                     f"verified after {label}: {verification.summary or 'cleared'}",
                                     details=details)
         still = f"still failing after {label}: {verification.summary or 'not cleared'}"
-        return await self._next(incident, attempts, still, details=details)
+        return await self._next(held, still, details=details)
 
-    async def _next(self, incident: Incident, attempts: Sequence[ActionRun], still: str, *,
-                    details: dict[str, Any]) -> Incident:
+    async def _next(self, held: Held, still: str, *, details: dict[str, Any]) -> None:
         """From `verifying`, not cleared: the next candidate, or escalation (`still_failing`)."""
-        incident = await self._store.get_incident(incident.incident_id)
+        strikes = held.incident.strikes
         max_strikes = self._engine.policy.max_strikes
-        if incident.strikes >= max_strikes:
-            return await self._fire(incident, "still_failing",
-                                    f"{still}; {incident.strikes} strikes (max {max_strikes})",
+        if strikes >= max_strikes:
+            return await self._fire(held, "still_failing",
+                                    f"{still}; {strikes} strikes (max {max_strikes})",
                                     details=details)
-        choice = await self.choose(incident, attempts)
+        choice = await self.choose(held.incident, held.attempts)
         intent = choice.intent
         details |= choice.details()
         if intent is None:
-            return await self._fire(incident, "still_failing", f"{still}; {choice.why}",
+            return await self._fire(held, "still_failing", f"{still}; {choice.why}",
                                     details=details)
         if intent.dry_run:
-            await self._dry_run(incident, intent, attempts)
-            return await self._fire(incident, "still_failing",
+            await self._dry_run(held, intent)
+            return await self._fire(held, "still_failing",
                                     f"{still}; monitor-only: {intent.action} not run",
                                     details=details)
-        return await self._fire(incident, "still_failing",
+        return await self._fire(held, "still_failing",
                                 f"{still}; next: {intent.action}: {intent.why}",
                                 intent=intent, details=details)
 
@@ -433,13 +411,14 @@ class Remediator:
                                 {"error": f"verifier returned {type(result).__name__}"})
         return result
 
-    async def _dry_run(self, incident: Incident, intent: ActionIntent,
-                       attempts: Sequence[ActionRun]) -> None:
+    async def _dry_run(self, held: Held, intent: ActionIntent) -> None:
         """Monitor-only: record what would run (once per stay in `detected`), run nothing."""
-        if any(r.dry_run and r.started_at >= incident.updated_at for r in attempts):
+        incident = held.incident
+        if any(r.dry_run and r.started_at >= incident.updated_at for r in held.attempts):
             return
         run = await self._store.record_action(incident.incident_id, intent,
                                               at=self._clock.now())
+        held.keep(run)
         action = self._actions.for_target(incident.target).get(intent.action)
         ctx = ActionContext(incident=incident, idempotency_key=run.idempotency_key,
                             deadline=self._clock.now() + timedelta(seconds=PREVIEW_LIMIT),
@@ -448,23 +427,16 @@ class Remediator:
         # The verdict would otherwise be lost: a dry run moves the incident nowhere.
         preview = replace(preview, evidence={**preview.evidence, "verdict": intent.verdict.value,
                                              "verdict_reason": intent.why})
-        await self._finish(run, preview, status=AttemptOutcome.SKIPPED)
+        await self._finish(held, run, preview, status=AttemptOutcome.SKIPPED)
         _log(incident).info("monitor-only: would run {} for {}: {}", intent.action,
                             incident.fingerprint, preview.summary)
 
-    async def _fire(self, incident: Incident, trigger: str, reason: str, *,
+    async def _fire(self, held: Held, trigger: str, reason: str, *,
                     intent: ActionIntent | None = None,
-                    details: Mapping[str, Any] | None = None) -> Incident:
-        return await self._engine.fire(incident.incident_id, trigger, actor=ACTOR,
-                                       reason=_short(reason), details=details, intent=intent)
-
-
-def _tier_of(action: Action) -> Tier:
-    """The action's tier; a plug-in's unknown tier is treated as needing approval."""
-    try:
-        return Tier(action.tier)
-    except ValueError:
-        return Tier.APPROVAL
+                    details: Mapping[str, Any] | None = None) -> None:
+        held.took(await self._engine.step(
+            held.incident, trigger, actor=ACTOR, reason=_short(reason), details=details,
+            intent=intent, attempts=held.attempts))
 
 
 def _last_real(attempts: Sequence[ActionRun]) -> ActionRun | None:
