@@ -33,7 +33,8 @@ from incident_fsm.models import (
 from incident_fsm.notify.relay import pam_relay
 from incident_fsm.persistence.store import Store
 from incident_fsm.remediation.actions import Action, ActionContext, Outcome, OutcomeStatus, Tier
-from incident_fsm.runtime.agent import Agent, lifespan
+from incident_fsm.runtime.agent import Agent
+from incident_fsm.runtime.embedding import EmbeddedAgent, lifespan
 from incident_fsm.vocabulary import State, Trigger, Verdict
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ __all__ = [
     "Clock",
     "ConcurrentUpdate",
     "Edge",
+    "EmbeddedAgent",
     "GuardRejected",
     "Incident",
     "IncidentEngine",

@@ -130,6 +130,8 @@ class AgentSettings:
     #: where writes are journaled while the database is unreachable
     #: (default: beside a SQLite file, else ./incident_fsm.journal)
     journal_path: str | None = None
+    #: the variable holding the bearer token the status endpoints ask for (unset: open)
+    status_token_env: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ INTENDED = {
     "Agent", "lifespan",
     # what a PAM host mounts so a standalone agent can reach its users
     "pam_relay",
-    "EDGES", "ActionIntent", "ActionRun", "Clock", "ConcurrentUpdate", "Edge", "GuardRejected",
+    "EDGES", "ActionIntent", "ActionRun", "Clock", "ConcurrentUpdate", "Edge", "EmbeddedAgent",
+    "GuardRejected",
     "Incident", "IncidentEngine", "IncidentFSMError", "IncidentId", "IncidentNotFound",
     "InvalidInput", "InvalidTransition", "MachinePolicy", "ManualClock", "Notification", "Opened",
     "OutboxMessage", "State", "Store", "StoreError", "SchemaNotReady", "StoreUnavailable",

@@ -98,6 +98,9 @@ def check_agent(agent: AgentSettings, key: str) -> None:
     for name in ("max_strikes", "action_budget", "flap_threshold"):
         if getattr(agent, name) < 1:
             raise ConfigError(f"{key}.{name}", "must be at least 1")
+    if agent.status_token_env is not None and not agent.status_token_env.strip():
+        raise ConfigError(f"{key}.status_token_env",
+                          "must name the variable holding the token (or be left out)")
 
 
 def _target(raw: Mapping[str, Any], key: str) -> TargetSettings:

@@ -7,12 +7,20 @@ framework needed), e.g. `app.mount("/agent", agent.status_app())` in FastAPI:
     GET /incidents   open incidents (JSON)
     GET /history     transitions of the last `?hours=24` (JSON)
     GET /metrics     Prometheus text format
+    GET /live        liveness only: 200 while the agent runs, else 503; no detail
 
 Nothing here can change state: any method but GET/HEAD is answered 405.
+With a `token`, every route but `/live` answers 401 unless the request
+carries `Authorization: Bearer <token>` (compared in constant time): the
+routes show production detail (targets, readings, reasons, who acted).
+`until_running(find)` answers 503 until `find()` gives the running agent's
+app, so a host can mount the endpoints when it builds the app, before its
+lifespan has started the agent.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -88,28 +96,32 @@ class StatusSource(Protocol):
     def status(self) -> AgentStatus: ...
 
 
-def status_app(source: StatusSource, store: ReadModel, *, clock: Clock) -> ASGIApp:
+def status_app(source: StatusSource, store: ReadModel, *, clock: Clock,
+               token: str | None = None) -> ASGIApp:
     """The ASGI app; see the module docstring."""
+    expected = None if token is None else f"Bearer {token}".encode()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # mounted apps may be sent lifespan events
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         if scope["method"] not in ("GET", "HEAD"):
             await _send(send, 405, b'{"detail": "read-only"}', "application/json",
                         extra=[(b"allow", b"GET, HEAD")])
             return
-        path = scope.get("path", "/")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):] or "/"
+        path = _path(scope)
+        if path == "/live":
+            running = source.status().running
+            await _send(send, 200 if running else 503,
+                        b'{"running": true}' if running else b'{"running": false}',
+                        "application/json")
+            return
+        if expected is not None and not _authorized(scope, expected):
+            await _send(send, 401, b'{"detail": "a bearer token is required"}',
+                        "application/json", extra=[(b"www-authenticate", b"Bearer")])
+            return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if path in ("", "/"):
             body = to_json(asdict(source.status()))
@@ -135,6 +147,46 @@ def status_app(source: StatusSource, store: ReadModel, *, clock: Clock) -> ASGIA
             await _send(send, 404, b'{"detail": "not found"}', "application/json")
 
     return app
+
+
+def until_running(find: Callable[[], ASGIApp | None]) -> ASGIApp:
+    """The app `find()` gives once there is one; until then every request answers 503."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        running = find()
+        if running is not None:
+            await running(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            await _send(send, 503, b'{"detail": "the agent is not running"}',
+                        "application/json", extra=[(b"retry-after", b"5")])
+
+    return app
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Mounted apps may be sent lifespan events: the host's lifespan runs the agent.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _path(scope: Scope) -> str:
+    path: str = scope.get("path", "/")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path
+
+
+def _authorized(scope: Scope, expected: bytes) -> bool:
+    given = next((v for k, v in scope.get("headers", []) if k.lower() == b"authorization"), b"")
+    return hmac.compare_digest(bytes(given), expected)
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: str,

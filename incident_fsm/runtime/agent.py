@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import os
 import random as _random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import httpx
@@ -48,11 +48,10 @@ from sqlalchemy.engine import make_url
 
 from incident_fsm.backoff import Backoff, keep_running
 from incident_fsm.clock import Clock, SystemClock, sleep_or_wake
-from incident_fsm.config import load_settings
 from incident_fsm.detection.detector import METRIC_KINDS, Change, Observation
 from incident_fsm.detection.payload import DOWN, HealthSnapshot
 from incident_fsm.detection.targets import TargetProbes, default_probes
-from incident_fsm.errors import SchemaNotReady, StoreError, StoreUnavailable
+from incident_fsm.errors import InvalidInput, SchemaNotReady, StoreError, StoreUnavailable
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.graph import AUTOMATED_STATES
 from incident_fsm.fsm.steps import MachinePolicy
@@ -205,6 +204,7 @@ class Agent:
         self._wake = anyio.Event()
         self._driver_group: TaskGroup | None = None
         self._exit: AsyncExitStack | None = None
+        self._status_app: ASGIApp | None = None
 
     # --- embedding ----------------------------------------------------------------
 
@@ -247,8 +247,28 @@ class Agent:
                                    "store_journal": int(journaled)})
 
     def status_app(self) -> ASGIApp:
-        """The read-only status endpoints (`incident_fsm.reports.status_app`) for a host app."""
-        return status_app(self, self.store, clock=self.clock)
+        """The read-only status endpoints (`incident_fsm.reports.status_app`) for a host app.
+
+        They ask for the bearer token in `agent.status_token_env` when it is
+        set; without it they are open, and that is said (once) in the log.
+        """
+        if self._status_app is None:
+            self._status_app = status_app(self, self.store, clock=self.clock,
+                                          token=self._status_token())
+        return self._status_app
+
+    def _status_token(self) -> str | None:
+        variable = self.settings.agent.status_token_env
+        if variable is None:
+            logger.warning("the status endpoints are served without a token "
+                           "(agent.status_token_env is not set): whoever reaches this port "
+                           "reads the targets, their readings and every incident's reasons")
+            return None
+        token = self._environ.get(variable, "").strip()
+        if not token:
+            raise InvalidInput(f"agent.status_token_env names {variable}, which is not set: "
+                               "the status endpoints are not served open instead")
+        return token
 
     # --- running ------------------------------------------------------------------
 
@@ -475,26 +495,3 @@ def _journal_for(url: str) -> Path:
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         return Path(f"{parsed.database}.journal")
     return Path("incident_fsm.journal")
-
-
-def lifespan(
-    settings: Settings | str | Path | None = None, **agent_options: Any
-) -> Callable[[Any], AbstractAsyncContextManager[None]]:
-    """A lifespan for FastAPI / Starlette: `FastAPI(lifespan=incident_fsm.lifespan("agent.toml"))`.
-
-    The configuration is loaded when the host starts, so an invalid one stops
-    the host's startup with a `ConfigError` naming the key. The running agent
-    is put on `app.state.incident_agent` when the app has a `state`. Options
-    go to `Agent`, e.g. `lifespan("agent.toml", pam_manager=manager)`.
-    """
-
-    @asynccontextmanager
-    async def _lifespan(app: Any) -> AsyncIterator[None]:
-        loaded = settings if isinstance(settings, Settings) else load_settings(settings)
-        async with Agent(loaded, **agent_options) as agent:
-            state = getattr(app, "state", None)
-            if state is not None:
-                state.incident_agent = agent
-            yield
-
-    return _lifespan

@@ -105,6 +105,9 @@ def secrets_needed(settings: Settings) -> list[Secret]:
     if channels.pam_relay is not None:
         found.append(Secret("channels.pam_relay.secret_env", channels.pam_relay.secret_env,
                             "the PAM relay channel", settings.agent.pam_integration))
+    if settings.agent.status_token_env:
+        found.append(Secret("agent.status_token_env", settings.agent.status_token_env,
+                            "the status endpoints", True))
     for target in settings.targets:
         for dep in target.dependencies:
             if dep.url_env:
