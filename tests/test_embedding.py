@@ -61,7 +61,7 @@ async def test_host_app_starts_serves_detects_and_stops_cleanly(
                 assert status["running"] is True
                 assert status["role"] == ("single" if db_url.startswith("sqlite") else "leader")
                 metrics = (await client.get("/agent/metrics")).text
-                assert "incident_fsm_incidents" in metrics
+                assert 'incident_fsm_transitions_total{dest="detected",trigger="open"}' in metrics
                 assert (await client.post("/agent/incidents")).status_code == 405
             server.should_exit = True
         assert not agent.running  # the host's shutdown stopped the agent

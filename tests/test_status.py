@@ -47,9 +47,9 @@ async def test_status_incidents_history_and_metrics(
         assert (await client.get("/history", params={"hours": "x"})).status_code == 400
         metrics = await client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
-        assert 'incident_fsm_incidents{state="detected"} 1' in metrics.text
-        assert 'incident_fsm_leader{replica="host:1:abc"} 1' in metrics.text
-        assert 'incident_fsm_queue_depth{queue="outbox_pending"} 1' in metrics.text
+        assert 'incident_fsm_open_incidents{state="detected"} 1.0' in metrics.text
+        assert 'incident_fsm_leader{replica="host:1:abc"} 1.0' in metrics.text
+        assert 'incident_fsm_queue_depth{queue="outbox_pending"} 1.0' in metrics.text
         assert (await client.get("/nope")).status_code == 404
 
 

@@ -128,7 +128,8 @@ class IncidentEngine:
     notifications the policy asks for, in the same transaction; explicit
     `notifications=` win over the policy for the channels they name (one row
     per step and channel). `on_outbox` is called after a commit that wrote
-    outbox rows, e.g. a dispatcher's `nudge`.
+    outbox rows, e.g. a dispatcher's `nudge`; `on_step(trigger, dest)` after
+    every committed step and opening (e.g. a metrics counter).
     """
 
     def __init__(
@@ -139,8 +140,10 @@ class IncidentEngine:
         policy: MachinePolicy | None = None,
         outbox: OutboxPolicy | None = None,
         on_outbox: Callable[[], None] | None = None,
+        on_step: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_step = on_step
         self._clock = clock
         self.policy = policy or MachinePolicy()
         self._outbox = outbox
@@ -182,8 +185,10 @@ class IncidentEngine:
             deadline_at=self.policy.deadline_for(State.DETECTED, now), reason=reason,
             actor=actor, summary=summary, details=details, notifications=notifications,
         )
-        if opened.created and notifications:
-            self._outbox_written()
+        if opened.created:
+            self._stepped(OPEN_TRIGGER, State.DETECTED)
+            if notifications:
+                self._outbox_written()
         return opened
 
     async def fire(
@@ -281,9 +286,14 @@ class IncidentEngine:
             incident_id, incident.state, result.state, trigger, one_line(model.actor, 200),
             one_line(model.reason),
         )
+        self._stepped(trigger, result.state)
         if model.written_notifications:
             self._outbox_written()
         return model.result
+
+    def _stepped(self, trigger: str, dest: str) -> None:
+        if self._on_step is not None:
+            self._on_step(trigger, dest)
 
     def _outbox_written(self) -> None:
         if self._on_outbox is not None:

@@ -53,6 +53,7 @@ from incident_fsm.models import IncidentId, Notification
 from incident_fsm.notify.channels.base import Channel, Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
 from incident_fsm.settings import Settings
+from incident_fsm.vocabulary import NotificationStatus
 
 #: Called after a channel returned, before the outcomes are committed (tests crash here).
 AfterSend = Callable[[Sequence[Outgoing], Sequence[Delivery]], Awaitable[None]]
@@ -106,6 +107,7 @@ class Dispatcher:
         send_timeout: float = 60.0,
         random: Callable[[], float] = _random.random,
         after_send: AfterSend | None = None,
+        on_delivery: Callable[[str, str], None] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -127,6 +129,8 @@ class Dispatcher:
         self._batch = batch_size
         self._send_timeout = send_timeout
         self._after_send = after_send
+        #: called with (channel, result) for every row sent: a `DeliveryStatus`, or `dead`
+        self._on_delivery = on_delivery
         self._wake: dict[str, anyio.Event] = {}
 
     @property
@@ -199,6 +203,7 @@ class Dispatcher:
         pause = 0.0 if outcomes else MIN_PAUSE
         unsent: list[int] = [item.notification_id for item in batch[len(outcomes):]]
         for item, outcome in zip(batch, outcomes, strict=False):
+            self._delivered(channel.name, outcome.status.value)
             if outcome.status is DeliveryStatus.FAILED:
                 await self._failed(item, outcome, now)
             elif outcome.status is DeliveryStatus.UNAVAILABLE:
@@ -212,6 +217,7 @@ class Dispatcher:
         if item.attempt >= self.max_attempts:
             error = f"gave up after {item.attempt} attempt(s): {outcome.error}"
             await self._store.mark_dead(item.notification_id, error=error)
+            self._delivered(item.channel, NotificationStatus.DEAD.value)
             log.error("❌ Failed to notify via {}: {}", item.channel, error)
             return
         delay = outcome.retry_after if outcome.retry_after is not None else self.backoff(
@@ -221,6 +227,10 @@ class Dispatcher:
             error=outcome.error)
         log.info("notification {} attempt {} failed ({}); next in {:.1f} s",
                  item.dedupe_key, item.attempt, outcome.error, delay)
+
+    def _delivered(self, channel: str, result: str) -> None:
+        if self._on_delivery is not None:
+            self._on_delivery(channel, result)
 
     def backoff(self, attempt: int) -> float:
         """Delay after failed attempt `attempt`: doubling from `retry_initial`, capped, jittered
@@ -265,7 +275,9 @@ class Dispatcher:
 def dispatcher_from_settings(store: OutboxQueue, settings: Settings, *, clock: Clock,
                              http: httpx.AsyncClient,
                              environ: Mapping[str, str] | None = None,
-                             pam_manager: ConnectionManager | None = None) -> Dispatcher:
+                             pam_manager: ConnectionManager | None = None,
+                             on_delivery: Callable[[str, str], None] | None = None,
+                             ) -> Dispatcher:
     """The configured channels (log always; the PAM channels and webhook when set), the
     PAM ones held when `pam_integration` is off."""
     from incident_fsm.notify.channels import channels_from_settings
@@ -275,7 +287,8 @@ def dispatcher_from_settings(store: OutboxQueue, settings: Settings, *, clock: C
     held = () if settings.agent.pam_integration else PAM_CHANNELS
     c = settings.channels
     return Dispatcher(store, channels, clock=clock, held=held, max_attempts=c.max_attempts,
-                      retry_initial=c.retry_initial, retry_max=c.retry_max)
+                      retry_initial=c.retry_initial, retry_max=c.retry_max,
+                      on_delivery=on_delivery)
 
 
 def _id(row: Notification) -> int:

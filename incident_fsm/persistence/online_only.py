@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from incident_fsm.models import HealthCheck, Incident, Lease, Notification, Transition
-from incident_fsm.persistence.statistics import Statistics
+from incident_fsm.persistence.statistics import OpenIncident, Statistics
 from incident_fsm.persistence.store import Store
 
 
@@ -41,6 +41,12 @@ class OnlineOnly:
 
     async def statistics(self, *, since: datetime | None = None) -> Statistics:
         return await self.online.statistics(since=since)
+
+    async def open_incidents(self, *, limit: int = 1000) -> list[OpenIncident]:
+        return await self.online.open_incidents(limit=limit)
+
+    async def pending_notifications(self) -> dict[str, int]:
+        return await self.online.pending_notifications()
 
     async def health_checks(self, **kwargs: Any) -> list[HealthCheck]:
         return await self.online.health_checks(**kwargs)

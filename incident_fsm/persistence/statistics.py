@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from incident_fsm.fsm.graph import OPEN_STATES
 from incident_fsm.models import (
     ActionRun,
     HealthCheck,
@@ -173,6 +174,14 @@ def _statistics(session: Session, since: datetime | None) -> Statistics:
     return Statistics(states, kinds, actions, channels, checks)
 
 
+@dataclass(frozen=True)
+class OpenIncident:
+    """An open incident and when it entered the state it is in (for ages and alerts)."""
+
+    incident: Incident
+    entered_at: datetime
+
+
 class StatisticsRepository(StoreCore):
     """`incident-fsm stats` and the status page's figures."""
 
@@ -183,4 +192,46 @@ class StatisticsRepository(StoreCore):
         def work() -> Statistics:
             with self._session() as session:
                 return _statistics(session, since)
+        return await self._run(work)
+
+    # --- what a scrape reads: bounded by what is open or pending, never the history ------
+
+    async def open_incidents(self, *, limit: int = 1000) -> list[OpenIncident]:
+        """The open incidents, oldest first, each with when it entered its state.
+
+        Bounded by the open set (the incident index on state, the transition
+        key on incident and seq): a million resolved incidents cost nothing.
+        """
+        entered = (
+            sa.select(col(Transition.incident_id), sa.func.max(col(Transition.at)).label("at"))
+            .join(Incident, col(Incident.id) == col(Transition.incident_id))
+            .where(col(Incident.state).in_([s.value for s in OPEN_STATES]),
+                   col(Transition.dest) == col(Incident.state),
+                   col(Transition.source).is_distinct_from(col(Transition.dest)))
+            .group_by(col(Transition.incident_id)).subquery()
+        )
+        query = (
+            sa.select(Incident, entered.c.at)
+            .outerjoin(entered, entered.c.incident_id == col(Incident.id))
+            .where(col(Incident.state).in_([s.value for s in OPEN_STATES]))
+            .order_by(col(Incident.opened_at), col(Incident.id)).limit(limit)
+        )
+
+        def work() -> list[OpenIncident]:
+            with self._session() as session:
+                return [OpenIncident(incident, at or incident.updated_at)
+                        for incident, at in session.execute(query).all()]
+        return await self._run(work)
+
+    async def pending_notifications(self) -> dict[str, int]:
+        """Notifications waiting for delivery, per channel (the outbox's status index)."""
+        query = (
+            sa.select(col(Notification.channel), sa.func.count())
+            .where(col(Notification.status) == NotificationStatus.PENDING.value)
+            .group_by(col(Notification.channel))
+        )
+
+        def work() -> dict[str, int]:
+            with self._session() as session:
+                return {str(c): int(n) for c, n in session.execute(query).all()}
         return await self._run(work)

@@ -43,7 +43,7 @@ left `remediating` at the held version.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
@@ -176,6 +176,7 @@ class Remediator:
         policy: Mapping[str, Sequence[str]] | None = None,
         rules: Sequence[Rule] = DEFAULT_RULES,
         verify_timeout: float = 30.0,
+        on_attempt: Callable[[ActionRun], None] | None = None,
     ) -> None:
         if verify_timeout <= 0:
             raise InvalidInput("verify_timeout must be greater than 0")
@@ -188,6 +189,8 @@ class Remediator:
         self._chooser = Chooser(store=store, clock=clock, actions=actions, limits=self.limits,
                                 policy=policy, rules=tuple(rules))
         self._verify_timeout = verify_timeout
+        #: called with each attempt once its outcome is stored (e.g. a metrics counter)
+        self._on_attempt = on_attempt
 
     async def choose(self, incident: Incident,
                      attempts: Sequence[ActionRun] | None = None) -> Choice:
@@ -309,6 +312,8 @@ class Remediator:
         except AttemptAlreadyFinished:
             return False
         held.keep(finished)
+        if self._on_attempt is not None:
+            self._on_attempt(finished)
         return True
 
     async def _resume(self, held: Held) -> None:

@@ -6,7 +6,7 @@ framework needed), e.g. `app.mount("/agent", agent.status_app())` in FastAPI:
     GET /            the agent: running, leader or standby, last poll per target, queue depths
     GET /incidents   open incidents (JSON)
     GET /history     transitions of the last `?hours=24` (JSON)
-    GET /metrics     Prometheus text format
+    GET /metrics     Prometheus text format (`reports.metrics`)
     GET /live        liveness only: 200 while the agent runs, else 503; no detail
 
 Nothing here can change state: any method but GET/HEAD is answered 405.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -30,9 +30,13 @@ from urllib.parse import parse_qs
 from incident_fsm.clock import Clock
 from incident_fsm.fsm.graph import OPEN_STATES
 from incident_fsm.models import Incident, Transition
-from incident_fsm.persistence.statistics import Statistics
+from incident_fsm.persistence.statistics import OpenIncident
+from incident_fsm.reports.figures import AgentStatus, TargetStatus
 from incident_fsm.reports.format import to_json
-from incident_fsm.vocabulary import State
+from incident_fsm.reports.metrics import CONTENT_TYPE, AgentMetrics
+
+__all__ = ["ASGIApp", "AgentStatus", "ReadModel", "StatusSource", "TargetStatus", "status_app",
+           "until_running"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -64,32 +68,9 @@ class ReadModel(Protocol):
         limit: int = 100,
     ) -> list[Incident]: ...
 
-    async def statistics(self, *, since: datetime | None = None) -> Statistics: ...
+    async def open_incidents(self, *, limit: int = 1000) -> list[OpenIncident]: ...
 
-
-@dataclass(frozen=True)
-class TargetStatus:
-    name: str
-    last_poll_at: datetime | None = None
-    last_ok: bool | None = None
-    last_error: str = ""
-    #: of a failed last poll: `down`, `throttled` (429) or `unusable` (see `health`)
-    last_cause: str = ""
-    #: polls answered 429 in a row, and the Retry-After the last one asked for
-    throttled_polls: int = 0
-    retry_after: float | None = None
-
-
-@dataclass(frozen=True)
-class AgentStatus:
-    """What the agent says about itself right now."""
-
-    running: bool
-    role: str  # "leader", "standby" or "single" (SQLite: one process, always acting)
-    replica: str
-    started_at: datetime | None = None
-    targets: tuple[TargetStatus, ...] = ()
-    queues: dict[str, int] = field(default_factory=dict)
+    async def pending_notifications(self) -> dict[str, int]: ...
 
 
 class StatusSource(Protocol):
@@ -97,9 +78,10 @@ class StatusSource(Protocol):
 
 
 def status_app(source: StatusSource, store: ReadModel, *, clock: Clock,
-               token: str | None = None) -> ASGIApp:
-    """The ASGI app; see the module docstring."""
+               token: str | None = None, metrics: AgentMetrics | None = None) -> ASGIApp:
+    """The ASGI app; see the module docstring. `metrics` holds the agent's counters."""
     expected = None if token is None else f"Bearer {token}".encode()
+    scrape = metrics or AgentMetrics()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -141,8 +123,8 @@ def status_app(source: StatusSource, store: ReadModel, *, clock: Clock,
             payload = [{"transition": t, "incident": i} for t, i in steps]
             await _send(send, 200, to_json(payload).encode(), "application/json")
         elif path == "/metrics":
-            text = metrics_text(source.status(), await store.statistics())
-            await _send(send, 200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+            exposition = await scrape.exposition(source.status(), store, clock.now())
+            await _send(send, 200, exposition, CONTENT_TYPE)
         else:
             await _send(send, 404, b'{"detail": "not found"}', "application/json")
 
@@ -195,51 +177,3 @@ async def _send(send: Send, status: int, body: bytes, content_type: str,
                (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def metrics_text(status: AgentStatus, stats: Statistics) -> str:
-    """Prometheus exposition text for the agent and its history."""
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_: str,
-               samples: list[tuple[dict[str, str], float]]) -> None:
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
-
-    metric("incident_fsm_up", "gauge", "1 while the agent runs.", [({}, float(status.running))])
-    metric("incident_fsm_leader", "gauge", "1 if this replica may act.",
-           [({"replica": status.replica}, float(status.role in ("leader", "single")))])
-    metric("incident_fsm_incidents", "gauge", "Incidents by current state.",
-           [({"state": s.value}, float(stats.states.get(s.value, 0))) for s in State])
-    metric("incident_fsm_action_attempts_total", "counter", "Action attempts by result.",
-           [({"kind": a.kind, "action": a.action, "result": result}, float(n))
-            for a in stats.actions
-            for result, n in (("verified", a.verified), ("failed", a.failed),
-                              ("dry_run", a.dry_runs))])
-    metric("incident_fsm_notifications", "gauge", "Outbox rows by channel and status.",
-           [({"channel": c.channel, "status": st}, float(n)) for c in stats.channels
-            for st, n in (("delivered", c.delivered), ("pending", c.pending), ("dead", c.dead),
-                          ("skipped", c.skipped))])
-    metric("incident_fsm_health_checks_total", "counter", "Health checks by target and result.",
-           [({"target": c.target, "result": r}, float(n)) for c in stats.checks
-            for r, n in (("ok", c.checks - c.failed), ("failed", c.failed))])
-    metric("incident_fsm_health_check_latency_ms_avg", "gauge", "Mean probe latency.",
-           [({"target": c.target}, c.latency_avg_ms) for c in stats.checks
-            if c.latency_avg_ms is not None])
-    metric("incident_fsm_last_poll_timestamp_seconds", "gauge", "When each target was polled.",
-           [({"target": t.name}, t.last_poll_at.timestamp()) for t in status.targets
-            if t.last_poll_at is not None])
-    metric("incident_fsm_target_throttled", "gauge",
-           "1 while the target answers the agent's polls with 429.",
-           [({"target": t.name}, float(t.throttled_polls > 0)) for t in status.targets])
-    metric("incident_fsm_queue_depth", "gauge", "Work waiting inside the agent.",
-           [({"queue": q}, float(n)) for q, n in sorted(status.queues.items())])
-    return "\n".join(lines) + "\n"
-

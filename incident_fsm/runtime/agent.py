@@ -48,9 +48,10 @@ from sqlalchemy.engine import make_url
 
 from incident_fsm.backoff import Backoff, keep_running
 from incident_fsm.clock import Clock, SystemClock, sleep_or_wake
-from incident_fsm.detection.detector import METRIC_KINDS, Change, Observation
-from incident_fsm.detection.payload import DOWN, HealthSnapshot
+from incident_fsm.detection.detector import Change
+from incident_fsm.detection.payload import HealthSnapshot
 from incident_fsm.detection.targets import TargetProbes, default_probes
+from incident_fsm.detection.verification import judge
 from incident_fsm.errors import InvalidInput, SchemaNotReady, StoreError, StoreUnavailable
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.graph import AUTOMATED_STATES
@@ -66,6 +67,7 @@ from incident_fsm.persistence.store import Store
 from incident_fsm.remediation.actions.catalog import Catalog
 from incident_fsm.remediation.policy import Limits
 from incident_fsm.remediation.remediator import ActionSource, Remediator, Verification
+from incident_fsm.reports.metrics import AgentMetrics
 from incident_fsm.reports.status_app import AgentStatus, ASGIApp, TargetStatus, status_app
 from incident_fsm.runtime.heartbeat import Heartbeat
 from incident_fsm.runtime.leader import LeaderElector
@@ -73,9 +75,6 @@ from incident_fsm.runtime.monitor import Monitor, ProblemEvent
 from incident_fsm.runtime.preflight import PreflightFailed, start_failures
 from incident_fsm.runtime.sweeper import DeadlineSweeper
 from incident_fsm.settings import (
-    HEALTH_ENDPOINT_DOWN,
-    PROBE_MISCONFIGURED,
-    SERVICE_DOWN_PREFIX,
     Settings,
     TargetSettings,
 )
@@ -95,40 +94,6 @@ class MonitorVerifier:
         reading = await self._monitor.wait_for_reading(
             incident.target, after_seq=latest.seq if latest is not None else 0)
         return judge(incident.kind, reading.observation, self._targets[incident.target])
-
-
-def judge(kind: str, observation: Observation, target: TargetSettings) -> Verification:
-    """Is `kind` cleared in this observation? Metric kinds need the value under `clear`."""
-    for metric, metric_kind in METRIC_KINDS.items():
-        if kind == metric_kind:
-            reading = observation.reading
-            if reading is None:
-                return Verification(False, f"no {metric} reading", {"source": "none"})
-            value = reading.value(metric)
-            clear = getattr(target.thresholds, metric).clear
-            return Verification(value < clear, f"{metric} {value:.1f}% (clear below {clear:g}%)",
-                                {f"{metric}_pct": value, "clear": clear,
-                                 "source": reading.source})
-    if kind == PROBE_MISCONFIGURED:
-        reads = isinstance(observation.health, HealthSnapshot)
-        why = "the health endpoint gives a reading" if reads else (
-            f"the health endpoint still gives none: {getattr(observation.health, 'reason', '')}")
-        return Verification(reads, why, {})
-    if kind == HEALTH_ENDPOINT_DOWN:
-        health = observation.health
-        # Any answer but a 5xx shows the service alive (see the detector).
-        answered = isinstance(health, HealthSnapshot) or health.cause != DOWN
-        why = "the health endpoint answers" if answered else (
-            f"the health endpoint still fails: {getattr(observation.health, 'reason', '')}")
-        return Verification(answered, why, {})
-    if kind.startswith(SERVICE_DOWN_PREFIX):
-        name = kind[len(SERVICE_DOWN_PREFIX):]
-        status = next((d for d in observation.dependencies if d.name == name), None)
-        if status is None:
-            return Verification(False, f"{name} was not checked", {})
-        return Verification(status.state == "up", f"{name} is {status.state}: {status.reason}",
-                            {"dependency": name, "state": status.state})
-    return Verification(False, f"no way to verify {kind}", {})
 
 
 class Agent:
@@ -168,28 +133,32 @@ class Agent:
         self.store = store or JournalingStore(
             url, journal_path=journal_path or settings.agent.journal_path or _journal_for(url))
         agent = settings.agent
+        self.metrics = AgentMetrics()
         self.dispatcher: Dispatcher = dispatcher_from_settings(
             self.store, settings, clock=self.clock, http=self.http, environ=environ,
-            pam_manager=pam_manager)
+            pam_manager=pam_manager, on_delivery=self.metrics.delivered)
         self.engine = IncidentEngine(
             self.store, clock=self.clock,
             policy=MachinePolicy.from_settings(agent),
-            outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge)
+            outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge,
+            on_step=self.metrics.stepped)
         targets = {t.name: t for t in settings.targets}
         self.monitor = Monitor(
             targets=settings.targets, agent=agent,
             probes=probes or {t.name: default_probes(t, client=self.http)
                               for t in settings.targets},
             engine=self.engine, store=self.store, clock=self.clock, random=random,
-            on_problem=self._on_problem)
+            on_problem=self._on_problem, on_checks=self.metrics.checked)
         self.remediator = Remediator(
             engine=self.engine, store=self.store, clock=self.clock,
             actions=(actions or _as_configured)(
                 Catalog.from_settings(settings, http=self.http, environ=environ)),
             verifier=MonitorVerifier(self.monitor, targets),
             limits=Limits.from_settings(agent), policy=settings.policy or None,
-            verify_timeout=max(30.0, 3 * agent.fast_poll_interval))
-        self.sweeper = DeadlineSweeper(engine=self.engine, store=self.store, clock=self.clock)
+            verify_timeout=max(30.0, 3 * agent.fast_poll_interval),
+            on_attempt=self.metrics.attempt_finished)
+        self.sweeper = DeadlineSweeper(engine=self.engine, store=self.store, clock=self.clock,
+                                       on_attempt=self.metrics.attempt_finished)
         # Clocks of replicas must agree within the margin (NTP); see incident_fsm.runtime.leader.
         elect = agent.leader_election and not database.is_sqlite(url)
         self.elector = None if not elect else LeaderElector(
@@ -231,13 +200,19 @@ class Agent:
         for name in self.monitor.targets:
             reading = self.monitor.latest(name)
             health = reading.observation.health if reading else None
+            snapshot = reading.observation.reading if reading else None
             throttled, retry_after = self.monitor.throttled(name)
             targets.append(TargetStatus(
                 name, reading.at if reading else None,
                 None if reading is None else isinstance(health, HealthSnapshot),
                 getattr(health, "reason", "") if reading else "",
                 getattr(health, "cause", "") if reading else "",
-                throttled, retry_after))
+                throttled, retry_after,
+                reading_source=snapshot.source if snapshot else "",
+                read_at=reading.at if reading and snapshot else None,
+                memory_pct=snapshot.memory_pct if snapshot else None,
+                disk_pct=snapshot.disk_pct if snapshot else None,
+                cpu_pct=snapshot.cpu_pct if snapshot else None))
         role = "single" if self.elector is None else (
             "leader" if self.elector.is_leader else "standby")
         journaled = isinstance(self.store, JournalingStore) and self.store.offline
@@ -254,7 +229,7 @@ class Agent:
         """
         if self._status_app is None:
             self._status_app = status_app(self, self.store, clock=self.clock,
-                                          token=self._status_token())
+                                          token=self._status_token(), metrics=self.metrics)
         return self._status_app
 
     def _status_token(self) -> str | None:

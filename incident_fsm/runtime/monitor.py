@@ -131,6 +131,7 @@ class Monitor:
         clock: Clock,
         random: Callable[[], float] = _random.random,
         on_problem: ProblemListener | None = None,
+        on_checks: Callable[[Sequence[HealthCheck]], None] | None = None,
     ) -> None:
         self._targets = {t.name: t for t in targets}
         if len(self._targets) != len(targets):
@@ -157,6 +158,8 @@ class Monitor:
         self._clock = clock
         self._random = random
         self._on_problem = on_problem
+        #: called with each poll's health-check rows, stored or not (e.g. metrics)
+        self._on_checks = on_checks
         self.detector = Detector(self._targets)
         self._latest: dict[str, Reading] = {}
         self._published = {name: anyio.Event() for name in self._targets}
@@ -390,6 +393,8 @@ class Monitor:
                         error="" if s.state == "up" else f"{s.state}: {s.reason}")
             for s in observation.dependencies
         ]
+        if self._on_checks is not None:
+            self._on_checks(rows)
         try:
             await self._store.record_health_check(*rows)
         except Exception as exc:

@@ -12,7 +12,7 @@ and leaves it alone if someone moved it meanwhile; losing a race
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final, Protocol
 
@@ -62,8 +62,11 @@ class DeadlineStore(Protocol):
 class DeadlineSweeper:
     """Escalates overdue incidents; call `sweep` periodically (the controller does)."""
 
-    def __init__(self, *, engine: IncidentEngine, store: DeadlineStore, clock: Clock) -> None:
+    def __init__(self, *, engine: IncidentEngine, store: DeadlineStore, clock: Clock,
+                 on_attempt: Callable[[ActionRun], None] | None = None) -> None:
         self._engine = engine
+        #: called with an attempt it closed as timed out (e.g. a metrics counter)
+        self._on_attempt = on_attempt
         self._store = store
         self._clock = clock
 
@@ -109,7 +112,9 @@ class DeadlineSweeper:
             if run.finished_at is None:
                 # It finished a moment ago: its own outcome stands.
                 with contextlib.suppress(AttemptAlreadyFinished):
-                    await self._store.finish_action(
+                    closed = await self._store.finish_action(
                         run.id, outcome=AttemptOutcome.TIMED_OUT, finished_at=now,
                         output_excerpt="still running at the action deadline")
+                    if self._on_attempt is not None:
+                        self._on_attempt(closed)
             return
