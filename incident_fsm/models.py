@@ -270,6 +270,44 @@ class Lease(_Base, table=True):
     acquired_at: datetime = Field(sa_type=UTCDateTime)
     renewed_at: datetime = Field(sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
+    #: of a heartbeat row: the version of the agent that beats
+    version: str | None = Field(default=None, max_length=40)
+
+
+class Silence(_Base, table=True):
+    """A maintenance window: while it lasts, the agent runs no automatic action on what it
+    matches (a target, or one problem kind of it); it still detects and records.
+
+    Ended early by `expired_at` (an operator's `silence expire`), else by `ends_at`.
+    """
+
+    __tablename__ = "silence"
+    __table_args__ = (sa.Index("ix_silence_ends_at", "ends_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    target: str = Field(max_length=200)
+    #: None: every problem kind of the target
+    kind: str | None = Field(default=None, max_length=100)
+    starts_at: datetime = Field(sa_type=UTCDateTime)
+    ends_at: datetime = Field(sa_type=UTCDateTime)
+    actor: str = Field(max_length=200)
+    reason: str = Field(max_length=1000)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expired_by: str | None = Field(default=None, max_length=200)
+
+    def active(self, now: datetime) -> bool:
+        """In force at `now`: started, not ended, not expired by hand."""
+        return self.starts_at <= now < self.ends_at and (
+            self.expired_at is None or now < self.expired_at)
+
+    def matches(self, target: str, kind: str) -> bool:
+        return self.target == target and self.kind in (None, kind)
+
+    def describe(self) -> str:
+        what = self.target if self.kind is None else f"{self.kind} on {self.target}"
+        return (f"silence {self.id} ({what}) by {self.actor} until "
+                f"{self.ends_at.isoformat(timespec='minutes')}: {self.reason}")
 
 
 @dataclass(frozen=True)

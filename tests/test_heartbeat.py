@@ -55,6 +55,34 @@ async def test_heartbeats_and_the_leader_lease_leave_each_other_alone(
     assert [replica for replica, _ in await store.agents_seen(now)] == ["host-a:1"]
 
 
+async def test_agents_lists_the_living_and_the_crashed_with_leader_version_and_start(
+    store: Store, clock: ManualClock
+) -> None:
+    t0 = clock.now()
+    await store.beat("host-a:1", now=t0, ttl=30, version="1.2.3")
+    await store.beat("host-b:2", now=t0, ttl=30, version="1.2.4")
+    await store.acquire_lease("agent-leader", "host-b:2", now=t0, ttl=15)
+    await store.beat("host-b:2", now=t0 + _s(10), ttl=30, version="1.2.4")
+    # host-a crashed: its row expires but is still shown (not alive) for a day.
+    seen = {a.replica: a for a in await store.agents(t0 + _s(35))}
+    assert (seen["host-a:1"].alive, seen["host-a:1"].leader, seen["host-a:1"].version) == (
+        False, False, "1.2.3")
+    b = seen["host-b:2"]
+    assert (b.alive, b.version, b.started_at, b.last_beat) == (True, "1.2.4", t0, t0 + _s(10))
+    assert not b.leader  # its lease ran out at t0 + 15
+    await store.acquire_lease("agent-leader", "host-b:2", now=t0 + _s(35), ttl=15)
+    assert [a.replica for a in await store.agents(t0 + _s(36)) if a.leader] == ["host-b:2"]
+    assert [a.replica for a in await store.agents(t0 + _s(86500))] == []
+
+
+async def test_the_heartbeat_says_which_version_beats(store: Store, clock: ManualClock) -> None:
+    from incident_fsm.about import VERSION
+
+    assert await Heartbeat(store, clock, "host-c:3").beat_once()
+    [seen] = await store.agents(clock.now())
+    assert seen.version == VERSION and VERSION not in ("", "unknown")
+
+
 class Flaky:
     """A store whose first beats fail: the database away, then something unexpected."""
 
@@ -64,11 +92,12 @@ class Flaky:
                                               RuntimeError("driver bug")]
         self.beats = 0
 
-    async def beat(self, replica: str, *, now: datetime, ttl: float) -> bool:
+    async def beat(self, replica: str, *, now: datetime, ttl: float,
+                   version: str | None = None) -> bool:
         self.beats += 1
         if self.failures:
             raise self.failures.pop(0)
-        return await self.store.beat(replica, now=now, ttl=ttl)
+        return await self.store.beat(replica, now=now, ttl=ttl, version=version)
 
     async def end_beat(self, replica: str) -> None:
         await self.store.end_beat(replica)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -79,10 +79,23 @@ def show(database_url: str | None, incident_id: int, as_json: bool) -> None:
     Example: incident-fsm show 3
     """
     from incident_fsm.models import IncidentId
-    from incident_fsm.reports.format import timeline_text, to_json
+    from incident_fsm.reports.format import covering, timeline_text, to_json
 
-    timeline = with_store(database_url, lambda store: store.timeline(IncidentId(incident_id)))
-    click.echo(to_json(timeline) if as_json else timeline_text(timeline))
+    now = datetime.now(UTC)
+
+    async def read(store: Any) -> tuple[Any, list[Any]]:
+        timeline = await store.timeline(IncidentId(incident_id))
+        silences = await store.silences(now=now, include_ended=True,
+                                        target=timeline.incident.target)
+        return timeline, covering(silences, timeline.incident, now)
+
+    timeline, silences = with_store(database_url, read)
+    if as_json:
+        data = json.loads(to_json(timeline))
+        data["silences"] = json.loads(to_json(silences))
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        click.echo(timeline_text(timeline, silences))
 
 
 @click.command()

@@ -10,7 +10,8 @@ dispatcher's job (`incident_fsm.notify.dispatcher`); every channel sends the tex
 Default rules, first match wins:
 
 - an incident opened (or reopened) at a severity in `alert_severities`
-  (default: critical) → `⚠️ System Alert: …`;
+  (default: critical) → `⚠️ System Alert: …` (saying so when a silence
+  matches it: the one message that says the agent keeps its hands off);
 - an action starting on the `major` tier, or one an operator approved
   (verdict `notify` / `approved`) → `🔧 System Alert: … starting …`;
 - an action that returned (`action_finished`), when it is not on the `safe`
@@ -105,9 +106,12 @@ def notice_for(step: StepView, *, alert_severities: frozenset[str]) -> Notice | 
             return None
         again = (f" It is back: reopened {_times(step.flap_count)}."
                  if step.trigger == Trigger.REOPEN else "")
+        silenced = _str(d.get("silenced"))
+        plan = (f"It is silenced ({one_line(silenced, QUOTE_LIMIT)}): the agent records it "
+                "and runs no action until the silence ends." if silenced
+                else "The agent will try to fix it and keep you posted.")
         return Notice("opened", "critical",
-                      f"⚠️ System Alert: {what}: {_reading(step)}.{again} "
-                      f"The agent will try to fix it and keep you posted.{ref}",
+                      f"⚠️ System Alert: {what}: {_reading(step)}.{again} {plan}{ref}",
                       outcome="detected")
     if step.dest == State.REMEDIATING and step.source != State.REMEDIATING and action:
         if d.get("tier") != "major" and verdict not in (Verdict.NOTIFY, Verdict.APPROVED):

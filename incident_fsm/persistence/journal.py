@@ -411,7 +411,8 @@ class JournalingStore(OnlineOnly):
         except StoreUnavailable:
             self.dropped_health_checks += len(checks)
 
-    async def beat(self, replica: str, *, now: datetime, ttl: float) -> bool:
+    async def beat(self, replica: str, *, now: datetime, ttl: float,
+                   version: str | None = None) -> bool:
         """The database's heartbeat, or False (skipped) while the database is away.
 
         Never journaled: a beat replayed later would claim the agent was seen
@@ -419,7 +420,7 @@ class JournalingStore(OnlineOnly):
         as it depends on nothing in them.
         """
         try:
-            return await self.online.beat(replica, now=now, ttl=ttl)
+            return await self.online.beat(replica, now=now, ttl=ttl, version=version)
         except StoreUnavailable:
             return False
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,8 +24,22 @@ from incident_fsm.persistence.core import (
     _check_text,
 )
 
+#: The lease the acting replica holds (see `incident_fsm.runtime.leader`).
+LEADER: Final = "agent-leader"
 #: Names of the `lease` rows that are heartbeats (`beat`), not leases.
 HEARTBEAT_PREFIX = "heartbeat:"
+
+
+@dataclass(frozen=True)
+class AgentSeen:
+    """One agent, as its heartbeat row says: since when, last beat, alive, leading."""
+
+    replica: str
+    started_at: datetime
+    last_beat: datetime
+    alive: bool
+    leader: bool
+    version: str | None
 
 
 def _heartbeat_name(replica: str) -> str:
@@ -62,7 +78,8 @@ class LeaseRepository(StoreCore):
 
     def _upsert_lease(self, name: str, holder: str, *, now: datetime, expires: datetime,
                       keep_first: sa.ColumnElement[bool],
-                      only_if: sa.ColumnElement[bool] | None) -> Lease | None:
+                      only_if: sa.ColumnElement[bool] | None,
+                      version: str | None = None) -> Lease | None:
         """Insert or update row `name` of `lease` in one statement (a worker-thread call).
 
         `acquired_at` is kept where `keep_first` holds; the update happens only
@@ -71,7 +88,7 @@ class LeaseRepository(StoreCore):
         table = Lease.__table__  # type: ignore[attr-defined]
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         stmt = insert(table).values(name=name, holder=holder, acquired_at=now,
-                                    renewed_at=now, expires_at=expires)
+                                    renewed_at=now, expires_at=expires, version=version)
         stmt = stmt.on_conflict_do_update(
             index_elements=[table.c.name],
             set_={
@@ -80,6 +97,7 @@ class LeaseRepository(StoreCore):
                                        else_=stmt.excluded.acquired_at),
                 "renewed_at": stmt.excluded.renewed_at,
                 "expires_at": stmt.excluded.expires_at,
+                "version": stmt.excluded.version,
             },
             where=only_if,
         )
@@ -103,7 +121,8 @@ class LeaseRepository(StoreCore):
     # writes its own. It lives in the `lease` table because it has the same shape
     # (who, since when, until when), so knowing who is alive needs no migration.
 
-    async def beat(self, replica: str, *, now: datetime, ttl: float) -> bool:
+    async def beat(self, replica: str, *, now: datetime, ttl: float,
+                   version: str | None = None) -> bool:
         """Record that `replica` is alive until `now + ttl`; True once written.
 
         The row keeps the time of the replica's first beat (`acquired_at`).
@@ -119,7 +138,8 @@ class LeaseRepository(StoreCore):
             table = Lease.__table__  # type: ignore[attr-defined]
             # Each replica writes only its own row: no condition, the first beat's time kept.
             self._upsert_lease(name, replica, now=now, expires=expires,
-                               keep_first=table.c.holder == replica, only_if=None)
+                               keep_first=table.c.holder == replica, only_if=None,
+                               version=None if version is None else version[:40])
             return True
         return await self._run(work)
 
@@ -139,4 +159,26 @@ class LeaseRepository(StoreCore):
         def work() -> list[tuple[str, datetime]]:
             with self._session() as session:
                 return [(str(holder), until) for holder, until in session.execute(query).all()]
+        return await self._run(work)
+
+    async def agents(self, now: datetime, *, forgotten_after: float = 86400.0) -> list[AgentSeen]:
+        """Every agent with a heartbeat row (a clean stop removes it; a crash leaves it to
+        expire), alive or not at `now`, and whether it holds `leader` -- rows last renewed
+        more than `forgotten_after` seconds ago left out."""
+        since = now - timedelta(seconds=forgotten_after)
+        beats = (
+            sa.select(Lease)
+            .where(col(Lease.name).startswith(HEARTBEAT_PREFIX, autoescape=True),
+                   col(Lease.renewed_at) >= since)
+            .order_by(col(Lease.holder))
+        )
+
+        def work() -> list[AgentSeen]:
+            with self._session() as session:
+                lead = session.get(Lease, LEADER)
+                leader = lead.holder if lead is not None and lead.expires_at > now else None
+                return [AgentSeen(replica=b.holder, started_at=b.acquired_at,
+                                  last_beat=b.renewed_at, alive=b.expires_at > now,
+                                  leader=b.holder == leader, version=b.version)
+                        for (b,) in session.execute(beats).all()]
         return await self._run(work)

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from incident_fsm.models import HealthCheck, Incident, Lease, Notification, Transition
+from incident_fsm.models import HealthCheck, Incident, Lease, Notification, Silence, Transition
+from incident_fsm.persistence.leases import AgentSeen
 from incident_fsm.persistence.statistics import OpenIncident, Statistics
 from incident_fsm.persistence.store import Store
 
@@ -28,6 +29,12 @@ class OnlineOnly:
 
     async def agents_seen(self, now: datetime) -> list[tuple[str, datetime]]:
         return await self.online.agents_seen(now)
+
+    async def agents(self, now: datetime, **kwargs: Any) -> list[AgentSeen]:
+        return await self.online.agents(now, **kwargs)
+
+    async def silences(self, *, now: datetime, **kwargs: Any) -> list[Silence]:
+        return await self.online.silences(now=now, **kwargs)
 
     async def acquire_lease(self, name: str, holder: str, *, now: datetime,
                             ttl: float) -> Lease:

@@ -26,16 +26,17 @@ from incident_fsm.persistence.health_checks import HealthCheckRepository
 from incident_fsm.persistence.incidents import IncidentRepository
 from incident_fsm.persistence.leases import LeaseRepository
 from incident_fsm.persistence.outbox import OutboxRepository
+from incident_fsm.persistence.silences import SilenceRepository
 from incident_fsm.persistence.statistics import Statistics, StatisticsRepository
 
 __all__ = ["ActionTally", "Statistics", "Store"]
 
 
 class Store(IncidentRepository, AttemptRepository, OutboxRepository, LeaseRepository,
-            HealthCheckRepository, StatisticsRepository):
+            HealthCheckRepository, StatisticsRepository, SilenceRepository):
     """Async access to incidents and their history. Create one per process and share it.
 
     One class per aggregate (`persistence.incidents`, `.attempts`, `.outbox`,
-    `.leases`, `.health_checks`, `.statistics`) over one `StoreCore`; consumers
+    `.leases`, `.health_checks`, `.statistics`, `.silences`) over one `StoreCore`; consumers
     depend on the small protocols of what they use, not on all of it.
     """

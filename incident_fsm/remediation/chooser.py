@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from incident_fsm.clock import Clock
 from incident_fsm.fsm.steps import ActionIntent
-from incident_fsm.models import ActionRun, Incident
+from incident_fsm.models import ActionRun, Incident, Silence
 from incident_fsm.persistence.attempts import ActionTally
 from incident_fsm.remediation.actions.base import Action, Tier
 from incident_fsm.remediation.policy import Limits, Rule, Situation, candidates, decide
@@ -31,6 +31,20 @@ class ChoiceStore(Protocol):
     async def count_actions(self, *, target: str, since: datetime) -> int: ...
 
     async def count_reopenings(self, *, fingerprint: str, since: datetime) -> int: ...
+
+
+class SilenceSource(Protocol):
+    """The silences in force (the agent keeps them in memory, refreshed from the store)."""
+
+    def silence_for(self, target: str, kind: str, now: datetime) -> Silence | None: ...
+
+
+class _NoSilences:
+    def silence_for(self, target: str, kind: str, now: datetime) -> Silence | None:
+        return None
+
+
+NO_SILENCES: SilenceSource = _NoSilences()
 
 
 class ActionSource(Protocol):
@@ -61,6 +75,7 @@ class Chooser:
     limits: Limits
     policy: Mapping[str, Sequence[str]] | None
     rules: tuple[Rule, ...]
+    silences: SilenceSource = NO_SILENCES
 
     async def choose(self, incident: Incident, attempts: Sequence[ActionRun]) -> Choice:
         """If every candidate is held, the best held one (its verdict says why); if none is
@@ -82,11 +97,13 @@ class Chooser:
         reopenings = await self.store.count_reopenings(
             fingerprint=incident.fingerprint,
             since=now - timedelta(seconds=self.limits.flap_window))
+        silence = self.silences.silence_for(incident.target, incident.kind, now)
         first_held: ActionIntent | None = None
         for place, ranked in enumerate(ranking, start=1):
             situation = Situation(incident=incident, action=ranked.action,
                                   tier=_tier_of(available[ranked.action]), recent_actions=recent,
-                                  recent_reopenings=reopenings)
+                                  recent_reopenings=reopenings,
+                                  silence=None if silence is None else silence.describe())
             intent = decide(situation, self.limits, self.rules)
             intent = replace(intent, why=(
                 f"ranked {place} of {len(ranking)} for {incident.kind} "

@@ -91,6 +91,8 @@ class Situation:
     recent_actions: int
     #: reopenings of this fingerprint inside the flap window
     recent_reopenings: int
+    #: the silence in force on this target and kind, described (None: not silenced)
+    silence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,13 @@ class Ruling:
 
 class Rule(Protocol):
     def apply(self, situation: Situation, limits: Limits) -> Ruling | None: ...
+
+
+class DryRunWhileSilenced:
+    def apply(self, situation: Situation, limits: Limits) -> Ruling | None:
+        if situation.silence is None:
+            return None
+        return Ruling(None, f"silenced ({situation.silence}): recorded, not run", dry_run=True)
 
 
 class DryRunWhenAutoRemediationOff:
@@ -158,6 +167,7 @@ class RunSafeActionsAutomatically:
 
 #: In order: the first rule with a verdict decides; dry-run marks accumulate on the way.
 DEFAULT_RULES: Final[tuple[Rule, ...]] = (
+    DryRunWhileSilenced(),
     DryRunWhenAutoRemediationOff(),
     PauseWhenFlapping(),
     StayWithinActionBudget(),

@@ -65,7 +65,14 @@ from incident_fsm.models import ActionRun, Incident, IncidentId
 from incident_fsm.persistence.effects import OUTCOME_OK, strike_count_of
 from incident_fsm.remediation.actions.base import ActionContext, Outcome, OutcomeStatus
 from incident_fsm.remediation.actions.redaction import redact
-from incident_fsm.remediation.chooser import ActionSource, Choice, ChoiceStore, Chooser
+from incident_fsm.remediation.chooser import (
+    NO_SILENCES,
+    ActionSource,
+    Choice,
+    ChoiceStore,
+    Chooser,
+    SilenceSource,
+)
 from incident_fsm.remediation.policy import DEFAULT_RULES, Limits, Rule
 from incident_fsm.remediation.running import run_action
 from incident_fsm.timebox import within
@@ -177,6 +184,7 @@ class Remediator:
         rules: Sequence[Rule] = DEFAULT_RULES,
         verify_timeout: float = 30.0,
         on_attempt: Callable[[ActionRun], None] | None = None,
+        silences: SilenceSource = NO_SILENCES,
     ) -> None:
         if verify_timeout <= 0:
             raise InvalidInput("verify_timeout must be greater than 0")
@@ -187,7 +195,7 @@ class Remediator:
         self._verifier = verifier
         self.limits = limits or Limits()
         self._chooser = Chooser(store=store, clock=clock, actions=actions, limits=self.limits,
-                                policy=policy, rules=tuple(rules))
+                                policy=policy, rules=tuple(rules), silences=silences)
         self._verify_timeout = verify_timeout
         #: called with each attempt once its outcome is stored (e.g. a metrics counter)
         self._on_attempt = on_attempt

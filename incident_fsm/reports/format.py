@@ -11,7 +11,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from incident_fsm.models import ActionRun, Incident, Notification, Timeline, Transition
+from incident_fsm.models import (
+    ActionRun,
+    Incident,
+    Notification,
+    Silence,
+    Timeline,
+    Transition,
+)
 from incident_fsm.persistence.effects import cleared_without_working_action
 from incident_fsm.persistence.statistics import Statistics
 from incident_fsm.remediation.ranking import Ranked
@@ -43,17 +50,41 @@ def incidents_table(incidents: Sequence[Incident]) -> str:
     )
 
 
-def timeline_text(timeline: Timeline) -> str:
+def silences_table(silences: Sequence[Silence], now: datetime) -> str:
+    if not silences:
+        return "no silences"
+    return _table(
+        ["ID", "TARGET", "KIND", "FROM (UTC)", "UNTIL (UTC)", "STATUS", "BY", "REASON"],
+        [[str(s.id), s.target, s.kind or "(all)", _when(s.starts_at), _when(s.ends_at),
+          silence_status(s, now), s.actor, one_line(s.reason, 60)] for s in silences],
+    )
+
+
+def silence_status(silence: Silence, now: datetime) -> str:
+    if silence.expired_at is not None:
+        return f"expired by {silence.expired_by or '?'}"
+    if silence.ends_at <= now:
+        return "ended"
+    return "active" if silence.starts_at <= now else "pending"
+
+
+def timeline_text(timeline: Timeline, silences: Sequence[Silence] = ()) -> str:
+    """`show`: the incident, every step, action and notification, and the silences that
+    covered it. Every time is UTC, and says so."""
     i = timeline.incident
     out = [
         f"incident {i.id}  {i.fingerprint}  severity {i.severity}",
         f"state: {i.state}   strikes: {i.strikes}   flaps: {i.flap_count}   "
-        f"deadline: {_when(i.deadline_at)}",
-        f"opened: {_when(i.opened_at)}   resolved: {_when(i.resolved_at)}",
+        f"deadline: {_utc(i.deadline_at)}",
+        f"opened: {_utc(i.opened_at)}   resolved: {_utc(i.resolved_at)}",
     ]
     if i.summary:
         out.append(f"summary: {i.summary}")
-    out += ["", "transitions:"]
+    if silences:
+        out += ["", "silences (UTC):"]
+        out += [f"  {s.id:>3}  {_when(s.starts_at)} → {_when(s.expired_at or s.ends_at)}  "
+                f"by {one_line(s.actor, 200)}: {one_line(s.reason)}" for s in silences]
+    out += ["", "transitions (UTC):"]
     out += [f"  {t.seq:>3}  {_when(t.at)}  {t.trigger:<16} {(t.source or '-'):>11} → "
             f"{t.dest:<11}  by {one_line(t.actor, 200)}: {one_line(t.reason)}"
             for t in timeline.transitions]
@@ -62,6 +93,17 @@ def timeline_text(timeline: Timeline) -> str:
     out += ["", "notifications:"]
     out += [_notification_line(n) for n in timeline.notifications] or ["  none"]
     return "\n".join(out)
+
+
+def _utc(value: datetime | None) -> str:
+    return "-" if value is None else f"{_when(value)} UTC"
+
+
+def covering(silences: Sequence[Silence], incident: Incident, now: datetime) -> list[Silence]:
+    """The silences that matched `incident` at some time while it was open."""
+    until = incident.resolved_at or now
+    return [s for s in silences if s.matches(incident.target, incident.kind)
+            and s.starts_at <= until and (s.expired_at or s.ends_at) >= incident.opened_at]
 
 
 def attempt_status(run: ActionRun, *, approved: bool = False) -> str:

@@ -73,6 +73,7 @@ from incident_fsm.runtime.heartbeat import Heartbeat
 from incident_fsm.runtime.leader import LeaderElector
 from incident_fsm.runtime.monitor import Monitor, ProblemEvent
 from incident_fsm.runtime.preflight import PreflightFailed, start_failures
+from incident_fsm.runtime.silences import Silences
 from incident_fsm.runtime.sweeper import DeadlineSweeper
 from incident_fsm.settings import (
     Settings,
@@ -80,6 +81,8 @@ from incident_fsm.settings import (
 )
 
 ACTIVE: Final = tuple(s.value for s in AUTOMATED_STATES)
+#: Seconds between two reads of the silences (an added one is obeyed within this).
+SILENCE_REFRESH: Final = 5.0
 
 
 class MonitorVerifier:
@@ -143,12 +146,14 @@ class Agent:
             outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge,
             on_step=self.metrics.stepped)
         targets = {t.name: t for t in settings.targets}
+        self.silences = Silences()
         self.monitor = Monitor(
             targets=settings.targets, agent=agent,
             probes=probes or {t.name: default_probes(t, client=self.http)
                               for t in settings.targets},
             engine=self.engine, store=self.store, clock=self.clock, random=random,
-            on_problem=self._on_problem, on_checks=self.metrics.checked)
+            on_problem=self._on_problem, on_checks=self.metrics.checked,
+            silences=self.silences)
         self.remediator = Remediator(
             engine=self.engine, store=self.store, clock=self.clock,
             actions=(actions or _as_configured)(
@@ -156,7 +161,7 @@ class Agent:
             verifier=MonitorVerifier(self.monitor, targets),
             limits=Limits.from_settings(agent), policy=settings.policy or None,
             verify_timeout=max(30.0, 3 * agent.fast_poll_interval),
-            on_attempt=self.metrics.attempt_finished)
+            on_attempt=self.metrics.attempt_finished, silences=self.silences)
         self.sweeper = DeadlineSweeper(engine=self.engine, store=self.store, clock=self.clock,
                                        on_attempt=self.metrics.attempt_finished)
         # Clocks of replicas must agree within the margin (NTP); see incident_fsm.runtime.leader.
@@ -340,8 +345,11 @@ class Agent:
         """Act while this replica leads; stop acting the moment it does not."""
         while True:
             await self._until_leader()
+            # Before the first poll: a silence in force now is obeyed from the start.
+            await self.silences.refresh(self.store, self.clock.now())
             async with anyio.create_task_group() as acting:
-                for name, part in (("monitor", self.monitor.run),
+                for name, part in (("silences", self._refresh_silences),
+                                   ("monitor", self.monitor.run),
                                    ("dispatcher", self.dispatcher.run),
                                    ("sweeper", self._sweep),
                                    ("supervisor", self._supervise)):
@@ -349,6 +357,11 @@ class Agent:
                 await self._while_leader()
                 logger.warning("leadership lost: this replica stops acting")
                 acting.cancel_scope.cancel()
+
+    async def _refresh_silences(self) -> None:
+        while True:
+            await self.clock.sleep(SILENCE_REFRESH)
+            await self.silences.refresh(self.store, self.clock.now())
 
     async def _keep_running(self, name: str, part: Callable[[], Awaitable[None]]) -> None:
         """Run one part; if it fails, log it and start it again after a growing pause.

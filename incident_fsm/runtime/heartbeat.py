@@ -23,6 +23,7 @@ from typing import Protocol
 import anyio
 from loguru import logger
 
+from incident_fsm.about import VERSION
 from incident_fsm.clock import Clock
 from incident_fsm.errors import IncidentFSMError, InvalidInput
 
@@ -30,7 +31,8 @@ from incident_fsm.errors import IncidentFSMError, InvalidInput
 class HeartbeatStore(Protocol):
     """What the heartbeat needs of the store (`Store` and `JournalingStore` have it)."""
 
-    async def beat(self, replica: str, *, now: datetime, ttl: float) -> bool: ...
+    async def beat(self, replica: str, *, now: datetime, ttl: float,
+                   version: str | None = None) -> bool: ...
 
     async def end_beat(self, replica: str) -> None: ...
 
@@ -70,7 +72,8 @@ class Heartbeat:
         now = self._clock.now()
         try:
             with anyio.fail_after(self.timeout):
-                written = await self._store.beat(self.replica, now=now, ttl=self.ttl)
+                written = await self._store.beat(self.replica, now=now, ttl=self.ttl,
+                                                 version=VERSION)
         except TimeoutError:
             return self._missed_one(f"no answer within {self.timeout:g} s")
         except IncidentFSMError as exc:  # our own messages: free of SQL and secrets

@@ -36,8 +36,9 @@ from loguru import logger
 from incident_fsm.clock import Clock
 from incident_fsm.errors import StoreError
 from incident_fsm.models import Lease
+from incident_fsm.persistence.leases import LEADER
 
-LEADER_LEASE = "agent-leader"
+LEADER_LEASE = LEADER
 
 
 def replica_id() -> str:

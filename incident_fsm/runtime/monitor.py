@@ -55,6 +55,7 @@ from incident_fsm.errors import ConcurrentUpdate, GuardRejected, InvalidTransiti
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.logfail import log_failure
 from incident_fsm.models import HealthCheck, Incident, IncidentId
+from incident_fsm.remediation.chooser import NO_SILENCES, SilenceSource
 from incident_fsm.settings import STATIC_KINDS, AgentSettings, TargetSettings, service_down
 from incident_fsm.vocabulary import Actor, State, Trigger
 
@@ -132,6 +133,7 @@ class Monitor:
         random: Callable[[], float] = _random.random,
         on_problem: ProblemListener | None = None,
         on_checks: Callable[[Sequence[HealthCheck]], None] | None = None,
+        silences: SilenceSource = NO_SILENCES,
     ) -> None:
         self._targets = {t.name: t for t in targets}
         if len(self._targets) != len(targets):
@@ -160,6 +162,7 @@ class Monitor:
         self._on_problem = on_problem
         #: called with each poll's health-check rows, stored or not (e.g. metrics)
         self._on_checks = on_checks
+        self._silences = silences
         self.detector = Detector(self._targets)
         self._latest: dict[str, Reading] = {}
         self._published = {name: anyio.Event() for name in self._targets}
@@ -437,6 +440,9 @@ class Monitor:
     async def _open_or_reopen(self, finding: Finding) -> Incident:
         problem = finding.problem
         details = dict(problem.details)
+        silence = self._silences.silence_for(problem.target, problem.kind, self._clock.now())
+        if silence is not None:  # the opening notice says it, once
+            details["silenced"] = silence.describe()
         existing = await self._store.find_open(problem.fingerprint)
         if existing is not None:
             return existing

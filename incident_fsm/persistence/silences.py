@@ -1,0 +1,85 @@
+"""The silences repository: maintenance windows, added, listed and expired by operators.
+
+A silence is only ever added and ended: `expire_silence` ends one early and
+keeps who did it, nothing is deleted, so `show` and `status` can say which
+silence kept the agent's hands off an incident, and until when.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import col, select
+
+from incident_fsm.errors import InvalidInput
+from incident_fsm.models import Silence
+from incident_fsm.persistence.core import MAX_ACTOR, MAX_REASON, StoreCore, _check_text
+
+
+class SilenceRepository(StoreCore):
+    """Silences: add, list, expire."""
+
+    async def add_silence(self, *, target: str, kind: str | None, starts_at: datetime,
+                          ends_at: datetime, actor: str, reason: str,
+                          at: datetime) -> Silence:
+        """Silence `target` (one `kind` of it, or all) from `starts_at` until `ends_at`."""
+        _check_text("target", target, 200)
+        if kind is not None:
+            _check_text("kind", kind, 100)
+        _check_text("actor", actor, MAX_ACTOR)
+        _check_text("reason", reason, MAX_REASON)
+        if ends_at <= starts_at:
+            raise InvalidInput("a silence must end after it starts")
+        if ends_at <= at:
+            raise InvalidInput("a silence must end in the future")
+        silence = Silence(target=target.strip(), kind=kind.strip() if kind else None,
+                          starts_at=starts_at, ends_at=ends_at, actor=actor.strip(),
+                          reason=reason.strip(), created_at=at)
+
+        def work() -> Silence:
+            with self._session() as session:
+                session.add(silence)
+                session.commit()
+                session.refresh(silence)
+                return silence
+        return await self._run(work)
+
+    async def silences(self, *, now: datetime, include_ended: bool = False,
+                       target: str | None = None, limit: int = 200) -> list[Silence]:
+        """Silences in force or yet to start at `now`, the soonest to end first; with
+        `include_ended`, every one, the latest to end first. `target`: only its own."""
+        if include_ended:
+            query = select(Silence).order_by(col(Silence.ends_at).desc(), col(Silence.id).desc())
+        else:
+            query = select(Silence).where(col(Silence.ends_at) > now,
+                                          col(Silence.expired_at).is_(None)).order_by(
+                col(Silence.ends_at), col(Silence.id))
+        if target is not None:
+            query = query.where(col(Silence.target) == target)
+        query = query.limit(limit)
+
+        def work() -> list[Silence]:
+            with self._session() as session:
+                return list(session.exec(query).all())
+        return await self._run(work)
+
+    async def expire_silence(self, silence_id: int, *, actor: str, at: datetime) -> Silence:
+        """End a silence now. An unknown or already ended one is refused, nothing changed."""
+        _check_text("actor", actor, MAX_ACTOR)
+
+        def work() -> Silence:
+            with self._session() as session:
+                silence = session.get(Silence, silence_id)
+                if silence is None:
+                    raise InvalidInput(f"no silence with id {silence_id}")
+                if silence.expired_at is not None or silence.ends_at <= at:
+                    ended = silence.expired_at or silence.ends_at
+                    raise InvalidInput(
+                        f"silence {silence_id} already ended at {ended.isoformat()}")
+                silence.expired_at = at
+                silence.expired_by = actor.strip()
+                session.add(silence)
+                session.commit()
+                session.refresh(silence)
+                return silence
+        return await self._run(work)
