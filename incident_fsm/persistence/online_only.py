@@ -15,7 +15,7 @@ from typing import Any
 
 from incident_fsm.models import HealthCheck, Incident, Lease, Notification, Silence, Transition
 from incident_fsm.persistence.leases import AgentSeen
-from incident_fsm.persistence.statistics import OpenIncident, Statistics
+from incident_fsm.persistence.statistics import ChannelState, OpenIncident, Statistics
 from incident_fsm.persistence.store import Store
 
 
@@ -54,6 +54,13 @@ class OnlineOnly:
 
     async def pending_notifications(self) -> dict[str, int]:
         return await self.online.pending_notifications()
+
+    async def channel_states(self) -> list[ChannelState]:
+        return await self.online.channel_states()
+
+    async def latest_checks(self, *, since: datetime, **kwargs: Any
+                            ) -> dict[str, list[HealthCheck]]:
+        return await self.online.latest_checks(since=since, **kwargs)
 
     async def health_checks(self, **kwargs: Any) -> list[HealthCheck]:
         return await self.online.health_checks(**kwargs)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from incident_fsm.fsm.graph import OPEN_STATES
 from incident_fsm.models import (
@@ -25,7 +25,7 @@ from incident_fsm.persistence.effects import (
     failed_condition,
     succeeded_condition,
 )
-from incident_fsm.vocabulary import NotificationStatus, State
+from incident_fsm.vocabulary import NotificationStatus, State, Trigger, Verdict
 
 
 @dataclass(frozen=True)
@@ -176,10 +176,35 @@ def _statistics(session: Session, since: datetime | None) -> Statistics:
 
 @dataclass(frozen=True)
 class OpenIncident:
-    """An open incident and when it entered the state it is in (for ages and alerts)."""
+    """An open incident, when it entered the state it is in and with which step, and who
+    acknowledged it last (None: nobody)."""
 
     incident: Incident
     entered_at: datetime
+    entered_by: Transition | None = None
+    acknowledged_by: str | None = None
+
+    @property
+    def held_action(self) -> str | None:
+        """The action waiting for an operator's approval, if that is why it is escalated."""
+        step = self.entered_by
+        if self.incident.state != State.ESCALATED or step is None:
+            return None
+        held = step.trigger == Trigger.HOLD or step.details.get("verdict") == Verdict.HOLD
+        action = step.details.get("action")
+        return action if held and isinstance(action, str) else None
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """One channel's queue: rows waiting, of which failing (tried, not delivered), the
+    latest error and since when the oldest has waited."""
+
+    channel: str
+    pending: int
+    failing: int
+    last_error: str
+    oldest_pending_at: datetime | None
 
 
 class StatisticsRepository(StoreCore):
@@ -197,32 +222,81 @@ class StatisticsRepository(StoreCore):
     # --- what a scrape reads: bounded by what is open or pending, never the history ------
 
     async def open_incidents(self, *, limit: int = 1000) -> list[OpenIncident]:
-        """The open incidents, oldest first, each with when it entered its state.
+        """The open incidents, oldest first, each with the step that put it in its state and
+        its last acknowledgement.
 
         Bounded by the open set (the incident index on state, the transition
         key on incident and seq): a million resolved incidents cost nothing.
         """
-        entered = (
-            sa.select(col(Transition.incident_id), sa.func.max(col(Transition.at)).label("at"))
-            .join(Incident, col(Incident.id) == col(Transition.incident_id))
-            .where(col(Incident.state).in_([s.value for s in OPEN_STATES]),
-                   col(Transition.dest) == col(Incident.state),
-                   col(Transition.source).is_distinct_from(col(Transition.dest)))
-            .group_by(col(Transition.incident_id)).subquery()
-        )
-        query = (
-            sa.select(Incident, entered.c.at)
-            .outerjoin(entered, entered.c.incident_id == col(Incident.id))
-            .where(col(Incident.state).in_([s.value for s in OPEN_STATES]))
-            .order_by(col(Incident.opened_at), col(Incident.id)).limit(limit)
-        )
+        open_states = [s.value for s in OPEN_STATES]
+        incidents = (select(Incident).where(col(Incident.state).in_(open_states))
+                     .order_by(col(Incident.opened_at), col(Incident.id)).limit(limit))
 
         def work() -> list[OpenIncident]:
             with self._session() as session:
-                return [OpenIncident(incident, at or incident.updated_at)
-                        for incident, at in session.execute(query).all()]
+                rows = list(session.exec(incidents).all())
+                ids = [i.id for i in rows]
+                steps = session.exec(select(Transition).where(
+                    col(Transition.incident_id).in_(ids)).order_by(col(Transition.seq))).all()
+                entered: dict[int, Transition] = {}
+                acknowledged: dict[int, str] = {}
+                state = {i.id: i.state for i in rows}
+                for t in steps:
+                    if t.dest == state[t.incident_id] and t.source != t.dest:
+                        entered[t.incident_id] = t
+                    if t.trigger == Trigger.ACKNOWLEDGE:
+                        acknowledged[t.incident_id] = t.actor
+                    elif t.dest != t.source:
+                        acknowledged.pop(t.incident_id, None)  # moved on: asked anew
+                return [OpenIncident(i, entered[i.id].at if i.id in entered else i.updated_at,
+                                     entered.get(i.id or 0), acknowledged.get(i.id or 0))
+                        for i in rows]
         return await self._run(work)
 
+    async def channel_states(self) -> list[ChannelState]:
+        """Each channel with rows waiting: how many, how many failing, the latest error."""
+        pending = col(Notification.status) == NotificationStatus.PENDING.value
+        query = (
+            sa.select(col(Notification.channel), sa.func.count(),
+                      sa.func.sum(sa.case((col(Notification.attempts) > 0, 1), else_=0)),
+                      sa.func.min(col(Notification.created_at)))
+            .where(pending).group_by(col(Notification.channel))
+            .order_by(col(Notification.channel))
+        )
+
+        def work() -> list[ChannelState]:
+            with self._session() as session:
+                out = []
+                for channel, n, failing, oldest in session.execute(query).all():
+                    error = session.execute(
+                        sa.select(col(Notification.last_error))
+                        .where(pending, col(Notification.channel) == channel,
+                               col(Notification.attempts) > 0)
+                        .order_by(col(Notification.next_attempt_at).desc()).limit(1)
+                    ).scalar_one_or_none()
+                    out.append(ChannelState(str(channel), int(n), int(failing or 0),
+                                            str(error or ""), _utc(oldest)))
+                return out
+        return await self._run(work)
+
+    async def latest_checks(self, *, since: datetime, per_target: int = 6
+                            ) -> dict[str, list[HealthCheck]]:
+        """Per target, its last probe rows since `since` (newest first; no dependency
+        checks): the last reading, and the gaps between polls (the cadence)."""
+        probes = (col(HealthCheck.at) >= since,
+                  sa.not_(col(HealthCheck.source).startswith("dependency:", autoescape=True)))
+        targets = (sa.select(col(HealthCheck.target)).where(*probes).distinct()
+                   .order_by(col(HealthCheck.target)))
+
+        def work() -> dict[str, list[HealthCheck]]:
+            with self._session() as session:
+                return {
+                    str(target): list(session.exec(
+                        select(HealthCheck).where(col(HealthCheck.target) == target, *probes)
+                        .order_by(col(HealthCheck.at).desc()).limit(per_target)).all())
+                    for (target,) in session.execute(targets).all()
+                }
+        return await self._run(work)
     async def pending_notifications(self) -> dict[str, int]:
         """Notifications waiting for delivery, per channel (the outbox's status index)."""
         query = (
@@ -235,3 +309,10 @@ class StatisticsRepository(StoreCore):
             with self._session() as session:
                 return {str(c): int(n) for c, n in session.execute(query).all()}
         return await self._run(work)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # An aggregate (min) comes back as the driver gives it: naive UTC from SQLite.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

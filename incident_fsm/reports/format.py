@@ -30,6 +30,11 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Aligned columns under a header line, for the terminal."""
+    return _table(headers, rows)
+
+
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     rows = [list(r) for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
