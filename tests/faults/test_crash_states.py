@@ -125,10 +125,14 @@ async def test_killed_with_notifications_queued_they_all_arrive_after_the_restar
         with agent_process(config, tmp_path / "a.log", env) as proc:
             await until(lambda: _is(store, "resolved"), within=45)
             await until(lambda: _queued(store, 4), within=10)
+            await until(lambda: _queued(store, 0, channel="log"), within=10)
             await _kill(proc)
         async with pam:
             with agent_process(config, tmp_path / "b.log", env):
-                await until(lambda: _queued(store, 0, channel=None), within=60)
+                # A row the killed agent had just claimed (a send in flight) is leased to
+                # it for the dispatcher's lease (120 s) before anyone sends it again: the
+                # bound that keeps two senders from overlapping, so the wait covers it.
+                await until(lambda: _queued(store, 0, channel=None), within=150)
         (incident,) = await store.list_incidents(kind="memory_high")
         timeline = await store.timeline(incident.incident_id)
     exposure.databases.append(db_url)
