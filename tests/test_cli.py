@@ -263,19 +263,6 @@ def test_forced_approval_notifies_the_configured_channels(db_url: str, tmp_path:
     assert {("pam", approval), ("log", approval)} <= sent
 
 
-def test_graph_highlights_one_incidents_path(db_url: str) -> None:
-    ids = _seed(db_url)
-    result = _run(db_url, "graph", "--incident", str(ids["a"]))
-    assert result.exit_code == 0, result.output
-    assert "%% incident 1: detected → remediating → verifying → resolved" in result.output
-    assert "class detected,remediating,verifying,resolved visited" in result.output
-    assert "Class resolved s_active" in result.output  # where it ended is drawn as current
-    held = _run(db_url, "graph", "--incident", str(ids["b"]))
-    assert "Class escalated s_active" in held.output and "Class detected s_active" not in (
-        held.output)
-    assert _run(db_url, "graph", "--incident", "999").exit_code == 2
-
-
 def test_graph_to_an_image_file(tmp_path: Path) -> None:
     import shutil
     from importlib.util import find_spec
@@ -524,3 +511,24 @@ def test_force_acts_on_the_configurations_database_and_logs_no_line(
                            timeout=60, check=False)
     assert debug.returncode == 0, debug.stderr
     assert "incident_fsm.fsm.engine" in debug.stderr  # with --debug it is there
+
+
+def test_graph_of_an_incident_highlights_its_path_in_the_mermaid_text(db_url: str) -> None:
+    ids = _seed(db_url)
+    result = _run(db_url, "graph", "--incident", str(ids["a"]))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"%% incident {ids['a']}: detected → remediating → verifying → resolved"
+    assert lines[1] == "flowchart LR"
+    assert "  class detected,remediating,verifying visited" in lines
+    assert "  class resolved current" in lines
+    links = [ln.strip() for ln in lines if "-->" in ln]
+    [style] = [ln for ln in lines if ln.strip().startswith("linkStyle")]
+    taken = [links[int(i)] for i in style.split()[1].split(",")]
+    assert [t.split(" -->")[0] + " > " + t.rsplit(" ", 1)[-1] for t in taken] == [
+        "start > detected", "detected > remediating", "remediating > verifying",
+        "verifying > resolved"]
+    held = _run(db_url, "graph", "--incident", str(ids["b"])).output.splitlines()
+    assert "  class escalated current" in held and "  class detected visited" in held
+    unknown = _run(db_url, "graph", "--incident", "999")
+    assert unknown.exit_code == 2 and "no incident with id 999" in unknown.output

@@ -170,3 +170,37 @@ def test_triggers_from_lists_edges_without_guards() -> None:
     assert graph.edge_destinations("still_failing", "verifying") == {"remediating", "escalated"}
     assert graph.edge_destinations("acknowledge", "escalated") == {"escalated"}
     assert graph.edge_destinations("remediate", "resolved") == frozenset()
+
+
+def test_an_incident_path_is_drawn_with_its_states_edges_and_current_state() -> None:
+    steps: list[tuple[str | None, str]] = [
+        (None, "detected"), ("detected", "remediating"), ("remediating", "verifying"),
+        ("verifying", "remediating"), ("remediating", "verifying"), ("verifying", "escalated"),
+        ("escalated", "escalated")]
+    text = diagrams.mermaid_path(steps)
+    lines = text.splitlines()
+    links = [ln.strip() for ln in lines if "-->" in ln]
+    assert links[0] == "start --> detected"
+    # Every edge of the table, each pair of states drawn once, its triggers one per line.
+    for edge in EDGES:
+        for source in edge.sources:
+            dest = (edge.dest or source).value
+            [drawn] = [ln for ln in links if ln.startswith(f"{source.value} -->|")
+                       and ln.endswith(f"| {dest}")]
+            assert edge.trigger.value in drawn
+    assert len({(ln.split(" -->")[0], ln.rsplit("| ", 1)[-1]) for ln in links[1:]}) == \
+        len(links) - 1
+    assert max(len(part) for ln in links for part in ln.split("<br/>")) < 80
+    [style] = [ln for ln in lines if ln.strip().startswith("linkStyle")]
+    taken = {links[int(i)] for i in style.split()[1].split(",")}
+    assert taken == {
+        "start --> detected",
+        'detected -->|"remediate [action_permitted]"| remediating',
+        'remediating -->|"action_finished"| verifying',
+        'verifying -->|"still_failing [strikes_left and action_permitted]"| remediating',
+        'verifying -->|"still_failing<br/>timeout [deadline_passed]<br/>escalate"| escalated',
+        'escalated -->|"timeout [deadline_passed]<br/>acknowledge"| escalated',
+    }
+    assert "  class detected,remediating,verifying visited" in lines
+    assert "  class escalated current" in lines
+    assert "linkStyle" not in diagrams.mermaid_path([(None, "bogus")])

@@ -25,20 +25,25 @@ def graph(fmt: str, incident_id: int | None, output: str | None,
 
     Example: incident-fsm graph --incident 3 > incident-3.mmd
     """
-    from incident_fsm.fsm.diagrams import markdown_table, mermaid, render_image
+    from incident_fsm.fsm.diagrams import markdown_table, mermaid, mermaid_path, render_image
     from incident_fsm.models import IncidentId
 
     visited: list[str] = []
+    steps: list[tuple[str | None, str]] = []
     if incident_id is not None:
         timeline = with_store(database_url,
                                lambda store: store.timeline(IncidentId(incident_id)))
         visited = [t.dest for t in timeline.transitions]
+        steps = [(t.source, t.dest) for t in timeline.transitions]
         click.echo(f"%% incident {incident_id}: " + " → ".join(visited))
     if output is not None:
         render_image(output, visited=visited)
         click.echo(f"wrote {output}")
+    elif fmt == "table":
+        click.echo(markdown_table())
     else:
-        click.echo(mermaid(visited=visited) if fmt == "mermaid" else markdown_table())
+        # With an incident: a flowchart, the one Mermaid diagram with link styles.
+        click.echo(mermaid_path(steps) if incident_id is not None else mermaid())
 
 
 @click.command()

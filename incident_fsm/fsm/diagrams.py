@@ -66,6 +66,46 @@ def mermaid(*, visited: Sequence[str] = ()) -> str:
     return text
 
 
+#: One incident's path for `mermaid_path`: (source, dest) of each step, in order.
+Step = tuple[str | None, str]
+
+
+def mermaid_path(steps: Sequence[Step]) -> str:
+    """The graph as a Mermaid flowchart with one incident's path drawn on it.
+
+    The states it went through carry the class `visited`, the one it is in
+    `current`; the edges it took are drawn thick (`linkStyle`), the entry
+    edge too. A flowchart, because Mermaid's state diagrams have no link
+    styles. Each edge between two states is drawn once, its triggers one per
+    line, so no label runs over another.
+    """
+    states = [s.value for s in State]
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for e in EDGES:
+        label = e.trigger.value + (f" [{' and '.join(e.guards)}]" if e.guards else "")
+        for source in e.sources:
+            pairs.setdefault((source.value, (e.dest or source).value), []).append(label)
+    lines = ["flowchart LR", "  start((start))"]
+    lines += [f'  {s}(["{s}"])' for s in states]
+    lines.append(f"  start --> {State.DETECTED.value}")
+    order = list(pairs)
+    lines += [f'  {a} -->|"{"<br/>".join(dict.fromkeys(pairs[(a, b)]))}"| {b}' for a, b in order]
+    known = [(a, b) for a, b in steps if b in states and (a is None or a in states)]
+    if not known:
+        return "\n".join(lines) + "\n"
+    taken = sorted({0} | {order.index((a, b)) + 1 for a, b in known
+                          if a is not None and (a, b) in pairs})
+    current = known[-1][1]
+    visited = [s for s in dict.fromkeys(b for _, b in known) if s != current]
+    lines += ["  classDef visited fill:#ffe08a,stroke:#b8860b,color:#000",
+              "  classDef current fill:#f4a261,stroke:#7a3500,stroke-width:4px,color:#000"]
+    if visited:
+        lines.append(f"  class {','.join(visited)} visited")
+    lines.append(f"  class {current} current")
+    lines.append(f"  linkStyle {','.join(map(str, taken))} stroke:#b8860b,stroke-width:4px")
+    return "\n".join(lines) + "\n"
+
+
 def _current(visited: Sequence[str]) -> str:
     """The state a drawing marks as current: where the path ends (else the entry state)."""
     known = [s for s in visited if s in set(State)]
