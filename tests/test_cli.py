@@ -532,3 +532,86 @@ def test_graph_of_an_incident_highlights_its_path_in_the_mermaid_text(db_url: st
     assert "  class escalated current" in held and "  class detected visited" in held
     unknown = _run(db_url, "graph", "--incident", "999")
     assert unknown.exit_code == 2 and "no incident with id 999" in unknown.output
+
+
+def test_incidents_show_age_acknowledgement_and_summary_and_filter_what_waits_for_approval(
+    db_url: str
+) -> None:
+    ids = _seed(db_url)
+
+    async def acknowledge() -> int:
+        async with Store(db_url) as store:
+            engine = IncidentEngine(store, clock=ManualClock(datetime(2026, 11, 28, 3, 0,
+                                                                      tzinfo=UTC)))
+            await engine.fire(IncidentId(ids["b"]), "acknowledge", actor="carol",
+                              reason="looking")
+            opened = await engine.open(target="db", kind="disk_high", severity="critical",
+                                       reason="disk 97%", summary="disk 97% on /data")
+            return opened.incident.id or 0
+
+    summarized = anyio.run(acknowledge)
+    text = _run(db_url, "incidents").output
+    header, _, *rows = text.splitlines()
+    assert header.split() == ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "AGE",
+                              "OPENED", "(UTC)", "DEADLINE", "(UTC)", "ACK", "BY", "SUMMARY"]
+    by_id = {r.split()[0]: r for r in rows}
+    assert "carol" in by_id[str(ids["b"])]
+    assert by_id[str(summarized)].rstrip().endswith("disk 97% on /data")
+    assert "carol" not in by_id[str(ids["a"])]
+    assert " 93s " in by_id[str(ids['a'])]  # opened, resolved 93 s later
+    waiting = _run(db_url, "incidents", "--waiting-approval")
+    assert waiting.exit_code == 0, waiting.output
+    listed = [ln.split()[0] for ln in waiting.output.splitlines()[2:] if ln[:1].isdigit()]
+    assert listed == [str(ids["b"])]
+    assert (f"{ids['b']}: failover is held; approve it: incident-fsm force {ids['b']} approve "
+            "--reason TEXT") in waiting.output
+    as_json = json.loads(_run(db_url, "incidents", "--waiting-approval", "--json").output)
+    assert [(r["id"], r["held_action"], r["acknowledged_by"]) for r in as_json] == [
+        (ids["b"], "failover", "carol")]
+
+
+def test_history_follow_prints_new_steps_as_they_happen(db_url: str) -> None:
+    ids = _seed(db_url)
+    with subprocess.Popen(
+        [sys.executable, "-c", "from incident_fsm.cli.main import main; main()", "history",
+         "--since", "2026-11-01", "--follow", "--json", "--database-url", db_url],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        _follow_one_step(proc, db_url, ids)
+    assert _run(db_url, "history", "--follow", "--until", "1h").exit_code == 2
+
+
+def _follow_one_step(proc: Any, db_url: str, ids: dict[str, int]) -> None:
+    import signal
+    import time
+
+    try:
+        assert proc.stdout is not None
+        first = [json.loads(proc.stdout.readline()) for _ in range(7)]  # a: 4, b: 2, c: 1
+        assert [f["transition"]["trigger"] for f in first][:4] == [
+            "open", "remediate", "action_finished", "recovered"]
+
+        async def step() -> None:
+            async with Store(db_url) as store:
+                await IncidentEngine(store, clock=ManualClock(datetime.now(UTC))).fire(
+                    IncidentId(ids["c"]), "escalate", actor="dave", reason="taking it")
+
+        started = time.monotonic()
+        anyio.run(step)
+        line = json.loads(proc.stdout.readline())
+        assert (line["transition"]["trigger"], line["transition"]["actor"]) == (
+            "escalate", "dave")
+        assert time.monotonic() - started < 10
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_version_is_printed_by_the_cli() -> None:
+    from incident_fsm.about import VERSION
+
+    for flag in ("--version", "-V"):
+        result = CliRunner().invoke(cli.cli, [flag])
+        assert result.exit_code == 0 and result.output.strip() == f"incident-fsm {VERSION}"

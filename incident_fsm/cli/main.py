@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
+from incident_fsm.about import VERSION
 from incident_fsm.cli.force import force
 from incident_fsm.cli.operate import check, db, demo, run
 from incident_fsm.cli.read import graph, history, incidents, show, stats
@@ -64,6 +65,8 @@ class _Cli(click.Group):
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "--version", "-V", prog_name="incident-fsm",
+                      message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 import click
 
 from incident_fsm.cli.common import When, database_url_option, json_option, with_store
+from incident_fsm.errors import InvalidInput
+
+#: Seconds between two reads of `history --follow`.
+FOLLOW_EVERY = 1.0
 
 
 @click.command()
@@ -56,12 +61,14 @@ def graph(fmt: str, incident_id: int | None, output: str | None,
 @click.option("--target", help="Only this target.")
 @click.option("--since", type=When(), help="Opened at or after (ISO 8601 or an age: 2h, 7d).")
 @click.option("--until", type=When(), help="Opened before (ISO 8601 or an age).")
+@click.option("--waiting-approval", "waiting", is_flag=True,
+              help="Only incidents whose held action waits for an operator's approval.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @json_option
 def incidents(database_url: str | None, states: tuple[str, ...], only_open: bool,
               kind: str | None, target: str | None, since: datetime | None,
-              until: datetime | None, limit: int, as_json: bool) -> None:
-    """List incidents, newest first.
+              until: datetime | None, waiting: bool, limit: int, as_json: bool) -> None:
+    """List incidents, newest first: state, age, who acknowledged it, its summary.
 
     Example: incident-fsm incidents --open --target api --since 24h
     """
@@ -69,9 +76,28 @@ def incidents(database_url: str | None, states: tuple[str, ...], only_open: bool
     from incident_fsm.reports.format import incidents_table, to_json
 
     wanted = states or (tuple(s.value for s in OPEN_STATES) if only_open else ())
-    rows = with_store(database_url, lambda store: store.list_incidents(
-        states=wanted, kind=kind, target=target, since=since, until=until, limit=limit))
-    click.echo(to_json(rows) if as_json else incidents_table(rows))
+
+    async def read(store: Any) -> tuple[list[Any], dict[int, str], dict[int, str]]:
+        rows = await store.list_incidents(states=wanted, kind=kind, target=target,
+                                          since=since, until=until, limit=limit)
+        held: dict[int, str] = {}
+        if waiting:
+            held = {o.incident.incident_id: o.held_action
+                    for o in await store.open_incidents() if o.held_action is not None}
+            rows = [r for r in rows if r.incident_id in held]
+        return rows, await store.acknowledgements([r.incident_id for r in rows]), held
+
+    rows, acknowledged, held = with_store(database_url, read)
+    if as_json:
+        click.echo(to_json([{**json.loads(to_json(r)),
+                             "acknowledged_by": acknowledged.get(r.incident_id),
+                             **({"held_action": held[r.incident_id]} if waiting else {})}
+                            for r in rows]))
+        return
+    click.echo(incidents_table(rows, now=datetime.now(UTC), acknowledged=acknowledged))
+    for row in rows if waiting else ():
+        click.echo(f"  {row.id}: {held[row.incident_id]} is held; approve it: "
+                   f"incident-fsm force {row.id} approve --reason TEXT")
 
 
 @click.command()
@@ -111,21 +137,32 @@ def show(database_url: str | None, incident_id: int, as_json: bool) -> None:
 @click.option("--target", help="Only this target.")
 @click.option("--kind", help="Only this problem kind.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True)
+@click.option("--follow", "-f", is_flag=True,
+              help="Then print new steps as they happen, until interrupted (like journalctl -f); "
+                   "with --json one object per line.")
 @json_option
 def history(database_url: str | None, since: datetime, until: datetime | None,
-            target: str | None, kind: str | None, limit: int, as_json: bool) -> None:
+            target: str | None, kind: str | None, limit: int, follow: bool,
+            as_json: bool) -> None:
     """Every transition across incidents in a time range, oldest first.
 
-    Example: incident-fsm history --since 12h --target api
+    Example: incident-fsm history --since 12h --target api --follow
     """
     from incident_fsm.reports.format import history_table, to_json
 
-    rows = with_store(database_url, lambda store: store.history(
-        since=since, until=until, target=target, kind=kind, limit=limit))
-    if as_json:
-        click.echo(to_json([{"transition": t, "incident": i} for t, i in rows]))
-    else:
-        click.echo(history_table(rows))
+    if follow and until is not None:
+        raise InvalidInput("--follow prints what happens from now on: it takes no --until")
+    if not follow:
+        rows = with_store(database_url, lambda store: store.history(
+            since=since, until=until, target=target, kind=kind, limit=limit))
+        if as_json:
+            click.echo(to_json([{"transition": t, "incident": i} for t, i in rows]))
+        else:
+            click.echo(history_table(rows))
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        with_store(database_url, lambda store: _follow(
+            store, since=since, target=target, kind=kind, limit=limit, as_json=as_json))
 
 
 @click.command()
@@ -151,3 +188,28 @@ def stats(database_url: str | None, since: datetime | None, as_json: bool) -> No
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         click.echo(statistics_text(result, rankings))
+
+
+async def _follow(store: Any, *, since: datetime, target: str | None, kind: str | None,
+                  limit: int, as_json: bool) -> None:
+    """Print the steps since `since`, then each new one as it is written, until cancelled."""
+    import anyio
+
+    from incident_fsm.reports.format import history_lines, to_json
+
+    seen: set[tuple[int, int]] = set()
+    header = not as_json
+    while True:
+        rows = await store.history(since=since, target=target, kind=kind, limit=limit)
+        new = [(t, i) for t, i in rows if (t.incident_id, t.seq) not in seen]
+        since = max([since, *(t.at for t, _ in new)])
+        if as_json:
+            for t, i in new:
+                click.echo(json.dumps(json.loads(to_json({"transition": t, "incident": i}))))
+        elif new:
+            click.echo(history_lines(new, header=header))
+            header = False
+        # The next read starts at the newest time seen: only the steps at that time are
+        # read again, so only those need remembering (memory stays flat).
+        seen = {(t.incident_id, t.seq) for t, _ in rows if t.at >= since}
+        await anyio.sleep(FOLLOW_EVERY)

@@ -129,6 +129,7 @@ def _target(name: str, rows: Sequence[Any], now: datetime, settings: Any) -> dic
 
 
 def _text(report: dict[str, Any]) -> str:
+    from incident_fsm.reports.format import age as _age
     from incident_fsm.reports.format import table as columns
 
     def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -169,19 +170,6 @@ def _text(report: dict[str, Any]) -> str:
             f"{_clock(s['ends_at'])} UTC by {s['actor']}: {s['reason']}"
             for s in report["silences"]] or ["  none"]
     return "\n".join(out)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes, _ = divmod(seconds, 60)
-    if minutes < 120:
-        return f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
 
 
 def _clock(value: datetime | None) -> str:

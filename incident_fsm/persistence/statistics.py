@@ -239,19 +239,24 @@ class StatisticsRepository(StoreCore):
                 steps = session.exec(select(Transition).where(
                     col(Transition.incident_id).in_(ids)).order_by(col(Transition.seq))).all()
                 entered: dict[int, Transition] = {}
-                acknowledged: dict[int, str] = {}
                 state = {i.id: i.state for i in rows}
                 for t in steps:
                     if t.dest == state[t.incident_id] and t.source != t.dest:
                         entered[t.incident_id] = t
-                    if t.trigger == Trigger.ACKNOWLEDGE:
-                        acknowledged[t.incident_id] = t.actor
-                    elif t.dest != t.source:
-                        acknowledged.pop(t.incident_id, None)  # moved on: asked anew
+                acknowledged = _acknowledged(steps)
                 return [OpenIncident(i, entered[i.id].at if i.id in entered else i.updated_at,
                                      entered.get(i.id or 0), acknowledged.get(i.id or 0))
                         for i in rows]
         return await self._run(work)
+
+    async def acknowledgements(self, incident_ids: Sequence[int]) -> dict[int, str]:
+        """Who acknowledged each of these incidents in the state it is in (none: left out)."""
+        def work() -> dict[int, str]:
+            with self._session() as session:
+                return _acknowledged(session.exec(select(Transition).where(
+                    col(Transition.incident_id).in_(list(incident_ids)))
+                    .order_by(col(Transition.incident_id), col(Transition.seq))).all())
+        return await self._run(work) if incident_ids else {}
 
     async def channel_states(self) -> list[ChannelState]:
         """Each channel with rows waiting: how many, how many failing, the latest error."""
@@ -316,3 +321,14 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+def _acknowledged(steps: Sequence[Transition]) -> dict[int, str]:
+    """Per incident, who last acknowledged it, unless it moved to another state since."""
+    found: dict[int, str] = {}
+    for t in steps:  # in seq order per incident
+        if t.trigger == Trigger.ACKNOWLEDGE:
+            found[t.incident_id] = t.actor
+        elif t.dest != t.source:
+            found.pop(t.incident_id, None)  # moved on: it is to be acknowledged anew
+    return found

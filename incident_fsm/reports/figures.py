@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from incident_fsm.about import VERSION
+
 
 @dataclass(frozen=True)
 class TargetStatus:
@@ -35,3 +37,4 @@ class AgentStatus:
     started_at: datetime | None = None
     targets: tuple[TargetStatus, ...] = ()
     queues: dict[str, int] = field(default_factory=dict)
+    version: str = VERSION

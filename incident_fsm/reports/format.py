@@ -45,14 +45,34 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)]).rstrip()
 
 
-def incidents_table(incidents: Sequence[Incident]) -> str:
+def incidents_table(incidents: Sequence[Incident], *, now: datetime,
+                    acknowledged: Mapping[int, str] | None = None) -> str:
+    """`incidents`: one line each, with its age, who acknowledged it and its summary."""
     if not incidents:
         return "no incidents match"
+    acked = acknowledged or {}
     return _table(
-        ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "OPENED (UTC)", "DEADLINE (UTC)"],
-        [[str(i.id), i.state, i.target, i.kind, i.severity, str(i.strikes), _when(i.opened_at),
-          _when(i.deadline_at)] for i in incidents],
+        ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "AGE", "OPENED (UTC)",
+         "DEADLINE (UTC)", "ACK BY", "SUMMARY"],
+        [[str(i.id), i.state, i.target, i.kind, i.severity, str(i.strikes),
+          age(((i.resolved_at or now) - i.opened_at).total_seconds()), _when(i.opened_at),
+          _when(i.deadline_at), one_line(acked.get(i.id or 0, "-"), 40),
+          one_line(i.summary or "-", 60)] for i in incidents],
     )
+
+
+def age(seconds: float | None) -> str:
+    """A duration as a person reads it at a glance: 45s, 12m, 3h05m, 2d04h."""
+    if seconds is None:
+        return "-"
+    whole = max(0, int(seconds))
+    if whole < 120:
+        return f"{whole}s"
+    minutes = whole // 60
+    if minutes < 120:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
 
 
 def silences_table(silences: Sequence[Silence], now: datetime) -> str:
@@ -156,6 +176,16 @@ def history_table(rows: Sequence[tuple[Transition, Incident]]) -> str:
         [[_when(t.at), str(t.incident_id), i.target, i.kind, t.trigger, t.source or "-", t.dest,
           one_line(t.actor, 200), one_line(t.reason)] for t, i in rows],
     )
+
+
+def history_lines(rows: Sequence[tuple[Transition, Incident]], *, header: bool) -> str:
+    """`history --follow`: fixed columns, so lines printed one batch at a time line up."""
+    out = [f"{'AT (UTC)':<19}  {'INCIDENT':>8}  {'TARGET':<12}  {'TRIGGER':<15}  "
+           f"{'FROM':<11} → {'TO':<11}  ACTOR: REASON"] if header else []
+    out += [f"{_when(t.at):<19}  {t.incident_id:>8}  {one_line(i.target, 12):<12}  "
+            f"{t.trigger:<15}  {(t.source or '-'):<11} → {t.dest:<11}  "
+            f"{one_line(t.actor, 40)}: {one_line(t.reason, 120)}" for t, i in rows]
+    return "\n".join(out)
 
 
 def to_json(value: Any) -> str:

@@ -46,6 +46,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 from sqlalchemy.engine import make_url
 
+from incident_fsm.about import VERSION
 from incident_fsm.backoff import Backoff, keep_running
 from incident_fsm.clock import Clock, SystemClock, sleep_or_wake
 from incident_fsm.detection.detector import Change
@@ -264,8 +265,8 @@ class Agent:
                 raise PreflightFailed(failures)
             schema_ready = await self._schema_ready()  # SchemaNotReady: refuse to start
             self.started_at = self.clock.now()
-            logger.info("🤖 Technical Monitoring Agent initialized at {}",
-                        self.started_at.isoformat())
+            logger.info("🤖 Technical Monitoring Agent initialized at {} (incident-fsm {})",
+                        self.started_at.isoformat(), VERSION)
             self.running = True
             async with anyio.create_task_group() as tg:
                 if schema_ready:
