@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from incident_fsm import extras
 from incident_fsm.errors import InvalidInput
-from incident_fsm.fsm.graph import EDGES, GUARDS, transition_table
+from incident_fsm.fsm.graph import EDGES, GUARDS, state_pairs, transition_table
 from incident_fsm.vocabulary import State
 
 
@@ -80,11 +80,8 @@ def mermaid_path(steps: Sequence[Step]) -> str:
     line, so no label runs over another.
     """
     states = [s.value for s in State]
-    pairs: dict[tuple[str, str], list[str]] = {}
-    for e in EDGES:
-        label = e.trigger.value + (f" [{' and '.join(e.guards)}]" if e.guards else "")
-        for source in e.sources:
-            pairs.setdefault((source.value, (e.dest or source).value), []).append(label)
+    pairs = {pair: [e.trigger.value + (f" [{' and '.join(e.guards)}]" if e.guards else "")
+                    for e in edges] for pair, edges in state_pairs().items()}
     lines = ["flowchart LR", "  start((start))"]
     lines += [f'  {s}(["{s}"])' for s in states]
     lines.append(f"  start --> {State.DETECTED.value}")

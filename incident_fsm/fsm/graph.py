@@ -162,6 +162,16 @@ def _check_table(edges: Sequence[Edge]) -> None:
 _check_table(EDGES)
 
 
+def state_pairs() -> dict[tuple[str, str], list[Edge]]:
+    """(source, dest) -> the edges that join them, in table order: what a drawing draws as
+    one line (an internal transition's dest is its source)."""
+    pairs: dict[tuple[str, str], list[Edge]] = {}
+    for e in EDGES:
+        for source in e.sources:
+            pairs.setdefault((source.value, (e.dest or source).value), []).append(e)
+    return pairs
+
+
 def triggers_from(state: str) -> frozenset[str]:
     """The triggers that have an edge out of `state` (guards not evaluated)."""
     return frozenset(e.trigger.value for e in EDGES if state in e.sources)

@@ -1,5 +1,9 @@
 """History at scale: the operator's read commands over 1,000,000 transitions / 100,000 incidents.
 
+Also a metrics scrape and the reads of `incident-fsm status`, over that
+history and over ten incidents loaded the same way: their ratio shows what
+history costs them (it should cost nothing: they read only what is open).
+
 The rows are loaded straight into a throwaway Postgres database with
 server-side multi-row `INSERT ... SELECT generate_series` (not through the
 store): incidents spread over 30 days across 50 targets and 5 kinds, ten
@@ -166,4 +170,56 @@ async def run() -> list[Row]:
                                 note=f"max {worst:.1f} ms over {reps}; "
                                      f"index scans: {plans.count('Index')}; "
                                      f"seq scans: {plans.count('Seq Scan')}"))
+    rows += await scrape_rows(incidents, per, reps)
     return rows
+
+
+async def scrape_rows(incidents: int, per: int, reps: int) -> list[Row]:
+    """A metrics scrape and the `status` reads over the big history, and over the same open
+    incidents with the resolved ones (the history) deleted, in this run: the ratio is what
+    history costs them."""
+    from incident_fsm.reports.figures import AgentStatus
+    from incident_fsm.reports.metrics import AgentMetrics
+
+    status = AgentStatus(running=True, role="leader", replica="bench")
+    timings: dict[str, dict[bool, float]] = {}
+    for history in (True, False):
+        with throwaway_postgres() as url:
+            load(url, incidents=incidents, per=per, checks=incidents * 5)
+            if not history:
+                forget_history(url)
+            async with Store(url) as store:
+                metrics = AgentMetrics()
+                for name, call in (
+                        ("metrics scrape", lambda m=metrics, s=store: m.exposition(
+                            status, s, datetime.now(UTC))),
+                        ("status reads", lambda s=store: status_reads(s))):
+                    timings.setdefault(name, {})[history] = (await timed(call, reps))[0]
+    out = []
+    for name, by in timings.items():
+        big, small = by[True], by[False]
+        out.append(Row("history", f"{name} median, {incidents:,} incidents", big, "ms", small,
+                       "the same open incidents, no history", "< 3x without history",
+                       big < 3 * small, note=f"ratio {big / small:.2f}"))
+    return out
+
+
+async def status_reads(store: Store) -> None:
+    """What `incident-fsm status` reads."""
+    now = datetime.now(UTC)
+    await store.agents(now)
+    await store.latest_checks(since=now - timedelta(hours=24))
+    await store.open_incidents()
+    await store.channel_states()
+    await store.silences(now=now)
+
+
+def forget_history(url: str) -> None:
+    """Delete the resolved incidents and their rows: the open ones stay as they were."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        gone = "(SELECT id FROM incident WHERE state = 'resolved')"
+        for table in ("transition", "action_run", "notification"):
+            conn.execute(f"DELETE FROM {table} WHERE incident_id IN {gone}")
+        conn.execute("DELETE FROM incident WHERE state = 'resolved'")
+        conn.execute("DELETE FROM health_check WHERE at < now() - interval '1 day'")
+        conn.execute("VACUUM ANALYZE")
