@@ -150,9 +150,11 @@ async def _running(embedded: incident_fsm.EmbeddedAgent) -> bool:
     return embedded.agent is not None and embedded.agent.running
 
 
-@pytest.mark.parametrize("route", ["/", "/incidents", "/history", "/metrics"])
+@pytest.mark.parametrize(("route", "answer"), [
+    ("/", 200), ("/incidents", 200), ("/history", 200), ("/metrics", 200),
+    ("/incidents/1", 404), ("/?page", 200)])
 async def test_every_route_but_liveness_asks_for_the_token(
-    db_url: str, tmp_path: Path, route: str
+    db_url: str, tmp_path: Path, route: str, answer: int
 ) -> None:
     async with Simulator(ServiceState()) as sim:
         settings = sim_settings(sim, db_url)
@@ -163,16 +165,20 @@ async def test_every_route_but_liveness_asks_for_the_token(
                                       journal_path=tmp_path / "j") as agent:
             transport = httpx.ASGITransport(app=agent.status_app())
             async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
-                missing = await client.get(route)
-                wrong = await client.get(route, headers={"authorization": f"Bearer {TOKEN}x"})
-                bare = await client.get(route, headers={"authorization": TOKEN})
-                right = await client.get(route, headers={"authorization": f"Bearer {TOKEN}"})
+                # "/?page": the status page, as a browser asks for it.
+                html = {"accept": "text/html"} if route == "/?page" else {}
+                missing = await client.get(route, headers=html)
+                wrong = await client.get(route, headers={
+                    **html, "authorization": f"Bearer {TOKEN}x"})
+                bare = await client.get(route, headers={**html, "authorization": TOKEN})
+                right = await client.get(route, headers={
+                    **html, "authorization": f"Bearer {TOKEN}"})
                 live = await client.get("/live")
     for refused in (missing, wrong, bare):
         assert refused.status_code == 401
         assert refused.headers["www-authenticate"] == "Bearer"
         assert TOKEN not in refused.text
-    assert right.status_code == 200
+    assert right.status_code == answer
     assert live.status_code == 200
 
 
