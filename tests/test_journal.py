@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,30 @@ async def test_a_provisional_id_keeps_working_after_the_replay(
     await store.close()
 
 
+def _cleanup_rig(on_run: Callable[[], object], *, cleared: bool) -> tuple[Any, Any]:
+    """A catalog of one disk cleanup that calls `on_run` when it runs, and a verifier that
+    says `cleared` (the disk at 40 %, or still at 91 %)."""
+    from incident_fsm.remediation.actions.base import Outcome
+    from incident_fsm.remediation.remediator import Verification
+
+    class Cleanup:
+        name, kinds, tier, timeout = "disk_cleanup", ("disk_high",), "safe", 5.0
+
+        async def run(self, ctx: object) -> Outcome:
+            on_run()
+            return Outcome.ok("freed 1 GB")
+
+    class Catalog:
+        def for_target(self, target: str) -> dict[str, object]:
+            return {"disk_cleanup": Cleanup()}
+
+    class Verifier:
+        async def verify(self, incident: object) -> Verification:
+            return Verification(cleared, "disk 40%" if cleared else "disk 91%")
+
+    return Catalog(), Verifier()
+
+
 class _BlinkingStore(JournalingStore):
     """Claiming the chosen attempt fails twice (a connection reset), then works."""
 
@@ -251,31 +275,16 @@ async def test_a_blip_never_turns_a_chosen_action_into_a_silent_strike(
 ) -> None:
     from incident_fsm.clock import SystemClock
     from incident_fsm.fsm.steps import MachinePolicy
-    from incident_fsm.remediation.actions.base import Outcome
-    from incident_fsm.remediation.remediator import Remediator, Verification
+    from incident_fsm.remediation.remediator import Remediator
 
     ran: list[str] = []
-
-    class Cleanup:
-        name, kinds, tier, timeout = "disk_cleanup", ("disk_high",), "safe", 5.0
-
-        async def run(self, ctx: object) -> Outcome:
-            ran.append("cleanup")
-            return Outcome.ok("freed 1 GB")
-
-    class Catalog:
-        def for_target(self, target: str) -> dict[str, object]:
-            return {"disk_cleanup": Cleanup()}
-
-    class Verifier:
-        async def verify(self, incident: object) -> Verification:
-            return Verification(True, "disk 40%")
+    catalog, verifier = _cleanup_rig(lambda: ran.append("cleanup"), cleared=True)
 
     store = _BlinkingStore(db_url, journal_path=tmp_path / "agent.journal")
     clock = SystemClock()
     engine = IncidentEngine(store, clock=clock, policy=MachinePolicy(verify_window=0.1))
-    rem = Remediator(engine=engine, store=store, clock=clock, actions=Catalog(),  # type: ignore[arg-type]
-                     verifier=Verifier())
+    rem = Remediator(engine=engine, store=store, clock=clock, actions=catalog,  # type: ignore[arg-type]
+                     verifier=verifier)
     iid = (await engine.open(target="api", kind="disk_high", severity="critical",
                              reason="disk 90%")).incident.incident_id
     with anyio.fail_after(20):
@@ -299,31 +308,17 @@ async def test_an_outage_that_begins_while_the_action_runs_is_ridden_out_by_the_
     # of the drive (outcome, verdict, the steps) goes to the journal with nothing re-read.
     from incident_fsm.clock import SystemClock
     from incident_fsm.fsm.steps import MachinePolicy
-    from incident_fsm.remediation.actions.base import Outcome
-    from incident_fsm.remediation.remediator import Remediator, Verification
+    from incident_fsm.remediation.remediator import Remediator
 
-    class Cleanup:
-        name, kinds, tier, timeout = "disk_cleanup", ("disk_high",), "safe", 5.0
-
-        async def run(self, ctx: object) -> Outcome:
-            proxy.cut()
-            return Outcome.ok("freed 1 GB")
-
-    class Catalog:
-        def for_target(self, target: str) -> dict[str, object]:
-            return {"disk_cleanup": Cleanup()}
-
-    class Verifier:
-        async def verify(self, incident: object) -> Verification:
-            return Verification(False, "disk 91%")
+    catalog, verifier = _cleanup_rig(proxy.cut, cleared=False)
 
     journal = tmp_path / "agent.journal"
     store = JournalingStore(proxied_url, journal_path=journal, call_timeout=2)
     clock = SystemClock()
     engine = IncidentEngine(store, clock=clock,
                             policy=MachinePolicy(verify_window=0.1, max_strikes=1))
-    rem = Remediator(engine=engine, store=store, clock=clock, actions=Catalog(),  # type: ignore[arg-type]
-                     verifier=Verifier())
+    rem = Remediator(engine=engine, store=store, clock=clock, actions=catalog,  # type: ignore[arg-type]
+                     verifier=verifier)
     iid = (await engine.open(target="api", kind="disk_high", severity="critical",
                              reason="disk 90%")).incident.incident_id
     with anyio.fail_after(30):
