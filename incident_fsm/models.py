@@ -307,7 +307,7 @@ class Silence(_Base, table=True):
     def describe(self) -> str:
         what = self.target if self.kind is None else f"{self.kind} on {self.target}"
         return (f"silence {self.id} ({what}) by {self.actor} until "
-                f"{self.ends_at.isoformat(timespec='minutes')}: {self.reason}")
+                f"{self.ends_at.strftime('%Y-%m-%d %H:%M UTC')}: {self.reason}")
 
 
 @dataclass(frozen=True)

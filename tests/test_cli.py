@@ -552,7 +552,7 @@ def test_incidents_show_age_acknowledgement_and_summary_and_filter_what_waits_fo
     summarized = anyio.run(acknowledge)
     text = _run(db_url, "incidents").output
     header, _, *rows = text.splitlines()
-    assert header.split() == ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "AGE",
+    assert header.split() == ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "OPEN", "FOR",
                               "OPENED", "(UTC)", "DEADLINE", "(UTC)", "ACK", "BY", "SUMMARY"]
     by_id = {r.split()[0]: r for r in rows}
     assert "carol" in by_id[str(ids["b"])]
@@ -565,6 +565,10 @@ def test_incidents_show_age_acknowledgement_and_summary_and_filter_what_waits_fo
     assert listed == [str(ids["b"])]
     assert (f"{ids['b']}: failover is held; approve it: incident-fsm force {ids['b']} approve "
             "--reason TEXT") in waiting.output
+    shown = _run(db_url, "show", str(ids["b"])).output
+    assert (f"waiting for approval: failover; approve it: incident-fsm force {ids['b']} "
+            "approve --reason TEXT") in shown
+    assert "waiting for approval" not in _run(db_url, "show", str(ids["a"])).output
     as_json = json.loads(_run(db_url, "incidents", "--waiting-approval", "--json").output)
     assert [(r["id"], r["held_action"], r["acknowledged_by"]) for r in as_json] == [
         (ids["b"], "failover", "carol")]

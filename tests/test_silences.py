@@ -42,9 +42,13 @@ async def test_silences_are_added_listed_and_expired_and_refuse_nonsense(
     second = await add(store, clock, kind="disk_high", hours=1)
     assert [s.id for s in await store.silences(now=clock.now())] == [second.id, first.id]
     now = clock.now()
+    later = now + timedelta(hours=1)
     with pytest.raises(InvalidInput, match="must end after it starts"):
-        await store.add_silence(target="api", kind=None, starts_at=now, ends_at=now,
+        await store.add_silence(target="api", kind=None, starts_at=later, ends_at=later,
                                 actor="a", reason="r", at=now)
+    with pytest.raises(InvalidInput, match="must end in the future, not at 2026-11-29 02:00"):
+        await store.add_silence(target="api", kind=None, starts_at=now - timedelta(hours=2),
+                                ends_at=now - timedelta(hours=1), actor="a", reason="r", at=now)
     with pytest.raises(InvalidInput, match="reason must not be empty"):
         await store.add_silence(target="api", kind=None, starts_at=now,
                                 ends_at=now + timedelta(hours=1), actor="a", reason=" ", at=now)
@@ -147,7 +151,9 @@ def test_the_cli_adds_lists_and_expires_silences(db_url: str) -> None:
     added = run("silence", "add", "--target", "api", "--for", "2h", "--reason", "upgrade",
                 "--actor", "alice", "--json")
     assert added.exit_code == 0, added.output
-    sid = json.loads(added.output)["id"]
+    sid = json.loads(added.stdout)["id"]
+    # No target of that name was polled: said on stderr, the silence added all the same.
+    assert "no target named 'api' was polled in the last 24 h" in added.stderr
     listed = run("silence", "list")
     assert listed.exit_code == 0 and "upgrade" in listed.output and "active" in listed.output
     both = run("silence", "add", "--target", "api", "--for", "2h", "--until", "2030-01-01",
@@ -156,7 +162,10 @@ def test_the_cli_adds_lists_and_expires_silences(db_url: str) -> None:
     bad = run("silence", "add", "--target", "api", "--for", "soon", "--reason", "x")
     assert bad.exit_code == 2 and "not a duration" in bad.output
     past = run("silence", "add", "--target", "api", "--until", "2020-01-01", "--reason", "x")
-    assert past.exit_code == 2 and "must end" in past.output
+    assert past.exit_code == 2 and "must end in the future, not at 2020-01-01" in past.output
+    zero = run("silence", "add", "--target", "api", "--for", "0m", "--reason", "x")
+    assert zero.exit_code == 2 and "must last longer" in zero.output
+    assert len(zero.output.strip().splitlines()) == 1  # one line, like every error
     expired = run("silence", "expire", str(sid), "--actor", "bob")
     assert expired.exit_code == 0 and f"silence {sid} expired by bob" in expired.output
     again = run("silence", "expire", str(sid))

@@ -90,7 +90,8 @@ def test_status_answers_the_operator_questions_and_exits_0_while_an_agent_acts(
     assert by_id[ids["detected"]]["state"] == "detected"
     [approval] = data["approvals"]
     assert (approval["incident"], approval["action"]) == (ids["held"], "failover")
-    assert approval["approve"] == f"incident-fsm force {ids['held']} approve --reason TEXT"
+    assert approval["approve"] == (f"incident-fsm force {ids['held']} approve --reason TEXT "
+                                   f"--database-url {database.redact(db_url)}")
     [pam] = data["channels"]
     assert (pam["channel"], pam["pending"], pam["failing"]) == ("pam", 1, 1)
     assert pam["last_error"] == "pam closed the connection (1011)"
@@ -101,7 +102,9 @@ def test_status_answers_the_operator_questions_and_exits_0_while_an_agent_acts(
     assert text.exit_code == 0
     assert text.output.startswith("● incident-fsm: 1 agent(s) alive; acting: host-a:1")
     assert f"approve it: incident-fsm force {ids['held']} approve --reason TEXT" in text.output
-    assert "81.5%" in text.output and "seen 10.0s" in text.output
+    assert "81.5%" in text.output and "(--config) / 10.0s" in text.output
+    assert "HTTP 404 from /health" in text.output and "by silence" in text.output
+    assert all(line == line.rstrip() for line in text.output.splitlines())
     assert "alice" in text.output and "until" in text.output and "deploy" in text.output
 
 

@@ -51,6 +51,12 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            # One line, like every other error here; the command's --help has the rest.
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            _fail(f"{exc.format_message()} (see {where} --help)", 2)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except IncidentFSMError as exc:

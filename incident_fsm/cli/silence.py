@@ -33,8 +33,10 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
         if isinstance(value, timedelta):
             return value
         found = _DURATION.match(str(value).strip())
-        if not found or float(found.group(1)) <= 0:
+        if not found:
             self.fail(f"{value!r} is not a duration like 90s, 30m, 2h, 1d", param, ctx)
+        if float(found.group(1)) <= 0:
+            self.fail(f"{value!r}: a silence must last longer than that", param, ctx)
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
         return timedelta(seconds=float(found.group(1)) * unit)
 
@@ -70,11 +72,21 @@ def add(database_url: str | None, target: str, kind: str | None, length: timedel
     now = datetime.now(UTC)
     ends = until if until is not None else now + (length or timedelta())
     who = actor if actor is not None else getpass.getuser()
-    added = with_store(database_url, lambda store: store.add_silence(
-        target=target, kind=kind, starts_at=now, ends_at=ends, actor=who, reason=reason,
-        at=now))
+
+    async def work(store: Any) -> tuple[Any, bool]:
+        added = await store.add_silence(target=target, kind=kind, starts_at=now, ends_at=ends,
+                                        actor=who, reason=reason, at=now)
+        polled = await store.latest_checks(since=now - timedelta(hours=24), per_target=1)
+        return added, target in polled
+
+    added, known = with_store(database_url, work)
+    if not known:
+        click.echo(f"warning: no target named {target!r} was polled in the last 24 h (a typo?); "
+                   "the silence is in place all the same", err=True)
+    what = added.target if added.kind is None else f"{added.kind} on {added.target}"
     click.echo(to_json(added) if as_json else
-               f"silence {added.id} added: {added.describe()}\n"
+               f"added silence {added.id}: {what} until "
+               f"{added.ends_at:%Y-%m-%d %H:%M:%S} UTC, by {added.actor}: {added.reason}\n"
                "the agent obeys it within 5 s; end it early with: "
                f"incident-fsm silence expire {added.id}")
 

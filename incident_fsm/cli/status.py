@@ -67,12 +67,15 @@ def status(database_url: str | None, config_path: str | None, as_json: bool) -> 
                      await store.silences(now=now))
 
     found = with_store(resolved, read)
-    report = _report(found, now, settings=settings, elects=elects)
+    # The commands it suggests work as printed: on this database too.
+    where = f" --database-url {database.redact(resolved)}" if database_url else ""
+    report = _report(found, now, settings=settings, elects=elects, where=where)
     click.echo(to_json(report) if as_json else _text(report))
     sys.exit(0 if report["acting"] else 1)
 
 
-def _report(found: _Read, now: datetime, *, settings: Any, elects: bool) -> dict[str, Any]:
+def _report(found: _Read, now: datetime, *, settings: Any, elects: bool,
+            where: str = "") -> dict[str, Any]:
     agents = [{"replica": a.replica, "alive": a.alive,
                "role": ("leader" if a.leader else "standby") if elects else "acting",
                "version": a.version, "started_at": a.started_at, "last_beat": a.last_beat,
@@ -93,12 +96,14 @@ def _report(found: _Read, now: datetime, *, settings: Any, elects: bool) -> dict
             "age_s": (now - o.incident.opened_at).total_seconds(),
             "in_state_s": (now - o.entered_at).total_seconds(),
             "deadline_at": o.incident.deadline_at, "acknowledged_by": o.acknowledged_by,
+            "silenced_by": next((s.id for s in found.silences if s.active(now)
+                                 and s.matches(o.incident.target, o.incident.kind)), None),
         } for o in found.open_],
         "approvals": [{
             "incident": o.incident.id, "target": o.incident.target, "kind": o.incident.kind,
             "action": o.held_action,
             "why": o.entered_by.details.get("verdict_reason", "") if o.entered_by else "",
-            "approve": f"incident-fsm force {o.incident.id} approve --reason TEXT",
+            "approve": f"incident-fsm force {o.incident.id} approve --reason TEXT{where}",
         } for o in found.open_ if o.held_action is not None],
         "channels": [vars(c) for c in found.channels],
         "silences": [{"id": s.id, "target": s.target, "kind": s.kind, "ends_at": s.ends_at,
@@ -146,16 +151,18 @@ def _text(report: dict[str, Any]) -> str:
          _age(a["uptime_s"]), _clock(a["last_beat"])] for a in report["agents"]])
         if report["agents"] else "  none seen by heartbeat")
     out += ["", "targets:"]
-    out.append(table(["TARGET", "MEMORY", "DISK", "CPU", "SOURCE", "READ", "POLL EVERY"], [
+    out.append(table(["TARGET", "MEMORY", "DISK", "CPU", "SOURCE", "READ", "POLLED",
+                      "EVERY (SET / SEEN)", "PROBLEM"], [
         [t["name"], _pct(t["memory_pct"]), _pct(t["disk_pct"]), _pct(t["cpu_pct"]),
-         t["source"] or "-", f"{_age(t['read_age_s'])} ago" if t["read_age_s"] is not None
-         else f"no reading{': ' + t['last_error'][:60] if t['last_error'] else ''}",
-         _cadence(t)] for t in report["targets"]]) if report["targets"] else "  none polled")
+         t["source"] or "-", _ago(t["read_age_s"]), _ago(t["last_poll_age_s"]), _cadence(t),
+         t["last_error"][:70] or "-"] for t in report["targets"]])
+        if report["targets"] else "  none polled")
     out += ["", "open incidents:"]
     out.append(table(["ID", "STATE", "TARGET", "KIND", "AGE", "IN STATE", "DEADLINE (UTC)",
-                      "ACKNOWLEDGED BY"], [
+                      "ACKNOWLEDGED BY", "SILENCED"], [
         [str(i["id"]), i["state"], i["target"], i["kind"], _age(i["age_s"]),
-         _age(i["in_state_s"]), _clock(i["deadline_at"]), i["acknowledged_by"] or "-"]
+         _age(i["in_state_s"]), _clock(i["deadline_at"]), i["acknowledged_by"] or "-",
+         f"by silence {i['silenced_by']}" if i["silenced_by"] else "-"]
         for i in report["incidents"]]) if report["incidents"] else "  none")
     out += ["", "approvals waiting:"]
     out += [f"  incident {a['incident']} ({a['target']}:{a['kind']}): {a['action']} is held"
@@ -181,8 +188,15 @@ def _pct(value: float | None) -> str:
 
 
 def _cadence(target: dict[str, Any]) -> str:
+    """What the configuration says (with --config) and the gap seen between the last polls."""
     configured = target["cadence_configured_s"]
     effective = target["cadence_effective_s"]
-    said = f"{configured[0]:g}s (fast {configured[1]:g}s)" if configured else "?"
+    said = f"{configured[0]:g}s, fast {configured[1]:g}s" if configured else "(--config)"
     seen = f"{effective:.1f}s" if effective is not None else "-"
-    return f"{said}; seen {seen}"
+    return f"{said} / {seen}"
+
+
+def _ago(seconds: float | None) -> str:
+    from incident_fsm.reports.format import age
+
+    return "-" if seconds is None else f"{age(seconds)} ago"

@@ -28,10 +28,10 @@ class SilenceRepository(StoreCore):
             _check_text("kind", kind, 100)
         _check_text("actor", actor, MAX_ACTOR)
         _check_text("reason", reason, MAX_REASON)
+        if ends_at <= at:
+            raise InvalidInput(f"a silence must end in the future, not at {_clock(ends_at)}")
         if ends_at <= starts_at:
             raise InvalidInput("a silence must end after it starts")
-        if ends_at <= at:
-            raise InvalidInput("a silence must end in the future")
         silence = Silence(target=target.strip(), kind=kind.strip() if kind else None,
                           starts_at=starts_at, ends_at=ends_at, actor=actor.strip(),
                           reason=reason.strip(), created_at=at)
@@ -74,8 +74,7 @@ class SilenceRepository(StoreCore):
                     raise InvalidInput(f"no silence with id {silence_id}")
                 if silence.expired_at is not None or silence.ends_at <= at:
                     ended = silence.expired_at or silence.ends_at
-                    raise InvalidInput(
-                        f"silence {silence_id} already ended at {ended.isoformat()}")
+                    raise InvalidInput(f"silence {silence_id} already ended at {_clock(ended)}")
                 silence.expired_at = at
                 silence.expired_by = actor.strip()
                 session.add(silence)
@@ -83,3 +82,7 @@ class SilenceRepository(StoreCore):
                 session.refresh(silence)
                 return silence
         return await self._run(work)
+
+
+def _clock(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC")

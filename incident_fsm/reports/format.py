@@ -20,7 +20,7 @@ from incident_fsm.models import (
     Transition,
 )
 from incident_fsm.persistence.effects import cleared_without_working_action
-from incident_fsm.persistence.statistics import Statistics
+from incident_fsm.persistence.statistics import OpenIncident, Statistics
 from incident_fsm.remediation.ranking import Ranked
 from incident_fsm.text import one_line
 from incident_fsm.vocabulary import NotificationStatus
@@ -40,7 +40,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)]).rstrip()
 
@@ -52,7 +52,7 @@ def incidents_table(incidents: Sequence[Incident], *, now: datetime,
         return "no incidents match"
     acked = acknowledged or {}
     return _table(
-        ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "AGE", "OPENED (UTC)",
+        ["ID", "STATE", "TARGET", "KIND", "SEV", "STRIKES", "OPEN FOR", "OPENED (UTC)",
          "DEADLINE (UTC)", "ACK BY", "SUMMARY"],
         [[str(i.id), i.state, i.target, i.kind, i.severity, str(i.strikes),
           age(((i.resolved_at or now) - i.opened_at).total_seconds()), _when(i.opened_at),
@@ -105,6 +105,10 @@ def timeline_text(timeline: Timeline, silences: Sequence[Silence] = ()) -> str:
     ]
     if i.summary:
         out.append(f"summary: {i.summary}")
+    held = held_action_of(timeline)
+    if held is not None:
+        out.append(f"waiting for approval: {held}; approve it: "
+                   f"incident-fsm force {i.id} approve --reason TEXT")
     if silences:
         out += ["", "silences (UTC):"]
         out += [f"  {s.id:>3}  {_when(s.starts_at)} → {_when(s.expired_at or s.ends_at)}  "
@@ -118,6 +122,15 @@ def timeline_text(timeline: Timeline, silences: Sequence[Silence] = ()) -> str:
     out += ["", "notifications:"]
     out += [_notification_line(n) for n in timeline.notifications] or ["  none"]
     return "\n".join(out)
+
+
+def held_action_of(timeline: Timeline) -> str | None:
+    """The action an escalated incident holds for an operator's approval, if any."""
+    i = timeline.incident
+    entered = [t for t in timeline.transitions if t.dest == i.state and t.source != t.dest]
+    if not entered:
+        return None
+    return OpenIncident(i, entered[-1].at, entered[-1]).held_action
 
 
 def _utc(value: datetime | None) -> str:
