@@ -192,3 +192,23 @@ async def test_run_demo_refuses_a_database_that_has_incidents(
     assert (after.incident.version, len(after.transitions)) == (
         before.incident.version, len(before.transitions))
 
+
+
+def test_the_advice_names_the_command_as_the_user_can_type_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from incident_fsm.cli.operate import typed_program
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    script = venv / "incident-fsm"
+    script.write_text("#!/bin/sh\n")
+    # Not on the PATH (the quick start does not activate the venv): the path as typed.
+    assert typed_program(".venv/bin/incident-fsm") == ".venv/bin/incident-fsm"
+    assert typed_program("/opt/my tools/incident-fsm") == "'/opt/my tools/incident-fsm'"
+    assert typed_program("/usr/bin/python3") == "incident-fsm"  # python -m, a test runner
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{venv}:/usr/bin:/bin")  # activated: the plain name works
+    assert typed_program(".venv/bin/incident-fsm") == "incident-fsm"

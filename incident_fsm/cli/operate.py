@@ -188,6 +188,22 @@ def demo(database_path: str | None, verbose: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="incident-fsm-demo-") as workdir:
         results = anyio.run(lambda: run_demo(url, workdir=Path(workdir), echo=click.echo))
     click.echo("\n" + summary_table(results))
-    click.echo("\n" + closing_advice(url, results))
+    click.echo("\n" + closing_advice(url, results, program=typed_program()))
     if any(r.incident_id is None for r in results):
         raise click.ClickException("a scenario did not finish in time (see above)")
+
+
+def typed_program(argv0: str | None = None) -> str:
+    """How the user can run this command again: `incident-fsm` when that is on the PATH and
+    is this one, else the path they typed (e.g. `.venv/bin/incident-fsm`)."""
+    import os
+    import shlex
+    import shutil
+
+    typed = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(typed) != "incident-fsm":  # `python -m`, a test runner
+        return "incident-fsm"
+    found = shutil.which("incident-fsm")
+    if found is not None and os.path.exists(typed) and os.path.samefile(found, typed):
+        return "incident-fsm"
+    return shlex.quote(typed)

@@ -361,25 +361,28 @@ def summary_table(results: list[ScenarioResult]) -> str:
                      for row in rows)
 
 
-def closing_advice(url: str, results: Sequence[ScenarioResult]) -> str:
+def closing_advice(url: str, results: Sequence[ScenarioResult], *,
+                   program: str = "incident-fsm") -> str:
     """Commands to explore what the demo did, each naming the demo's own database.
 
     The URL goes on every command rather than into the environment, so nothing
     else the user runs afterwards reads the demo's database by accident.
+    `program` is the command as the user can type it (`.venv/bin/incident-fsm`
+    when the virtual environment is not activated).
     """
     where = f"--database-url {shlex.quote(url)}"
     ids = [r.incident_id for r in results if r.incident_id is not None]
     held = next((r.incident_id for r in results
                  if r.incident_id is not None and r.outcome.startswith("escalated")), None)
     lines = ["explore it (every command names this demo's database):",
-             f"  incident-fsm incidents {where}"]
+             f"  {program} incidents {where}"]
     if ids:
-        lines.append(f"  incident-fsm show {ids[0]} {where}")
-    lines += [f"  incident-fsm history {where}", f"  incident-fsm stats {where}"]
+        lines.append(f"  {program} show {ids[0]} {where}")
+    lines += [f"  {program} history {where}", f"  {program} stats {where}"]
     if held is not None:
-        lines += [f"  incident-fsm graph --incident {held} {where}",
-                  f"  incident-fsm force {held} approve --reason 'failover approved' {where}"
+        lines += [f"  {program} graph --incident {held} {where}",
+                  f"  {program} force {held} approve --reason 'failover approved' {where}"
                   "   # the held failover: recorded; an agent on this database would run it"]
     else:
-        lines.append("  incident-fsm graph")
+        lines.append(f"  {program} graph")
     return "\n".join(lines)
