@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from incident_fsm.vocabulary import AttemptOutcome, NotificationStatus, State
+from incident_fsm.vocabulary import AttemptOutcome, Label, NotificationStatus, State
 
 IncidentId = NewType("IncidentId", int)
 
@@ -46,6 +46,7 @@ ACTION_OUTCOMES = tuple(o.value for o in AttemptOutcome)
 #: the outcome of an attempt found not applicable: it changed nothing at the service
 OUTCOME_SKIPPED = AttemptOutcome.SKIPPED
 NOTIFICATION_STATUSES = tuple(n.value for n in NotificationStatus)
+LABELS = tuple(lb.value for lb in Label)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -272,6 +273,27 @@ class Lease(_Base, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     #: of a heartbeat row: the version of the agent that beats
     version: str | None = Field(default=None, max_length=40)
+
+
+class IncidentLabel(_Base, table=True):
+    """An operator's judgement of an incident (real or noise), kept with who and why.
+
+    Appended, never changed: the latest one is the incident's label. A label
+    moves no state; it is what detection precision is read from.
+    """
+
+    __tablename__ = "incident_label"
+    __table_args__ = (
+        sa.CheckConstraint(_in("label", LABELS), name="label"),
+        sa.Index("ix_incident_label_incident_id", "incident_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id")
+    label: str = Field(max_length=20)
+    actor: str = Field(max_length=200)
+    reason: str = Field(max_length=1000)
+    at: datetime = Field(sa_type=UTCDateTime)
 
 
 class Silence(_Base, table=True):

@@ -37,6 +37,13 @@ class Trigger(enum.StrEnum):
 OPEN_TRIGGER: Final = "open"
 
 
+class Label(enum.StrEnum):
+    """An operator's judgement of an incident: a real problem, or noise."""
+
+    REAL = "real"
+    NOISE = "noise"
+
+
 
 class Verdict(enum.StrEnum):
     """What policy says about running a proposed action now."""

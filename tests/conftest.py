@@ -31,8 +31,8 @@ ADMIN_URL = os.environ.get(
     "INCIDENT_FSM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TABLES = ("notification", "action_run", "transition", "incident", "health_check", "lease",
-          "silence")
+TABLES = ("notification", "action_run", "transition", "incident_label", "incident",
+          "health_check", "lease", "silence")
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ from incident_fsm.errors import InvalidInput, InvalidTransition
 @click.command()
 @database_url_option
 @click.argument("incident_id", type=click.IntRange(min=1), metavar="ID")
-@click.argument("trigger", type=click.Choice(["acknowledge", "approve", "resolve", "escalate"]))
+@click.argument("trigger",
+                type=click.Choice(["acknowledge", "approve", "resolve", "escalate", "label"]))
+@click.argument("label", required=False, metavar="[real|noise]")
 @click.option("--reason", required=True, help="Why (recorded with the transition).")
 @click.option("--actor", default=None, help="Who (default: your OS user name).")
 @click.option("--action", "action_name", default=None,
@@ -32,14 +34,22 @@ from incident_fsm.errors import InvalidInput, InvalidTransition
               help="The agent's TOML (env INCIDENT_FSM_CONFIG): its deadlines and channels, "
                    "and the actions --action may name. Required with --action.")
 @json_option
-def force(database_url: str | None, incident_id: int, trigger: str, reason: str,
-          actor: str | None, action_name: str | None, config_path: str | None,
+def force(database_url: str | None, incident_id: int, trigger: str, label: str | None,
+          reason: str, actor: str | None, action_name: str | None, config_path: str | None,
           as_json: bool) -> None:
     """Fire an operator transition, checked against the state graph and recorded with who and why.
+
+    `label real|noise` records a judgement of the incident instead (any state; no state
+    changes): what `stats` reads detection's precision from.
 
     Example: incident-fsm force 3 approve --reason "failover approved by on-call" --actor alice
     """
     from loguru import logger
+
+    if trigger == "label" or label is not None:
+        _label(database_url, incident_id, trigger, label, reason=reason, actor=actor,
+               action_name=action_name, as_json=as_json)
+        return
 
     if action_name is not None and trigger != "approve":
         raise InvalidInput("--action goes only with approve")
@@ -94,6 +104,25 @@ def _force_command(database_url: str | None, incident_id: int, trigger: str, rea
                    "the step's notifications wait in the outbox until one runs")
         click.echo("warning: no agent has been seen alive (no current heartbeat in the "
                    f"database): {waiting}", err=True)
+
+
+def _label(database_url: str | None, incident_id: int, trigger: str, label: str | None, *,
+           reason: str, actor: str | None, action_name: str | None, as_json: bool) -> None:
+    from incident_fsm.models import IncidentId
+    from incident_fsm.reports.format import to_json
+    from incident_fsm.vocabulary import Label
+
+    if trigger != "label":
+        raise InvalidInput(f"only label takes a value, not {trigger}; nothing was written")
+    if label not in set(Label):
+        raise InvalidInput(f"label takes real or noise, not {label!r}; nothing was written")
+    if action_name is not None:
+        raise InvalidInput("--action goes only with approve")
+    who = actor if actor is not None else getpass.getuser()
+    row = with_store(database_url, lambda store: store.label_incident(
+        IncidentId(incident_id), label, actor=who, reason=reason, at=datetime.now(UTC)))
+    click.echo(to_json(row) if as_json else
+               f"incident {incident_id} labelled {row.label} by {row.actor}: {row.reason}")
 
 
 def _force_deadlines(policy: Any) -> str:

@@ -114,19 +114,21 @@ def show(database_url: str | None, incident_id: int, as_json: bool) -> None:
 
     now = datetime.now(UTC)
 
-    async def read(store: Any) -> tuple[Any, list[Any]]:
+    async def read(store: Any) -> tuple[Any, list[Any], list[Any]]:
         timeline = await store.timeline(IncidentId(incident_id))
         silences = await store.silences(now=now, include_ended=True,
                                         target=timeline.incident.target)
-        return timeline, covering(silences, timeline.incident, now)
+        return (timeline, covering(silences, timeline.incident, now),
+                await store.labels_of(IncidentId(incident_id)))
 
-    timeline, silences = with_store(database_url, read)
+    timeline, silences, labels = with_store(database_url, read)
     if as_json:
         data = json.loads(to_json(timeline))
         data["silences"] = json.loads(to_json(silences))
+        data["labels"] = json.loads(to_json(labels))
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
-        click.echo(timeline_text(timeline, silences))
+        click.echo(timeline_text(timeline, silences, labels))
 
 
 @click.command()
@@ -179,15 +181,17 @@ def stats(database_url: str | None, since: datetime | None, as_json: bool) -> No
 
     async def work(store: Any) -> Any:
         result = await store.statistics(since=since)
-        return result, await learned_rankings(store, [k.kind for k in result.kinds])
+        return (result, await learned_rankings(store, [k.kind for k in result.kinds]),
+                await store.label_counts(since=since))
 
-    result, rankings = with_store(database_url, work)
+    result, rankings, labels = with_store(database_url, work)
     if as_json:
         data = json.loads(to_json(result))
         data["ranking"] = {k: [r.as_dict() for r in ranked] for k, ranked in rankings.items()}
+        data["labels"] = labels
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
-        click.echo(statistics_text(result, rankings))
+        click.echo(statistics_text(result, rankings, labels))
 
 
 async def _follow(store: Any, *, since: datetime, target: str | None, kind: str | None,

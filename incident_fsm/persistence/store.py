@@ -24,6 +24,7 @@ from __future__ import annotations
 from incident_fsm.persistence.attempts import ActionTally, AttemptRepository
 from incident_fsm.persistence.health_checks import HealthCheckRepository
 from incident_fsm.persistence.incidents import IncidentRepository
+from incident_fsm.persistence.labels import LabelRepository
 from incident_fsm.persistence.leases import LeaseRepository
 from incident_fsm.persistence.outbox import OutboxRepository
 from incident_fsm.persistence.silences import SilenceRepository
@@ -33,10 +34,11 @@ __all__ = ["ActionTally", "Statistics", "Store"]
 
 
 class Store(IncidentRepository, AttemptRepository, OutboxRepository, LeaseRepository,
-            HealthCheckRepository, StatisticsRepository, SilenceRepository):
+            HealthCheckRepository, StatisticsRepository, SilenceRepository, LabelRepository):
     """Async access to incidents and their history. Create one per process and share it.
 
     One class per aggregate (`persistence.incidents`, `.attempts`, `.outbox`,
-    `.leases`, `.health_checks`, `.statistics`, `.silences`) over one `StoreCore`; consumers
-    depend on the small protocols of what they use, not on all of it.
+    `.leases`, `.health_checks`, `.statistics`, `.silences`, `.labels`) over one
+    `StoreCore`; consumers depend on the small protocols of what they use, not on all
+    of it.
     """

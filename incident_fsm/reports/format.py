@@ -14,6 +14,7 @@ from typing import Any
 from incident_fsm.models import (
     ActionRun,
     Incident,
+    IncidentLabel,
     Notification,
     Silence,
     Timeline,
@@ -93,7 +94,8 @@ def silence_status(silence: Silence, now: datetime) -> str:
     return "active" if silence.starts_at <= now else "pending"
 
 
-def timeline_text(timeline: Timeline, silences: Sequence[Silence] = ()) -> str:
+def timeline_text(timeline: Timeline, silences: Sequence[Silence] = (),
+                  labels: Sequence[IncidentLabel] = ()) -> str:
     """`show`: the incident, every step, action and notification, and the silences that
     covered it. Every time is UTC, and says so."""
     i = timeline.incident
@@ -109,6 +111,10 @@ def timeline_text(timeline: Timeline, silences: Sequence[Silence] = ()) -> str:
     if held is not None:
         out.append(f"waiting for approval: {held}; approve it: "
                    f"incident-fsm force {i.id} approve --reason TEXT")
+    if labels:
+        out += ["", "labels (UTC; the last is the incident's):"]
+        out += [f"  {_when(lb.at)}  {lb.label:<5}  by {one_line(lb.actor, 200)}: "
+                f"{one_line(lb.reason)}" for lb in labels]
     if silences:
         out += ["", "silences (UTC):"]
         out += [f"  {s.id:>3}  {_when(s.starts_at)} → {_when(s.expired_at or s.ends_at)}  "
@@ -246,7 +252,8 @@ def _secs(value: float | None) -> str:
 
 
 def statistics_text(stats: Statistics,
-                    rankings: Mapping[str, Sequence[Ranked]] | None = None) -> str:
+                    rankings: Mapping[str, Sequence[Ranked]] | None = None,
+                    labels: Mapping[str, Mapping[str, int]] | None = None) -> str:
     states = ", ".join(f"{k} {v}" for k, v in sorted(stats.states.items())) or "none"
     parts = [f"incidents by state: {states}", "", "per problem kind:"]
     parts.append(_table(
@@ -254,6 +261,14 @@ def statistics_text(stats: Statistics,
         [[k.kind, str(k.incidents), str(k.open), str(k.resolved), _pct(k.escalation_rate),
           _secs(k.resolution_p50_s), _secs(k.resolution_p95_s)] for k in stats.kinds],
     ) if stats.kinds else "  none")
+    if labels:
+        parts += ["", "operators' labels (each incident's latest: was it a real problem?):"]
+        parts.append(_table(
+            ["KIND", "REAL", "NOISE", "PRECISION"],
+            [[kind, str(n.get("real", 0)), str(n.get("noise", 0)),
+              _pct(n.get("real", 0) / (n.get("real", 0) + n.get("noise", 0))
+                   if n.get("real", 0) + n.get("noise", 0) else None)]
+             for kind, n in sorted(labels.items())]))
     parts += ["", "actions (success = the action worked and verification passed afterwards):"]
     parts.append(_table(
         ["KIND", "ACTION", "ATTEMPTS", "VERIFIED", "FAILED", "SUCCESS", "DRY RUNS"],
