@@ -22,6 +22,7 @@ from incident_fsm.cli.operate import check, db, demo, run
 from incident_fsm.cli.read import graph, history, incidents, show, stats
 from incident_fsm.cli.silence import silence
 from incident_fsm.cli.status import status
+from incident_fsm.cli.trust import trust
 from incident_fsm.errors import (
     IncidentFSMError,
     InvalidInput,
@@ -83,8 +84,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (status, incidents, show, history, stats, graph, force, silence, check, db, run,
-                demo):
+for command in (status, incidents, show, history, stats, trust, graph, force, silence, check,
+                db, run, demo):
     cli.add_command(command)
 
 

@@ -8,15 +8,33 @@ before remediation is switched on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 
 from incident_fsm.errors import IncidentNotFound, InvalidInput
-from incident_fsm.models import Incident, IncidentId, IncidentLabel
+from incident_fsm.models import ActionRun, Incident, IncidentId, IncidentLabel
 from incident_fsm.persistence.core import MAX_ACTOR, MAX_REASON, StoreCore, _check_text
+from incident_fsm.persistence.effects import failed_condition, succeeded_condition
 from incident_fsm.vocabulary import Label
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt as `incident-fsm trust` weighs it (see `remediation.trust`)."""
+
+    action: str
+    kind: str
+    tier: str
+    dry_run: bool
+    #: the action worked and verification passed after it (`succeeded_condition`)
+    worked: bool
+    #: the action failed or verification said no (`failed_condition`)
+    failed: bool
+    #: the incident's latest label (None: not labelled)
+    label: str | None
 
 
 class LabelRepository(StoreCore):
@@ -72,4 +90,32 @@ class LabelRepository(StoreCore):
                 for kind, label, n in session.execute(query).all():
                     out.setdefault(str(kind), {lb.value: 0 for lb in Label})[str(label)] = int(n)
             return out
+        return await self._run(work)
+
+    async def attempt_records(self, *, since: datetime) -> list[AttemptRecord]:
+        """Every attempt started since `since`, oldest first, with its incident's kind and
+        latest label."""
+        latest = (sa.select(col(IncidentLabel.incident_id), sa.func.max(col(IncidentLabel.id))
+                            .label("last"))
+                  .group_by(col(IncidentLabel.incident_id)).subquery())
+        query = (
+            # The one definition of success and failure (`persistence.effects`).
+            sa.select(col(ActionRun.action), col(Incident.kind), col(ActionRun.tier),
+                      col(ActionRun.dry_run), sa.case((succeeded_condition(), True), else_=False),
+                      sa.case((failed_condition(), True), else_=False),
+                      col(IncidentLabel.label))
+            .join(Incident, col(Incident.id) == col(ActionRun.incident_id))
+            .outerjoin(latest, latest.c.incident_id == col(ActionRun.incident_id))
+            .outerjoin(IncidentLabel, col(IncidentLabel.id) == latest.c.last)
+            .where(col(ActionRun.started_at) >= since)
+            .order_by(col(ActionRun.started_at), col(ActionRun.id))
+        )
+
+        def work() -> list[AttemptRecord]:
+            with self._session() as session:
+                return [AttemptRecord(str(action), str(kind), str(tier), bool(dry),
+                                      worked=bool(worked), failed=bool(failed),
+                                      label=None if label is None else str(label))
+                        for action, kind, tier, dry, worked, failed, label
+                        in session.execute(query).all()]
         return await self._run(work)
