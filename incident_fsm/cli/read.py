@@ -73,7 +73,7 @@ def incidents(database_url: str | None, states: tuple[str, ...], only_open: bool
     Example: incident-fsm incidents --open --target api --since 24h
     """
     from incident_fsm.fsm.graph import OPEN_STATES
-    from incident_fsm.reports.format import incidents_table, to_json
+    from incident_fsm.reports.format import approve_command, incidents_table, to_json
 
     wanted = states or (tuple(s.value for s in OPEN_STATES) if only_open else ())
 
@@ -97,7 +97,7 @@ def incidents(database_url: str | None, states: tuple[str, ...], only_open: bool
     click.echo(incidents_table(rows, now=datetime.now(UTC), acknowledged=acknowledged))
     for row in rows if waiting else ():
         click.echo(f"  {row.id}: {held[row.incident_id]} is held; approve it: "
-                   f"incident-fsm force {row.id} approve --reason TEXT")
+                   f"{approve_command(row.id)}")
 
 
 @click.command()

@@ -76,6 +76,8 @@ def status(database_url: str | None, config_path: str | None, as_json: bool) -> 
 
 def _report(found: _Read, now: datetime, *, settings: Any, elects: bool,
             where: str = "") -> dict[str, Any]:
+    from incident_fsm.reports.format import approve_command
+
     agents = [{"replica": a.replica, "alive": a.alive,
                "role": ("leader" if a.leader else "standby") if elects else "acting",
                "version": a.version, "started_at": a.started_at, "last_beat": a.last_beat,
@@ -103,7 +105,7 @@ def _report(found: _Read, now: datetime, *, settings: Any, elects: bool,
             "incident": o.incident.id, "target": o.incident.target, "kind": o.incident.kind,
             "action": o.held_action,
             "why": o.entered_by.details.get("verdict_reason", "") if o.entered_by else "",
-            "approve": f"incident-fsm force {o.incident.id} approve --reason TEXT{where}",
+            "approve": approve_command(o.incident.id, where),
         } for o in found.open_ if o.held_action is not None],
         "channels": [vars(c) for c in found.channels],
         "silences": [{"id": s.id, "target": s.target, "kind": s.kind, "ends_at": s.ends_at,
@@ -135,6 +137,8 @@ def _target(name: str, rows: Sequence[Any], now: datetime, settings: Any) -> dic
 
 def _text(report: dict[str, Any]) -> str:
     from incident_fsm.reports.format import age as _age
+    from incident_fsm.reports.format import clock as _clock
+    from incident_fsm.reports.format import reading_pct as _pct
     from incident_fsm.reports.format import table as columns
 
     def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -177,14 +181,6 @@ def _text(report: dict[str, Any]) -> str:
             f"{_clock(s['ends_at'])} UTC by {s['actor']}: {s['reason']}"
             for s in report["silences"]] or ["  none"]
     return "\n".join(out)
-
-
-def _clock(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}%"
 
 
 def _cadence(target: dict[str, Any]) -> str:

@@ -38,3 +38,12 @@ class AgentStatus:
     targets: tuple[TargetStatus, ...] = ()
     queues: dict[str, int] = field(default_factory=dict)
     version: str = VERSION
+
+    @property
+    def may_act(self) -> bool:
+        """The leader, or the only agent (no election): the replica that acts."""
+        return self.role in ("leader", "single")
+
+    @property
+    def acting(self) -> bool:
+        return self.running and self.may_act

@@ -27,8 +27,17 @@ from incident_fsm.text import one_line
 from incident_fsm.vocabulary import NotificationStatus
 
 
-def _when(value: datetime | None) -> str:
+def clock(value: datetime | None) -> str:
+    """A time for a table (its header says UTC)."""
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+_when = clock
+
+
+def reading_pct(value: float | None) -> str:
+    """A reading (memory, disk, cpu: 0 to 100) for a table."""
+    return "-" if value is None else f"{value:.1f}%"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -109,8 +118,7 @@ def timeline_text(timeline: Timeline, silences: Sequence[Silence] = (),
         out.append(f"summary: {i.summary}")
     held = held_action_of(timeline)
     if held is not None:
-        out.append(f"waiting for approval: {held}; approve it: "
-                   f"incident-fsm force {i.id} approve --reason TEXT")
+        out.append(f"waiting for approval: {held}; approve it: {approve_command(i.id)}")
     if labels:
         out += ["", "labels (UTC; the last is the incident's):"]
         out += [f"  {_when(lb.at)}  {lb.label:<5}  by {one_line(lb.actor, 200)}: "
@@ -128,6 +136,11 @@ def timeline_text(timeline: Timeline, silences: Sequence[Silence] = (),
     out += ["", "notifications:"]
     out += [_notification_line(n) for n in timeline.notifications] or ["  none"]
     return "\n".join(out)
+
+
+def approve_command(incident_id: int | None, where: str = "") -> str:
+    """The command that approves an incident's held action (`where`: e.g. its database)."""
+    return f"incident-fsm force {incident_id} approve --reason TEXT{where}"
 
 
 def held_action_of(timeline: Timeline) -> str | None:

@@ -41,8 +41,6 @@ CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 PROBE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: The readings a target reports, each exported as a ratio.
 READINGS: Final = ("memory", "disk", "cpu")
-#: The roles of a replica that acts (see `AgentStatus.role`).
-ACTING_ROLES: Final = ("leader", "single")
 #: Health-check sources that are not a probe of the target's endpoint.
 _NOT_A_PROBE: Final = ("dependency:", LOCAL_SOURCE)
 
@@ -137,7 +135,7 @@ def _gauges(status: AgentStatus, open_: Sequence[OpenIncident],
     targets = sorted(status.targets, key=lambda t: t.name)
     yield _gauge("incident_fsm_up", "1 while the agent runs.", [], [((), float(status.running))])
     yield _gauge("incident_fsm_leader", "1 if this replica may act (leader, or the only one).",
-                 ["replica"], [((status.replica,), float(status.role in ACTING_ROLES))])
+                 ["replica"], [((status.replica,), float(status.may_act))])
     yield _gauge("incident_fsm_database_readable",
                  "1 if the database answered this scrape's reads.", [],
                  [((), float(pending is not None))])

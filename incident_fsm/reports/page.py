@@ -24,7 +24,8 @@ from typing import Final
 from incident_fsm.models import Silence, Timeline
 from incident_fsm.persistence.statistics import OpenIncident
 from incident_fsm.reports.figures import AgentStatus
-from incident_fsm.reports.format import age, attempt_status, covering
+from incident_fsm.reports.format import age, approve_command, attempt_status, covering
+from incident_fsm.reports.format import reading_pct as _pct
 from incident_fsm.reports.graph_svg import state_svg
 
 #: No scripts, no remote anything: the page is text, tables and one inline SVG.
@@ -67,14 +68,10 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], empty: str) ->
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}%"
-
-
 def overview_page(status: AgentStatus, open_: Sequence[OpenIncident],
                   silences: Sequence[Silence], *, now: datetime, root: str) -> str:
     """The overview: is the agent up, what each target reads, what is open, waits, is silent."""
-    acting = status.running and status.role in ("leader", "single")
+    acting = status.acting
     state = ('<span class="ok">running, acting</span>' if acting else
              '<span class="bad">running, standing by</span>' if status.running else
              '<span class="bad">not running</span>')
@@ -104,7 +101,7 @@ def overview_page(status: AgentStatus, open_: Sequence[OpenIncident],
         [[f'<a href="{escape(root)}/incidents/{o.incident.id}">{o.incident.id}</a>',
           _e(o.held_action),
           _e(o.entered_by.details.get("verdict_reason", "") if o.entered_by else ""),
-          f"<code>incident-fsm force {o.incident.id} approve --reason TEXT</code>"]
+          f"<code>{escape(approve_command(o.incident.id))}</code>"]
          for o in open_ if o.held_action is not None], "nothing waits for an operator"))
     body += ["<h2>Silences</h2>", _silences(s for s in silences if s.active(now))]
     return _page("incident-fsm status", body)

@@ -47,6 +47,3 @@ class Silences:
         """The silence in force on `target` for `kind` at `now`, if any (the longest)."""
         matching = [s for s in self._known if s.matches(target, kind) and s.active(now)]
         return max(matching, key=lambda s: s.ends_at, default=None)
-
-    def active(self, now: datetime) -> list[Silence]:
-        return [s for s in self._known if s.active(now)]
