@@ -34,7 +34,7 @@ The monitor feeds observations in and acts on the findings that come out.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -119,6 +119,29 @@ class _Track:
     bad_samples: int = 0
 
 
+@dataclass(frozen=True)
+class _Limit:
+    """One metric's levels on one target, as the detector compares them."""
+
+    metric: str
+    kind: str
+    field: str
+    threshold: Threshold
+    trigger: float
+    clear: float
+
+    @classmethod
+    def of(cls, metric: str, kind: str, threshold: Threshold) -> _Limit:
+        trigger = trigger_level(threshold)
+        return cls(metric, kind, f"{metric}_pct", threshold, trigger,
+                   min(threshold.clear, trigger))
+
+    def details(self, value: float, reading: HealthSnapshot) -> dict[str, Any]:
+        return {"metric": self.metric, "value": value, "trigger": self.trigger,
+                "clear": self.clear, "critical": self.threshold.critical,
+                "source": reading.source}
+
+
 class Detector:
     """Hysteresis per (target, kind). Deterministic: same observations, same findings."""
 
@@ -127,40 +150,63 @@ class Detector:
             if target.failures_before_down < 1:
                 raise ValueError(f"target {name!r}: failures_before_down must be at least 1")
         self._targets = dict(targets)
-        self._tracks: dict[tuple[str, str], _Track] = {}
+        #: target -> kind -> track; per target, so a poll looks at its own tracks only
+        self._tracks: dict[str, dict[str, _Track]] = {name: {} for name in targets}
+        # Fixed by the settings; worked out once rather than on every sample.
+        self._limits = {name: tuple(_Limit.of(metric, kind, getattr(t.thresholds, metric))
+                                    for metric, kind in METRIC_KINDS.items())
+                        for name, t in targets.items()}
+        #: the targets with anything suspect or open, kept as phases change
+        self._active: set[str] = set()
 
     def phase(self, target: str, kind: str) -> Phase:
-        track = self._tracks.get((target, kind))
+        track = self._tracks.get(target, {}).get(kind)
         return Phase.OK if track is None else track.phase
 
     def phases(self, target: str) -> dict[str, Phase]:
         """Every kind of `target` that is not `ok`."""
-        return {k: t.phase for (n, k), t in self._tracks.items()
-                if n == target and t.phase is not Phase.OK}
+        return {k: t.phase for k, t in self._tracks.get(target, {}).items()
+                if t.phase is not Phase.OK}
 
     def active(self, target: str) -> bool:
         """Anything suspect or open on `target` (the monitor then polls fast)."""
-        return bool(self.phases(target))
+        return target in self._active
+
+    def _note_active(self, target: str) -> None:
+        if any(t.phase is not Phase.OK for t in self._tracks[target].values()):
+            self._active.add(target)
+        else:
+            self._active.discard(target)
 
     def set_phase(self, target: str, kind: str, phase: Phase) -> None:
         """Force a phase: seed from open incidents at start, or step back when opening failed."""
         track = self._track(target, kind)
         track.phase = phase
         track.bad_samples = {Phase.OK: 0, Phase.SUSPECT: 1, Phase.OPEN: 2}[phase]
+        self._note_active(target)
 
     def observe(self, target: str, observation: Observation) -> list[Finding]:
         """Feed one poll of `target`; returns the phase changes it caused."""
         settings = self._targets[target]
+        health = observation.health
+        if (target not in self._active and not observation.dependencies
+                and isinstance(health, HealthSnapshot)
+                and all(getattr(health, limit.field) < limit.clear
+                        for limit in self._limits[target])):
+            # Most polls: everything was ok and every reading is under its clear
+            # level. Each kind stays ok; no phase changes, so nothing is said.
+            return []
         findings: list[Finding] = []
         findings += self._endpoint(target, observation, settings.failures_before_down)
         findings += self._misconfigured(target, observation, settings.failures_before_down)
         reading = observation.reading
         if reading is not None:
-            for metric, kind in METRIC_KINDS.items():
-                limit: Threshold = getattr(settings.thresholds, metric)
-                findings += self._metric(target, kind, metric, reading, limit)
+            for limit in self._limits[target]:
+                findings += self._metric(target, reading, limit)
         for dep in observation.dependencies:
             findings += self._dependency(target, dep)
+        if findings:  # a phase changes only with a finding
+            self._note_active(target)
         return findings
 
     # --- per kind ----------------------------------------------------------------
@@ -169,22 +215,27 @@ class Detector:
         track = self._track(target, HEALTH_ENDPOINT_DOWN)
         health = observation.health
         if isinstance(health, HealthSnapshot):
-            return _good(track, Problem(
+            if track.phase is Phase.OK:  # the common case: nothing to say
+                track.bad_samples = 0
+                return []
+            return _good(track, lambda: Problem(
                 target, HEALTH_ENDPOINT_DOWN, "info",
                 f"health endpoint answers again ({health.source})",
                 {"source": health.source, "latency_ms": health.latency_ms}))
         if health.cause != DOWN:
             # The service answered (429, 404, a foreign body): it is alive.
-            return _good(track, Problem(
+            failure = health
+            return _good(track, lambda: Problem(
                 target, HEALTH_ENDPOINT_DOWN, "info",
-                f"health endpoint answers again ({health.source}: {health.reason})",
-                {"source": health.source, "reason": health.reason, "cause": health.cause}))
+                f"health endpoint answers again ({failure.source}: {failure.reason})",
+                {"source": failure.source, "reason": failure.reason, "cause": failure.cause}))
         failures = track.bad_samples + 1
-        return _bad(track, Problem(
+        fallback = observation.fallback
+        return _bad(track, lambda: Problem(
             target, HEALTH_ENDPOINT_DOWN, "critical",
             f"health endpoint failed {failures} time(s) in a row: {health.reason}",
             {"source": health.source, "reason": health.reason, "consecutive_failures": failures,
-             "fallback": None if observation.fallback is None else observation.fallback.source}),
+             "fallback": None if fallback is None else fallback.source}),
             needed=needed)
 
     def _misconfigured(self, target: str, observation: Observation,
@@ -192,7 +243,10 @@ class Detector:
         track = self._track(target, PROBE_MISCONFIGURED)
         health = observation.health
         if isinstance(health, HealthSnapshot):
-            return _good(track, Problem(
+            if track.phase is Phase.OK:
+                track.bad_samples = 0
+                return []
+            return _good(track, lambda: Problem(
                 target, PROBE_MISCONFIGURED, "info",
                 f"health endpoint gives a reading again ({health.source})",
                 {"source": health.source}))
@@ -200,7 +254,7 @@ class Detector:
             return []  # says nothing about whether the probe is right
         answers = track.bad_samples + 1
         base_url = self._targets[target].base_url
-        return _bad(track, Problem(
+        return _bad(track, lambda: Problem(
             # critical: the agent is blind on this target until a person fixes the probe
             target, PROBE_MISCONFIGURED, "critical",
             f"health probe of {base_url} misconfigured: {answers} answer(s) in a row are no "
@@ -208,65 +262,76 @@ class Detector:
             {"base_url": base_url, "source": health.source, "reason": health.reason,
              "consecutive_answers": answers}), needed=needed)
 
-    def _metric(self, target: str, kind: str, metric: str, reading: HealthSnapshot,
-                limit: Threshold) -> list[Finding]:
-        track = self._track(target, kind)
-        value = reading.value(metric)
-        trigger = trigger_level(limit)
-        clear = min(limit.clear, trigger)
-        details = {"metric": metric, "value": value, "trigger": trigger, "clear": clear,
-                   "critical": limit.critical, "source": reading.source}
-        if value > trigger:
-            severity = "critical" if value > limit.critical else "warning"
-            above = limit.critical if value > limit.critical else trigger
-            return _bad(track, Problem(
-                target, kind, severity,
-                f"{metric} {value:.1f}% > {above:g}% on {min(track.bad_samples + 1, 2)} "
-                f"consecutive sample(s) ({reading.source})",
-                {**details, "threshold": above}))
+    def _metric(self, target: str, reading: HealthSnapshot, limit: _Limit) -> list[Finding]:
+        track = self._track(target, limit.kind)
+        value: float = getattr(reading, limit.field)
+        trigger, clear, metric = limit.trigger, limit.clear, limit.metric
         if value < clear:
-            return _good(track, Problem(
-                target, kind, "info",
+            if track.phase is Phase.OK:  # the common case: nothing to say
+                track.bad_samples = 0
+                return []
+            return _good(track, lambda: Problem(
+                target, limit.kind, "info",
                 f"{metric} {value:.1f}% < {clear:g}% clear threshold ({reading.source})",
-                details))
+                limit.details(value, reading)))
+        if value > trigger:
+            critical = limit.threshold.critical
+            severity = "critical" if value > critical else "warning"
+            above = critical if value > critical else trigger
+            samples = min(track.bad_samples + 1, 2)
+            return _bad(track, lambda: Problem(
+                target, limit.kind, severity,
+                f"{metric} {value:.1f}% > {above:g}% on {samples} "
+                f"consecutive sample(s) ({reading.source})",
+                {**limit.details(value, reading), "threshold": above}))
         # Between clear and trigger: the hysteresis band. Nothing changes.
         return []
 
     def _dependency(self, target: str, dep: DependencyStatus) -> list[Finding]:
         kind = service_down(dep.name)
         track = self._track(target, kind)
-        details = {"dependency": dep.name, "state": dep.state, "reason": dep.reason}
+
+        def problem(severity: str, reason: str) -> Problem:
+            return Problem(target, kind, severity, reason,
+                           {"dependency": dep.name, "state": dep.state, "reason": dep.reason})
         if dep.state == "down":
-            return _bad(track, Problem(target, kind, "critical",
-                                       f"{dep.name} is down: {dep.reason}", details))
+            return _bad(track, lambda: problem("critical", f"{dep.name} is down: {dep.reason}"))
         if dep.state == "up":
-            return _good(track, Problem(target, kind, "info",
-                                        f"{dep.name} is up: {dep.reason}", details))
+            return _good(track, lambda: problem("info", f"{dep.name} is up: {dep.reason}"))
         return []
 
     def _track(self, target: str, kind: str) -> _Track:
-        if target not in self._targets:
+        tracks = self._tracks.get(target)
+        if tracks is None:
             raise KeyError(f"unknown target {target!r}")
-        return self._tracks.setdefault((target, kind), _Track())
+        track = tracks.get(kind)
+        if track is None:
+            track = tracks[kind] = _Track()
+        return track
 
 
-def _bad(track: _Track, problem: Problem, *, needed: int = 2) -> list[Finding]:
+# A finding's problem is built only when the phase changes: most samples change
+# nothing, and the texts and details cost more than the comparisons.
+def _bad(track: _Track, problem: Callable[[], Problem], *, needed: int = 2) -> list[Finding]:
     """A bad sample: the `needed`-th in a row confirms (opens); before that the kind is suspect."""
     track.bad_samples += 1
     if track.phase is not Phase.OPEN and track.bad_samples >= needed:
         track.phase = Phase.OPEN
-        return [Finding(Change.CONFIRMED, problem)]
+        return [Finding(Change.CONFIRMED, problem())]
     if track.phase is Phase.OK:
         track.phase = Phase.SUSPECT
-        return [Finding(Change.SUSPECTED, problem)]
+        return [Finding(Change.SUSPECTED, problem())]
     return []
 
 
-def _good(track: _Track, problem: Problem) -> list[Finding]:
+def _good(track: _Track, problem: Callable[[], Problem]) -> list[Finding]:
     """A good sample: a suspect is dismissed, an open problem cleared."""
-    change = {Phase.SUSPECT: Change.DISMISSED, Phase.OPEN: Change.CLEARED}.get(track.phase)
+    if track.phase is Phase.OK:
+        track.bad_samples = 0
+        return []
+    change = Change.DISMISSED if track.phase is Phase.SUSPECT else Change.CLEARED
     track.phase, track.bad_samples = Phase.OK, 0
-    return [] if change is None else [Finding(change, problem)]
+    return [Finding(change, problem())]
 
 
 def trigger_level(limit: Threshold) -> float:

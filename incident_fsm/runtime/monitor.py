@@ -34,7 +34,7 @@ import random as _random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, NamedTuple, Protocol
+from typing import Final, Protocol
 
 import anyio
 from loguru import logger
@@ -50,7 +50,8 @@ from incident_fsm.detection.detector import (
     status_label,
 )
 from incident_fsm.detection.payload import THROTTLED, HealthSnapshot, ProbeFailure, ProbeResult
-from incident_fsm.detection.targets import TargetProbes
+from incident_fsm.detection.targets import Cadence, TargetProbes, cadences
+from incident_fsm.detection.targets import min_interval as _min_interval
 from incident_fsm.errors import ConcurrentUpdate, GuardRejected, InvalidTransition
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.logfail import log_failure
@@ -111,13 +112,6 @@ class ProblemEvent:
 ProblemListener = Callable[[ProblemEvent], Awaitable[None]]
 
 
-class Cadence(NamedTuple):
-    """Seconds between polls: normally, and while anything on the target is suspect or open."""
-
-    normal: float
-    fast: float
-
-
 class Monitor:
     """Polls targets, records health checks, detects problems and opens/recovers incidents."""
 
@@ -172,11 +166,8 @@ class Monitor:
         self._throttled: dict[str, int] = {}
         self._retry_after: dict[str, float] = {}
         # Fixed by the settings, so worked out once: a status view may ask every second.
-        configured = Cadence(agent.poll_interval, agent.fast_poll_interval)
-        self._cadence = {
-            name: (configured, Cadence(max(configured.normal, self.min_interval(name)),
-                                       max(configured.fast, self.min_interval(name))))
-            for name in self._targets}
+        self._cadence = {name: cadences(agent, t, self._probes[name].requests_per_poll)
+                         for name, t in self._targets.items()}
         self._cadence_said = False
 
     # --- what others read --------------------------------------------------------
@@ -207,8 +198,7 @@ class Monitor:
 
     def min_interval(self, target: str) -> float:
         """The shortest gap between polls the target's rate limit allows (seconds)."""
-        settings = self._targets[target]
-        return self._probes[target].requests_per_poll * 60.0 / settings.max_requests_per_minute
+        return _min_interval(self._targets[target], self._probes[target].requests_per_poll)
 
     def cadence(self, target: str) -> tuple[Cadence, Cadence]:
         """The configured intervals of `target` and the effective ones its rate limit allows.
