@@ -259,6 +259,9 @@ class HealthCheck(_Base, table=True):
     disk_pct: float | None = None
     cpu_pct: float | None = None
     error: str = Field(default="", max_length=1000)
+    #: why a probe gave no reading (`down`, `throttled`, `unusable`), so a backtest can
+    #: replay the failure as the detector saw it; None on readings and on older rows
+    cause: str | None = Field(default=None, max_length=20)
 
 
 class Lease(_Base, table=True):

@@ -23,7 +23,7 @@ def _clipped_check(check: HealthCheck) -> HealthCheck:
     return HealthCheck(
         target=check.target[:200], at=check.at, source=check.source[:200], ok=check.ok,
         latency_ms=check.latency_ms, memory_pct=check.memory_pct, disk_pct=check.disk_pct,
-        cpu_pct=check.cpu_pct, error=check.error[:1000],
+        cpu_pct=check.cpu_pct, error=check.error[:1000], cause=check.cause,
     )
 
 # --- remediation helpers -----------------------------------------------------------

@@ -474,4 +474,4 @@ def _row(name: str, at: datetime, result: ProbeResult) -> HealthCheck:
                            disk_pct=result.disk_pct, cpu_pct=result.cpu_pct,
                            error="; ".join(result.partial_failures))
     return HealthCheck(target=name, at=at, source=result.source, ok=False,
-                       latency_ms=result.latency_ms, error=result.reason)
+                       latency_ms=result.latency_ms, error=result.reason, cause=result.cause)
