@@ -199,21 +199,10 @@ async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, act
 
 
 async def _approvable(settings: Any, *, target: str, kind: str) -> dict[str, str]:
-    """Action name -> tier of what the agent may run for `kind` on `target`, best first.
+    from incident_fsm.remediation.actions.catalog import offline_catalog, policy_tiers
 
-    The agent's own choice: the target's actions under the configuration,
-    narrowed by the policy for the kind (`[policy]` or the default list).
-    """
-    import httpx
-
-    from incident_fsm.remediation.actions.catalog import Catalog
-    from incident_fsm.remediation.policy import candidates
-
-    # The actions only keep the client for when they run; none runs here.
-    async with httpx.AsyncClient() as http:
-        available = Catalog.from_settings(settings, http=http).for_target(target)
-        names = candidates(kind, available=available, override=settings.policy or None)
-        return {name: str(available[name].tier) for name in names}
+    async with offline_catalog(settings) as catalog:
+        return policy_tiers(catalog, settings, target=target, kind=kind)
 
 
 async def _held_action(store: Any, incident_id: Any) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from incident_fsm.about import VERSION
+from incident_fsm.cli.backtest import backtest
 from incident_fsm.cli.force import force
 from incident_fsm.cli.operate import check, db, demo, run
 from incident_fsm.cli.read import graph, history, incidents, show, stats
@@ -84,8 +85,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (status, incidents, show, history, stats, trust, graph, force, silence, check,
-                db, run, demo):
+for command in (status, incidents, show, history, stats, trust, backtest, graph, force, silence,
+                check, db, run, demo):
     cli.add_command(command)
 
 

@@ -27,6 +27,7 @@ from incident_fsm.persistence.incidents import IncidentRepository
 from incident_fsm.persistence.labels import LabelRepository
 from incident_fsm.persistence.leases import LeaseRepository
 from incident_fsm.persistence.outbox import OutboxRepository
+from incident_fsm.persistence.recorded import RecordedRepository
 from incident_fsm.persistence.silences import SilenceRepository
 from incident_fsm.persistence.statistics import Statistics, StatisticsRepository
 
@@ -34,11 +35,12 @@ __all__ = ["ActionTally", "Statistics", "Store"]
 
 
 class Store(IncidentRepository, AttemptRepository, OutboxRepository, LeaseRepository,
-            HealthCheckRepository, StatisticsRepository, SilenceRepository, LabelRepository):
+            HealthCheckRepository, StatisticsRepository, SilenceRepository, LabelRepository,
+            RecordedRepository):
     """Async access to incidents and their history. Create one per process and share it.
 
     One class per aggregate (`persistence.incidents`, `.attempts`, `.outbox`,
-    `.leases`, `.health_checks`, `.statistics`, `.silences`, `.labels`) over one
+    `.leases`, `.health_checks`, `.statistics`, `.silences`, `.labels`, `.recorded`) over one
     `StoreCore`; consumers depend on the small protocols of what they use, not on all
     of it.
     """

@@ -25,7 +25,7 @@ from loguru import logger
 
 from .common import Row, table
 
-BENCHES = ("memory", "cpu", "latency", "throughput", "history", "concurrency")
+BENCHES = ("memory", "cpu", "latency", "throughput", "history", "concurrency", "backtest")
 
 
 def main() -> int:

@@ -11,7 +11,8 @@ name. A command named like a built-in action replaces it (e.g. a command
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -22,7 +23,7 @@ from incident_fsm.remediation.actions.command import CommandAction
 from incident_fsm.remediation.actions.disk_cleanup import DiskCleanup
 from incident_fsm.remediation.actions.failover import Failover
 from incident_fsm.remediation.actions.render import RenderApi, RenderRestart, RenderScale
-from incident_fsm.remediation.policy import default_kinds
+from incident_fsm.remediation.policy import candidates, default_kinds
 from incident_fsm.settings import Settings, TargetSettings
 
 
@@ -43,6 +44,28 @@ class Catalog:
             target.name: target_actions(settings, target, http=http, environ=env)
             for target in settings.targets
         })
+
+
+@asynccontextmanager
+async def offline_catalog(settings: Settings) -> AsyncIterator[Catalog]:
+    """The catalog of `settings` for reading what it offers; none of its actions is run.
+
+    The actions only keep the HTTP client for when they run, and it is closed on exit.
+    """
+    async with httpx.AsyncClient() as http:
+        yield Catalog.from_settings(settings, http=http)
+
+
+def policy_tiers(catalog: Catalog, settings: Settings, *, target: str,
+                 kind: str) -> dict[str, str]:
+    """Action name -> tier of what the agent may run for `kind` on `target`, best first.
+
+    The agent's own choice: the target's actions under the configuration,
+    narrowed by the policy for the kind (`[policy]` or the default list).
+    """
+    available = catalog.for_target(target)
+    names = candidates(kind, available=available, override=settings.policy or None)
+    return {name: str(available[name].tier) for name in names}
 
 
 def secret_names(settings: Settings) -> tuple[str, ...]:
