@@ -118,6 +118,8 @@ async def test_restart_success_sends_the_key_only_in_the_header(
     assert outcome.summary == f"restart of srv-web: requested (HTTP {status})"
     assert outcome.evidence == {"service_id": "srv-web", "attempts": 1}
     assert route.calls.last.request.headers["Authorization"] == f"Bearer {KEY}"
+    # The attempt's key rides along, so what reached the API can be tied to its attempt.
+    assert route.calls.last.request.headers["Idempotency-Key"] == context(clock).idempotency_key
     assert route.call_count == 1
 
 
