@@ -84,6 +84,9 @@ async def test_outage_mid_incident_is_journaled_and_replayed_in_order(
     engine = IncidentEngine(store, clock=clock)
     assert (await store.get_incident(iid)).state == "remediating"
     scale_run = (await store.timeline(iid)).actions[-1]
+    # The key the action runs with offline (the Idempotency-Key an API sees) is the key
+    # the database keeps after the replay, else what ran cannot be tied to its attempt.
+    offline_key = scale_run.idempotency_key
     assert await store.claim_attempt(scale_run.id or 0, at=clock.now())
     assert not await store.claim_attempt(scale_run.id or 0, at=clock.now())
     await store.finish_action(scale_run.id or 0, outcome="ok", finished_at=clock.advance(10))
@@ -104,6 +107,7 @@ async def test_outage_mid_incident_is_journaled_and_replayed_in_order(
         assert [(r.attempt, r.action, r.outcome, r.verified) for r in timeline.actions] == [
             (1, "render_restart", "ok", False), (2, "render_scale", "ok", None)]
         assert timeline.actions[1].executing_at is not None
+        assert timeline.actions[1].idempotency_key == offline_key
         assert timeline.incident.strikes == 1 and timeline.incident.version == 5
         (other,) = await direct.list_incidents(target="worker")
         assert other.id is not None and other.id > 0 and other.state == "escalated"

@@ -92,6 +92,9 @@ class StepRequest:
     details: Mapping[str, Any] = field(default_factory=dict)
     intent: ActionIntent | None = None
     notifications: Sequence[Any] = ()
+    #: the idempotency key of the attempt `intent` starts, when it already has one (it
+    #: ran while the step was journaled offline); None: the store gives the usual one
+    attempt_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -53,17 +53,18 @@ class AttemptRepository(StoreCore):
     # --- action runs -------------------------------------------------------
 
     async def record_action(self, incident_id: IncidentId, intent: ActionIntent,
-                            *, at: datetime) -> ActionRun:
+                            *, at: datetime, key: str | None = None) -> ActionRun:
         """Record an attempt on its own (e.g. a dry run in monitor-only mode).
 
         Attempts that move the incident are recorded by `apply_transition`
         in the same transaction as the `remediate`/`approve` step instead.
+        `key`: the idempotency key it already has (recorded offline), if any.
         """
         def work() -> ActionRun:
             with self._session() as session:
                 if session.get(Incident, incident_id) is None:
                     raise IncidentNotFound(incident_id)
-                run = _add_action_run(session, incident_id, intent, at)
+                run = _add_action_run(session, incident_id, intent, at, key)
                 session.commit()
                 return run
         return await self._run(work)

@@ -177,12 +177,12 @@ def _refresh_strikes(session: Session, incident_id: int) -> None:
 
 
 def _add_action_run(session: Session, incident_id: int, intent: ActionIntent,
-                    at: datetime) -> ActionRun:
+                    at: datetime, key: str | None = None) -> ActionRun:
     last = int(session.execute(
         sa.select(sa.func.coalesce(sa.func.max(ActionRun.attempt), 0))
         .where(col(ActionRun.incident_id) == incident_id)
     ).scalar_one())
-    run = new_attempt(incident_id, after=last, intent=intent, at=at)
+    run = new_attempt(incident_id, after=last, intent=intent, at=at, key=key)
     session.add(run)
     session.flush()
     return run

@@ -243,7 +243,8 @@ class IncidentRepository(StoreCore):
             session.add(history_row(step, details))
             run = None
             if step.intent is not None:
-                run = _add_action_run(session, step.incident_id, step.intent, step.at)
+                run = _add_action_run(session, step.incident_id, step.intent, step.at,
+                                      step.attempt_key)
             _add_outbox(session, step.incident_id, new_version, step.notifications, step.at)
             session.flush()
             incident = session.get(Incident, step.incident_id, populate_existing=True)

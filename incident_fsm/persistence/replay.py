@@ -14,6 +14,7 @@ replay where it is (the caller keeps its progress).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -94,6 +95,10 @@ class Replayer:
             step = decode_step(entry["step"], self.real_id(entry["step"]["incident_id"]))
             if step.incident_id < 0:
                 raise InvalidInput("its incident was never replayed")
+            if step.intent is not None and entry.get("key"):
+                # The attempt may have run offline under this key (an API saw it): the
+                # database keeps the same one.
+                step = replace(step, attempt_key=str(entry["key"]))
             run: ActionRun | None = None
             try:
                 run = (await self.online.apply_transition(step)).attempt
@@ -114,7 +119,8 @@ class Replayer:
             existing = [r for r in (await self.online.timeline(IncidentId(incident_id))).actions
                         if r.started_at == at and r.action == entry["intent"]["action"]]
             run = existing[0] if existing else await self.online.record_action(
-                IncidentId(incident_id), decode_intent(entry["intent"]), at=at)
+                IncidentId(incident_id), decode_intent(entry["intent"]), at=at,
+                key=str(entry["key"]) if entry.get("key") else None)
             self._local.aliases[entry["run_id"]] = run.id or 0
             return
         run_id = self.real_id(entry["run_id"])
