@@ -87,14 +87,18 @@ async def test_run_renews_and_hands_the_lease_back_on_cancel(
 ) -> None:
     a = LeaderElector(store, clock=start, holder="a", ttl=6, renew_every=2, skew_margin=1)
     b = LeaderElector(store, clock=start, holder="b", ttl=6, renew_every=2, skew_margin=1)
-    async with anyio.create_task_group() as tg:
-        await tg.start(a.run)
-        await start.run_for(60)  # many ttls: only renewals keep it
-        assert a.is_leader
-        assert await b.try_acquire() is False
-        tg.cancel_scope.cancel()
+    with captured_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.run)
+            await start.run_for(60)  # many ttls: only renewals keep it
+            assert a.is_leader
+            assert await b.try_acquire() is False
+            tg.cancel_scope.cancel()
     assert not a.is_leader
     assert await b.try_acquire() is True  # released at once, no need to wait for expiry
+    # The log says when the term ended: from then on another replica may lead.
+    assert [line.split("|")[1] for line in logs if "released" in line] == [
+        "replica a released the leader lease"]
 
 
 async def test_a_standby_says_who_leads_once_per_change_of_leader(

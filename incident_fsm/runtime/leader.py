@@ -137,3 +137,5 @@ class LeaderElector:
                 # Shielded and bounded; if the database is away the lease simply expires.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5), suppress(StoreError):
                     await self._store.release_lease(self.name, self.holder)
+                    # When leadership ended: a standby may take over from this moment.
+                    logger.info("replica {} released the leader lease", self.holder)
