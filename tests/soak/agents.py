@@ -102,10 +102,12 @@ class Replica:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     lives: list[Life] = field(default_factory=list)
+    #: environment the next start adds (e.g. AUTO_REMEDIATION_ENABLED=false)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         env = {**os.environ, "RENDER_API_KEY": RENDER_KEY, "PYTHONUNBUFFERED": "1",
-               "INCIDENT_FSM_PAM_RELAY_SECRET": RELAY_SECRET}
+               "INCIDENT_FSM_PAM_RELAY_SECRET": RELAY_SECRET, **self.extra_env}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from incident_fsm.cli.main import main; main()", "run",

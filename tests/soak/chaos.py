@@ -33,6 +33,7 @@ KINDS: dict[str, tuple[int, float, str]] = {
     "webhook_outage": (2, 20 * MINUTE, "world"),
     "pg_terminate": (4, 0.0, "world"),
     "db_cutoff": (2, 10 * MINUTE, "world"),  # longer than the action deadline (5 min)
+    "monitor_only": (2, 40 * MINUTE, "world"),  # replicas restarted with remediation off
     "kill9": (3, 2 * MINUTE, "world"),  # the leader, restarted after the duration
     "sigterm": (3, 2 * MINUTE, "world"),
 }

@@ -191,10 +191,13 @@ def silences_obeyed(url: str, windows: list[tuple[str, datetime, datetime]]) -> 
     for _, target, at, action, _ in _automatic_runs(url):
         for name, begin, end in windows:
             # Slack: the agent reads silences every 5 s, and one may end mid-step.
-            if name == target and begin + timedelta(seconds=6) <= at <= end - timedelta(seconds=1):
+            if (name in (target, "*")
+                    and begin + timedelta(seconds=6) <= at <= end - timedelta(seconds=1)):
                 ran.append(f"{target} {action} at {at}")
-    return Verdict("nothing ran automatically during a silence", not ran,
-                   f"{len(windows)} silences" + (f"; ran: {_examples(ran)}" if ran else ""))
+    modes = Counter("monitor-only" if name == "*" else "silence" for name, _, _ in windows)
+    return Verdict("nothing ran automatically during monitor-only or a silence", not ran,
+                   f"{modes['silence']} silences, {modes['monitor-only']} monitor-only stretches"
+                   + (f"; ran: {_examples(ran)}" if ran else ""))
 
 
 def leadership(replicas: list[Replica]) -> Verdict:

@@ -46,6 +46,7 @@ class Run:
     started: float = 0.0
     ended: float = 0.0
     applied: list[tuple[float, float, Fault]] = field(default_factory=list)
+    #: (target, or "*" for all, from, to): no automatic action may start inside
     silences: list[tuple[str, datetime, datetime]] = field(default_factory=list)
     operator: list[tuple[float, str]] = field(default_factory=list)
     #: (wall time, open incidents)
@@ -87,6 +88,7 @@ class Soak:
         self.peers = Peers()
         self.proxies: list[TcpProxy] = []
         self.acked: set[int] = set()
+        self.monitor_only_since = datetime.now(UTC)
 
     def wall(self, virtual_seconds: float) -> float:
         return virtual_seconds / self.o.speedup
@@ -141,14 +143,16 @@ class Soak:
         next_sample = 0.0
         print(f"soak: {o.hours:g} h at {o.speedup:g}x = {self.wall(o.hours * 3600) / 60:.1f} min, "
               f"{o.targets} targets, {o.replicas} replica(s) on "
-              f"{'SQLite' if o.sqlite else 'Postgres'}, seed {o.seed}", flush=True)
+              f"{'SQLite' if o.sqlite else 'Postgres'}, seed {o.seed}; the schedule:", flush=True)
+        for fault in self.run.faults:
+            print(f"  {fault.line()}", flush=True)
+        print("running:", flush=True)
         async with anyio.create_task_group() as tg:
             while (now := time.time()) < end:
                 pending.sort(key=lambda p: p[0])
                 while pending and pending[0][0] <= now:
                     _, phase, fault = pending.pop(0)
                     if phase == "start":
-                        print(f"  {fault.line()}", flush=True)
                         await self._start(fault)
                         pending.append((now + self.wall(fault.duration), "end", fault))
                         self.run.applied.append((now, now + self.wall(fault.duration), fault))
@@ -232,6 +236,9 @@ class Soak:
         elif k == "db_cutoff":
             for proxy in self.proxies:
                 proxy.cut("refuse")
+        elif k == "monitor_only":
+            await self._restart_all({"AUTO_REMEDIATION_ENABLED": "false"})
+            self.monitor_only_since = datetime.now(UTC)
         elif k in ("kill9", "sigterm"):
             replica = self._leader()
             if replica is not None:
@@ -269,10 +276,21 @@ class Soak:
         elif k == "db_cutoff":
             for proxy in self.proxies:
                 proxy.restore()
+        elif k == "monitor_only":
+            self.run.silences.append(("*", self.monitor_only_since, datetime.now(UTC)))
+            await self._restart_all({})
         elif k in ("kill9", "sigterm"):
             for replica in self.run.replicas:
                 if not replica.alive:
                     replica.start()
+
+    async def _restart_all(self, env: dict[str, str]) -> None:
+        """Every replica stopped (SIGTERM) and started again with `env` added."""
+        for replica in self.run.replicas:
+            await anyio.to_thread.run_sync(lambda r=replica: r.stop("sigterm"))
+            replica.extra_env = dict(env)
+            replica.start()
+        self.run.operator.append((time.time(), f"restarted every replica with {env or 'defaults'}"))
 
     def _leader(self) -> Replica | None:
         alive = [r for r in self.run.replicas if r.alive]
