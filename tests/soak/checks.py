@@ -239,25 +239,53 @@ def leadership(replicas: list[Replica]) -> Verdict:
                    + (f"; overlapping: {_examples(overlaps)}" if overlaps else ""))
 
 
-def memory(replicas: list[Replica], *, limit_mb: float = 2.0, warm_up: float = 60.0) -> Verdict:
-    """Per process that lived long enough: RSS after `warm_up` s against its last samples."""
-    grew, seen = [], []
+def _first_lead(replicas: list[Replica]) -> dict[int, float]:
+    """pid -> when that process first became the leader (from its replica's log)."""
+    found: dict[int, float] = {}
+    for replica in replicas:
+        if not replica.log.exists():
+            continue
+        for line in replica.log.read_text(errors="replace").splitlines():
+            stamp, lead = STAMP.match(line), LEADER.search(line)
+            if stamp and lead and lead.group(2) == "is now the leader":
+                pid = int(lead.group(1).split(":")[1])
+                at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S.%f")
+                found.setdefault(pid, at.astimezone().timestamp())
+    return found
+
+
+def memory(replicas: list[Replica], *, limit_mb: float = 2.0, warm_up: float = 60.0,
+           judged_at_least: float = 120.0) -> Verdict:
+    """Per process: RSS at the end of its warm-up against its last samples.
+
+    Warm-up is the first `warm_up` s after the process first led (a standby
+    has not yet loaded what acting needs: the actions, the channels, their
+    clients), or after its start if it never led. Processes judged over less
+    than `judged_at_least` s are listed, not judged.
+    """
+    leads = _first_lead(replicas)
+    grew, seen, short = [], [], 0
     for replica in replicas:
         for life in replica.lives:
-            samples = [(t, r) for t, r in life.rss if t - life.started >= warm_up]
-            if len(samples) < 6:
+            since = leads.get(life.pid, life.started) + warm_up
+            samples = [(t, r) for t, r in life.rss if t >= since]
+            if len(samples) < 6 or samples[-1][0] - samples[0][0] < judged_at_least:
+                short += 1
                 continue
             first = sorted(r for _, r in samples[:3])[1]
             last = sorted(r for _, r in samples[-3:])[1]
-            seen.append(f"r{replica.index} pid {life.pid}: {first:.1f} -> {last:.1f} MB")
+            role = "led" if life.pid in leads else "stood by"
+            seen.append(f"r{replica.index} pid {life.pid} ({role}, judged over "
+                        f"{samples[-1][0] - samples[0][0]:.0f} s): {first:.1f} -> {last:.1f} MB")
             if last - first >= limit_mb:
                 grew.append(seen[-1])
     name = f"each agent's RSS after warm-up grew by less than {limit_mb:g} MB"
+    tail = f"; {short} process(es) too short-lived to judge" if short else ""
     if not seen:
-        # A short run whose processes were all restarted early: nothing to judge, said so.
-        return Verdict(name, True, f"not judged: no agent process lived {warm_up:g} s past "
-                                   "its start with samples after it")
-    return Verdict(name, not grew, _examples(seen) if not grew else f"grew: {_examples(grew)}")
+        return Verdict(name, True, f"not judged: no process lived {judged_at_least:g} s past "
+                                   f"its warm-up{tail}")
+    return Verdict(name, not grew,
+                   (_examples(seen) if not grew else f"grew: {_examples(grew)}") + tail)
 
 
 def database_growth(url: str, *, sqlite_path: Path | None, bound_mb: float) -> Verdict:

@@ -127,8 +127,9 @@ class Soak:
                     await self._play()
                     self.run.verdicts = await self._check(final=True)
                 finally:
+                    # In a thread: the agents' last calls reach peers served by this loop.
                     for replica in self.run.replicas:
-                        replica.stop("sigterm")
+                        await anyio.to_thread.run_sync(lambda r=replica: r.stop("sigterm"))
                 self.run.verdicts.append(checks.clean_logs(self.run.replicas))
                 self.run.counts = self._counts(url)
         return self.run
