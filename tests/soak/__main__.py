@@ -41,9 +41,9 @@ def main() -> int:
     logger.add(sys.stderr, level="ERROR")
     options = Options(hours=args.hours, speedup=args.speedup, seed=args.seed,
                       targets=args.targets, replicas=1 if args.sqlite else args.replicas,
-                      sqlite=args.sqlite, out=args.out)
+                      sqlite=args.sqlite, out=args.out.resolve())
     run = anyio.run(Soak(options).main)
-    report = write(run, args.out)
+    report = write(run, options.out)
     failed = [v for v in run.verdicts if not v.held] + [
         v for _, found in run.checkpoints for v in found if not v.held]
     for verdict in run.verdicts:

@@ -328,3 +328,19 @@ def open_incidents_agree(url: str) -> Verdict:
                        + ", ".join(f"'{s.value}'" for s in OPEN_STATES) + ")")[0][0]
     return Verdict("`incidents --open --json` lists every open incident", len(listed) == table,
                    f"CLI {len(listed)}, table {table}")
+
+
+def agents_ran(url: str, replicas: list[Replica], *, target_faults: int) -> Verdict:
+    """The run judged something: agents stayed up, polled, and opened incidents for faults.
+
+    Without this every other invariant holds vacuously when the agents never start.
+    """
+    died = [f"r{r.index} pid {life.pid}: {life.how}" for r in replicas for life in r.lives
+            if life.how.startswith("exited by itself")]
+    polls = int(_rows(url, "SELECT count(*) FROM health_check")[0][0])
+    opened = int(_rows(url, "SELECT count(*) FROM incident")[0][0])
+    held = not died and polls > 0 and (opened > 0 or target_faults == 0)
+    return Verdict("the agents ran: none exited by itself, they polled, faults opened incidents",
+                   held, f"{sum(len(r.lives) for r in replicas)} processes, {polls:,} health "
+                         f"checks, {opened} incidents for {target_faults} target faults"
+                   + (f"; exited by themselves: {_examples(died)}" if died else ""))

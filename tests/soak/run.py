@@ -131,6 +131,9 @@ class Soak:
                     for replica in self.run.replicas:
                         await anyio.to_thread.run_sync(lambda r=replica: r.stop("sigterm"))
                 self.run.verdicts.append(checks.clean_logs(self.run.replicas))
+                self.run.verdicts.insert(0, checks.agents_ran(
+                    url, self.run.replicas,
+                    target_faults=sum(1 for f in self.run.faults if f.target is not None)))
                 self.run.counts = self._counts(url)
         return self.run
 
