@@ -21,10 +21,11 @@ HEALTH = "GET /health/resources"
 class Tenants(Simulator):
     """One loopback server, one `ServiceState` per key (see the module docstring)."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], *, keep_alive: float = 5.0) -> None:
         # One key restarts a thousand services at once here: Render's limit of about 30
         # POSTs a minute would measure the quota, not the agent.
-        super().__init__(ServiceState(render_post_limit=1_000_000, render_get_limit=1_000_000))
+        super().__init__(ServiceState(render_post_limit=1_000_000, render_get_limit=1_000_000,
+                                      keep_alive=keep_alive))
         self.states = {k: ServiceState(web_service_id=f"srv-web-{k}",
                                        worker_service_id=f"srv-worker-{k}") for k in keys}
         self._by_service = {s.web_service_id: s for s in self.states.values()}
@@ -33,7 +34,7 @@ class Tenants(Simulator):
         return f"{self.base_url}/t/{key}"
 
     def _respond(self, method: str, route: str, headers: dict[str, str], body: bytes,
-                 fault: str | None) -> tuple[int, Any]:
+                 fault: str | None, *, disk_pct: float | None = None) -> tuple[int, Any]:
         state = self.state
         if route.startswith("/t/"):
             _, _, key, rest = route.split("/", 3)
@@ -42,7 +43,7 @@ class Tenants(Simulator):
             state = self._by_service.get(route.split("/")[3], state)
         saved, self.state = self.state, state
         try:
-            return super()._respond(method, route, headers, body, fault)
+            return super()._respond(method, route, headers, body, fault, disk_pct=disk_pct)
         finally:
             self.state = saved
 
