@@ -33,8 +33,9 @@ fails there), `huge` (a 50 MB body, written in 64 KiB pieces: never held
 whole),
 `trickle` (a valid body sent one byte per second); and `bodies` serves a
 route's raw body of the caller's choosing with status 200 (hostile payloads).
-It is a minimal HTTP/1.1 server on asyncio streams: loopback only, one
-request per connection.
+It is a minimal HTTP/1.1 server on asyncio streams (`demo.wire`): loopback
+only, keeping a connection open between requests for `keep_alive` seconds as
+uvicorn does.
 
 The PAM side is `demo.pam_simulator`.
 """
@@ -48,7 +49,6 @@ import math
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,13 +56,10 @@ from typing import Any
 
 import anyio
 
-MAX_REQUEST = 64 * 1024
+from incident_fsm.demo.wire import REASONS, RenderQuota, huge_length, huge_pieces, read_request
+
 #: The routes whose handlers block the service's loop for `health_delay`.
 _SLOW_ROUTES = frozenset({"/health/resources", "/health/system"})
-#: The `huge` fault: 50 MB of JSON, `{"pad": "xxx..."}`.
-_HUGE_PAD = 50 * 1024**2
-_HUGE_OPEN, _HUGE_CLOSE = b'{"pad": "', b'"}'
-_HUGE_PIECE = 64 * 1024
 
 
 @dataclass
@@ -90,6 +87,9 @@ class ServiceState:
     #: requests per minute one client IP may make to `/health/*` before 429 with
     #: `Retry-After` (theirs: about 50, each request counted twice); None: no limit
     health_rate_limit: int | None = None
+    #: seconds an idle keep-alive connection stays open (uvicorn's default is 5; 0 closes
+    #: after every answer)
+    keep_alive: float = 5.0
     #: endpoint path -> fault name (error, 500, garbage, hang, close, 429, huge, trickle)
     faults: dict[str, str] = field(default_factory=dict)
     #: endpoint path -> raw body served with 200 instead of the real one (faults win)
@@ -231,67 +231,84 @@ class Simulator:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # HTTP/1.1 keep-alive as uvicorn serves it: one connection answers request
+        # after request until the client closes it, asks to, or leaves it idle
+        # for `keep_alive` seconds.
         try:
-            request = await asyncio.wait_for(_read_request(reader), 10)
-            if request is None:
-                return
-            method, path, headers, body = request
-            route = path.split("?", 1)[0]
-            self.state.requests[f"{method} {route}"] += 1
-            fault = self.state.faults.get(route)
-            if fault == "hang":
-                await asyncio.sleep(3600)
-                return
-            if fault == "close":
-                return
-            peer = writer.get_extra_info("peername")
-            retry_after = self._limit(route, peer[0] if peer else "?")
-            quota = self._render_quota(method, route, headers)
-            payload: Any
-            async with self._loop_busy:
-                if route in _SLOW_ROUTES and self.state.health_delay > 0 and retry_after is None:
-                    await asyncio.sleep(self.state.health_delay)
-            if retry_after is not None:
-                status, payload = 429, {"detail": "Rate limit exceeded"}
-            elif quota is not None and quota.exceeded:
-                status, payload = 429, {"message": "rate limit exceeded"}
-            elif fault is None and route in self.state.bodies:
-                status, payload = 200, self.state.bodies[route]
-            else:
-                disk = None
-                if method == "GET" and route in _SLOW_ROUTES and self.state.disk_dir is not None:
-                    # The walk blocks: in a thread, so this loop serves other requests meanwhile.
-                    disk = await anyio.to_thread.run_sync(self.state.disk_pct)
-                status, payload = self._respond(method, route, headers, body, fault,
-                                                disk_pct=disk)
-            raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            length = _huge_length() if fault == "huge" else len(raw)
-            extra = f"Retry-After: {retry_after or 1}\r\n" if status == 429 else ""
-            if quota is not None:
-                extra = quota.header_lines(retry_after=status == 429)
-            head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {length}\r\n"
-                    f"{extra}Connection: close\r\n\r\n").encode()
-            if fault == "huge":
-                writer.write(head)
-                for piece in _huge_pieces():  # bounded by the client hanging up too
-                    writer.write(piece)
-                    await writer.drain()
-            elif fault == "trickle":
-                writer.write(head)
-                for byte in raw:  # bounded by the client hanging up (a reset ends it)
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    await asyncio.sleep(1.0)
-            else:
-                writer.write(head + raw)
-                await writer.drain()
+            first = True
+            while True:
+                wait = 10.0 if first else self.state.keep_alive
+                if wait <= 0:
+                    return
+                request = await asyncio.wait_for(read_request(reader), wait)
+                first = False
+                if request is None or not await self._answer(request, writer):
+                    return
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _answer(self, request: tuple[str, str, dict[str, str], bytes],
+                      writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; True if the connection stays open for the next."""
+        method, path, headers, body = request
+        route = path.split("?", 1)[0]
+        self.state.requests[f"{method} {route}"] += 1
+        fault = self.state.faults.get(route)
+        if fault == "hang":
+            await asyncio.sleep(3600)
+            return False
+        if fault == "close":
+            return False
+        peer = writer.get_extra_info("peername")
+        retry_after = self._limit(route, peer[0] if peer else "?")
+        quota = self._render_quota(method, route, headers)
+        payload: Any
+        async with self._loop_busy:
+            if route in _SLOW_ROUTES and self.state.health_delay > 0 and retry_after is None:
+                await asyncio.sleep(self.state.health_delay)
+        if retry_after is not None:
+            status, payload = 429, {"detail": "Rate limit exceeded"}
+        elif quota is not None and quota.exceeded:
+            status, payload = 429, {"message": "rate limit exceeded"}
+        elif fault is None and route in self.state.bodies:
+            status, payload = 200, self.state.bodies[route]
+        else:
+            disk = None
+            if method == "GET" and route in _SLOW_ROUTES and self.state.disk_dir is not None:
+                # The walk blocks: in a thread, so this loop serves other requests meanwhile.
+                disk = await anyio.to_thread.run_sync(self.state.disk_pct)
+            status, payload = self._respond(method, route, headers, body, fault,
+                                            disk_pct=disk)
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        length = huge_length() if fault == "huge" else len(raw)
+        extra = f"Retry-After: {retry_after or 1}\r\n" if status == 429 else ""
+        if quota is not None:
+            extra = quota.header_lines(retry_after=status == 429)
+        streamed = fault in ("huge", "trickle")
+        keep = (not streamed and self.state.keep_alive > 0
+                and headers.get("connection", "").lower() != "close")
+        head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {length}\r\n"
+                f"{extra}Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode()
+        if fault == "huge":
+            writer.write(head)
+            for piece in huge_pieces():  # bounded by the client hanging up too
+                writer.write(piece)
+                await writer.drain()
+        elif fault == "trickle":
+            writer.write(head)
+            for byte in raw:  # bounded by the client hanging up (a reset ends it)
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(1.0)
+        else:
+            writer.write(head + raw)
+            await writer.drain()
+        return keep
 
     def _limit(self, route: str, client: str) -> int | None:
         """A sliding-window limit on `/health/*` per client: seconds to wait, or None."""
@@ -341,7 +358,7 @@ class Simulator:
         return 404, {"detail": "not found"}
 
     def _render_quota(self, method: str, route: str,
-                      headers: dict[str, str]) -> _RenderQuota | None:
+                      headers: dict[str, str]) -> RenderQuota | None:
         """Count a Render request against its key's window (fixed, like Render's); None: not one."""
         if not route.startswith("/v1/services/"):
             return None
@@ -356,9 +373,9 @@ class Simulator:
         reset = max(1, math.ceil(window[0] + s.render_window - now))
         if window[1] >= limit:
             s.render_throttled += 1
-            return _RenderQuota(limit, 0, reset, exceeded=True)
+            return RenderQuota(limit, 0, reset, exceeded=True)
         window[1] += 1
-        return _RenderQuota(limit, max(0, limit - int(window[1])), reset, exceeded=False)
+        return RenderQuota(limit, max(0, limit - int(window[1])), reset, exceeded=False)
 
     def _render(self, method: str, route: str, headers: dict[str, str],
                 body: bytes) -> tuple[int, Any]:
@@ -393,24 +410,6 @@ class Simulator:
                 s.instances = count
             return 202, {}
         return 404, {"message": "not found"}
-
-
-@dataclass(frozen=True)
-class _RenderQuota:
-    """One Render answer's rate-limit headers."""
-
-    limit: int
-    remaining: int
-    #: seconds until the key's window resets
-    reset: int
-    exceeded: bool
-
-    def header_lines(self, *, retry_after: bool) -> str:
-        lines = (f"Ratelimit-Limit: {self.limit}\r\nRatelimit-Remaining: {self.remaining}\r\n"
-                 f"Ratelimit-Reset: {self.reset}\r\n")
-        if retry_after:
-            lines += f"Retry-After: {self.reset if self.exceeded else 1}\r\n"
-        return lines
 
 
 def render_service_payload(state: ServiceState, service_id: str) -> dict[str, Any]:
@@ -448,44 +447,3 @@ def render_service_payload(state: ServiceState, service_id: str) -> dict[str, An
                if web else {}),
         },
     }
-
-
-def _huge_length() -> int:
-    return len(_HUGE_OPEN) + _HUGE_PAD + len(_HUGE_CLOSE)
-
-
-def _huge_pieces() -> Iterator[bytes]:
-    """The `huge` body, piece by piece: 64 KiB in memory, never 50 MB."""
-    yield _HUGE_OPEN
-    piece = b"x" * _HUGE_PIECE
-    left = _HUGE_PAD
-    while left > 0:
-        yield piece if left >= _HUGE_PIECE else piece[:left]
-        left -= _HUGE_PIECE
-    yield _HUGE_CLOSE
-
-
-_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
-            503: "Service Unavailable"}
-
-
-async def _read_request(
-    reader: asyncio.StreamReader,
-) -> tuple[str, str, dict[str, str], bytes] | None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    if len(head) > MAX_REQUEST:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    try:
-        method, path, _version = lines[0].split(" ", 2)
-    except ValueError:
-        return None
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            key, value = line.split(":", 1)
-            headers[key.strip().lower()] = value.strip()
-    length = min(int(headers.get("content-length", "0") or 0), MAX_REQUEST)
-    body = await reader.readexactly(length) if length else b""
-    return method, path, headers, body
