@@ -51,7 +51,7 @@ from incident_fsm.backoff import Backoff, keep_running
 from incident_fsm.clock import Clock, SystemClock, sleep_or_wake
 from incident_fsm.detection.detector import Change
 from incident_fsm.detection.payload import HealthSnapshot
-from incident_fsm.detection.targets import TargetProbes, default_probes
+from incident_fsm.detection.targets import TargetClients, TargetProbes, default_probes
 from incident_fsm.detection.verification import judge
 from incident_fsm.errors import InvalidInput, SchemaNotReady, StoreError, StoreUnavailable
 from incident_fsm.fsm.engine import IncidentEngine
@@ -134,6 +134,8 @@ class Agent:
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0),
                                               follow_redirects=False)
+        # Targets get a client each (see TargetClients) unless one client is given.
+        self._target_clients = TargetClients(settings.agent)
         self.store = store or JournalingStore(
             url, journal_path=journal_path or settings.agent.journal_path or _journal_for(url))
         agent = settings.agent
@@ -150,8 +152,10 @@ class Agent:
         self.silences = Silences()
         self.monitor = Monitor(
             targets=settings.targets, agent=agent,
-            probes=probes or {t.name: default_probes(t, client=self.http)
-                              for t in settings.targets},
+            probes=probes or {
+                t.name: default_probes(t, client=self._target_clients.new()
+                                       if self._own_http else self.http)
+                for t in settings.targets},
             engine=self.engine, store=self.store, clock=self.clock, random=random,
             on_problem=self._on_problem, on_checks=self.metrics.checked,
             silences=self.silences)
@@ -340,6 +344,7 @@ class Agent:
         with anyio.move_on_after(10):
             if self._own_http:
                 await self.http.aclose()
+            await self._target_clients.aclose()
             await self.store.close(grace=2.0)
 
     async def _lead(self) -> None:
