@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NewType
+from typing import Any, NamedTuple, NewType
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
@@ -262,6 +262,25 @@ class HealthCheck(_Base, table=True):
     #: why a probe gave no reading (`down`, `throttled`, `unusable`), so a backtest can
     #: replay the failure as the detector saw it; None on readings and on older rows
     cause: str | None = Field(default=None, max_length=20)
+
+
+class HealthRow(NamedTuple):
+    """A `health_check` row on its way to the table: what the monitor writes each poll.
+
+    A plain tuple, not a `HealthCheck`: building a model object per row cost
+    more than the rest of writing it. The store accepts either.
+    """
+
+    target: str
+    at: datetime
+    source: str
+    ok: bool
+    latency_ms: float
+    memory_pct: float | None = None
+    disk_pct: float | None = None
+    cpu_pct: float | None = None
+    error: str = ""
+    cause: str | None = None
 
 
 class Lease(_Base, table=True):

@@ -107,7 +107,7 @@ class AgentSettings:
     #: the level of the per-check `📊 Health check` line (DEBUG silences it at INFO)
     health_log_level: str = "INFO"
     #: health_check rows older than this many seconds are pruned (0 keeps them forever)
-    health_check_retention: float = 7 * 86400.0
+    health_retention: float = 14 * 86400.0
     verify_window: float = 90.0
     max_strikes: int = 3
     detect_deadline: float = 120.0

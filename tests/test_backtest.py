@@ -158,7 +158,7 @@ class Celery:
         return DependencyStatus("celery", "up", "1 worker(s)")
 
 
-LIVE = Settings(agent=AgentSettings(health_check_retention=0), targets=(API,))
+LIVE = Settings(agent=AgentSettings(health_retention=0), targets=(API,))
 
 
 async def record_a_day(engine: IncidentEngine, store: Store, clock: ManualClock) -> datetime:
@@ -252,7 +252,7 @@ def _config(tmp_path: Path, memory_critical: float = 80.0) -> str:
     path = tmp_path / "candidate.toml"
     path.write_text(f"""
 [agent]
-health_check_retention = 0
+health_retention = 0
 
 [[targets]]
 name = "api"

@@ -280,3 +280,13 @@ def test_every_target_key_is_documented_in_the_readme() -> None:
         # `name`, `thresholds.memory`, `[[targets.dependencies]]`
         documented = re.search(rf"`(\[\[targets\.)?{field.name}[`.\]]", text)
         assert documented, f"[[targets]] {field.name} is not documented"
+
+
+def test_a_renamed_key_is_refused_with_its_new_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="renamed: write health_retention") as info:
+        _load(tmp_path, "[agent]\nhealth_check_retention = 86400\n")
+    assert info.value.key == "agent.health_check_retention"
+    with pytest.raises(ConfigError, match="INCIDENT_FSM_HEALTH_RETENTION"):
+        load_settings(None, environ={"INCIDENT_FSM_HEALTH_CHECK_RETENTION": "86400"})
+    assert _load(tmp_path, "[agent]\nhealth_retention = 0\n").agent.health_retention == 0
+    assert Settings().agent.health_retention == 14 * 86400

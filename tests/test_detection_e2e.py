@@ -30,7 +30,7 @@ from .monitor_helpers import run_virtual
 
 pytestmark = pytest.mark.anyio
 
-AGENT = AgentSettings(health_check_retention=0)  # default 30 s / 10 s polling
+AGENT = AgentSettings(health_retention=0)  # default 30 s / 10 s polling
 SCHEMAS = {
     "resources": (("/health/resources",), False),
     "system": (("/health/system",), False),

@@ -35,7 +35,7 @@ from .monitor_helpers import HangingProbe, ScriptedProbe, run_virtual, snap
 pytestmark = pytest.mark.anyio
 
 BASE = "http://api.test"
-QUIET = AgentSettings(health_check_retention=0)
+QUIET = AgentSettings(health_retention=0)
 DOWN = ProbeFailure("/health/resources", "HTTP 503")
 
 

@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from incident_fsm.config.sections import check_agent, parse_sections
-from incident_fsm.config.values import ConfigError, coerce, field_names, field_type, from_env_text
+from incident_fsm.config.values import (
+    RENAMED,
+    ConfigError,
+    coerce,
+    field_names,
+    field_type,
+    from_env_text,
+)
 from incident_fsm.settings import AgentSettings, Settings
 
 __all__ = ["ENV_FLAGS", "ConfigError", "load_settings"]
@@ -81,6 +88,10 @@ def load_settings(
 
 def _agent_from_env(agent: AgentSettings, env: Mapping[str, str]) -> AgentSettings:
     changes: dict[str, Any] = {}
+    for old, new in RENAMED.items():
+        if env.get(f"INCIDENT_FSM_{old.upper()}", ""):
+            raise ConfigError(f"INCIDENT_FSM_{old.upper()}",
+                              f"renamed: set INCIDENT_FSM_{new.upper()} (same meaning)")
     for name in field_names(AgentSettings):
         variable = next((v for v, k in ENV_FLAGS.items() if k == name),
                         f"INCIDENT_FSM_{name.upper()}")

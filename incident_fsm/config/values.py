@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from incident_fsm.errors import InvalidInput
@@ -113,8 +113,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+#: Keys that were renamed: old name -> new name (same meaning).
+RENAMED: Final = {"health_check_retention": "health_retention"}
+
+
 def known(raw: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
     for name in raw:
+        if name in RENAMED and RENAMED[name] in allowed:
+            where = f"{key}.{name}" if key else name
+            raise ConfigError(where, f"renamed: write {RENAMED[name]} (same meaning)")
         if name not in allowed:
             where = f"{key}.{name}" if key else name
             raise ConfigError(where, f"unknown key (known here: {', '.join(sorted(allowed))})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -12,21 +13,24 @@ from incident_fsm.errors import (
 )
 from incident_fsm.models import (
     HealthCheck,
+    HealthRow,
 )
 from incident_fsm.persistence.core import (
     StoreCore,
 )
 
+#: Rows one pruning statement deletes at most: short statements, short locks.
+PRUNE_BATCH = 5000
 
-def _clipped_check(check: HealthCheck) -> HealthCheck:
-    """A copy whose texts fit their columns (reasons come from remote answers)."""
-    return HealthCheck(
-        target=check.target[:200], at=check.at, source=check.source[:200], ok=check.ok,
-        latency_ms=check.latency_ms, memory_pct=check.memory_pct, disk_pct=check.disk_pct,
-        cpu_pct=check.cpu_pct, error=check.error[:1000], cause=check.cause,
-    )
 
-# --- remediation helpers -----------------------------------------------------------
+def _values(check: HealthRow | HealthCheck) -> dict[str, Any]:
+    """The row's columns, its texts clipped to fit (reasons come from remote answers)."""
+    return {
+        "target": check.target[:200], "at": check.at, "source": check.source[:200],
+        "ok": check.ok, "latency_ms": check.latency_ms, "memory_pct": check.memory_pct,
+        "disk_pct": check.disk_pct, "cpu_pct": check.cpu_pct, "error": check.error[:1000],
+        "cause": check.cause,
+    }
 
 
 class HealthCheckRepository(StoreCore):
@@ -34,16 +38,15 @@ class HealthCheckRepository(StoreCore):
 
     # --- health checks (written by the monitor; prunable, unlike history) -------
 
-    async def record_health_check(self, *checks: HealthCheck) -> None:
-        """Insert the rows of one poll (probe, fallback, dependencies) in one transaction."""
-        rows = [_clipped_check(check) for check in checks]
+    async def record_health_check(self, *checks: HealthRow | HealthCheck) -> None:
+        """Insert rows (of one poll, or of many) in one statement and one transaction."""
+        rows = [_values(check) for check in checks]
         if not rows:
             return
 
         def work() -> None:
-            with self._session() as session:
-                session.add_all(rows)
-                session.commit()
+            with self.engine.begin() as connection:
+                connection.execute(sa.insert(HealthCheck), rows)
         await self._run(work)
 
     async def health_checks(
@@ -68,13 +71,21 @@ class HealthCheckRepository(StoreCore):
                 return list(session.exec(query).all())
         return await self._run(work)
 
-    async def prune_health_checks(self, older_than: datetime) -> int:
-        """Delete health-check rows older than `older_than`; returns how many went."""
+    async def prune_health_checks(self, older_than: datetime, *,
+                                  limit: int = PRUNE_BATCH) -> int:
+        """Delete up to `limit` health-check rows older than `older_than`, oldest first.
+
+        Returns how many went; fewer than `limit` means none older is left. One
+        bounded statement holds its locks briefly: call again for the rest.
+        """
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+        oldest = (sa.select(col(HealthCheck.id)).where(col(HealthCheck.at) < older_than)
+                  .order_by(col(HealthCheck.at)).limit(limit))
+
         def work() -> int:
-            with self._session() as session:
-                result = session.execute(
-                    sa.delete(HealthCheck).where(col(HealthCheck.at) < older_than)
-                )
-                session.commit()
-                return int(result.rowcount)  # type: ignore[attr-defined]
+            with self.engine.begin() as connection:
+                result = connection.execute(
+                    sa.delete(HealthCheck).where(col(HealthCheck.id).in_(oldest.scalar_subquery())))
+                return int(result.rowcount)
         return await self._run(work)

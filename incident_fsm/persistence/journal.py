@@ -58,6 +58,7 @@ from incident_fsm.fsm.steps import ActionIntent, Stepped, StepRequest
 from incident_fsm.models import (
     ActionRun,
     HealthCheck,
+    HealthRow,
     Incident,
     IncidentId,
     Opened,
@@ -401,7 +402,7 @@ class JournalingStore(OnlineOnly):
 
     # --- online only: statistics and queues wait for the database -----------------
 
-    async def record_health_check(self, *checks: HealthCheck) -> None:
+    async def record_health_check(self, *checks: HealthRow | HealthCheck) -> None:
         """Health-check rows are statistics: dropped (and counted) while offline."""
         if self.offline:
             self.dropped_health_checks += len(checks)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from incident_fsm.models import HealthCheck, Incident, Lease, Notification, Silence, Transition
+from incident_fsm.persistence.health_checks import PRUNE_BATCH
 from incident_fsm.persistence.leases import AgentSeen
 from incident_fsm.persistence.statistics import ChannelState, OpenIncident, Statistics
 from incident_fsm.persistence.store import Store
@@ -65,8 +66,9 @@ class OnlineOnly:
     async def health_checks(self, **kwargs: Any) -> list[HealthCheck]:
         return await self.online.health_checks(**kwargs)
 
-    async def prune_health_checks(self, older_than: datetime) -> int:
-        return await self.online.prune_health_checks(older_than)
+    async def prune_health_checks(self, older_than: datetime, *, limit: int = PRUNE_BATCH
+                                  ) -> int:
+        return await self.online.prune_health_checks(older_than, limit=limit)
 
     async def due_notifications(self, channel: str, *, now: datetime,
                                 limit: int = 50) -> list[Notification]:

@@ -163,11 +163,11 @@ def _limits(settings: Settings, report: Backtest, found: Sequence[Replayed],
             recorded: dict[str, int], oldest: datetime | None, *, target: str | None,
             now: datetime) -> list[str]:
     limits: list[str] = []
-    retention = settings.agent.health_check_retention
+    retention = settings.agent.health_retention
     pruned_before = now - timedelta(seconds=retention)
     if retention > 0 and report.since < pruned_before:
         limits.append(f"readings older than {retention / 86400:g} days are pruned "
-                      f"(health_check_retention): before {clock(pruned_before)} UTC "
+                      f"(health_retention): before {clock(pruned_before)} UTC "
                       "the record is gone")
     if oldest is None:
         limits.append("no health checks are recorded at all")

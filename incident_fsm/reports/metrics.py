@@ -31,7 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from incident_fsm.detection.probe import LOCAL_SOURCE
 from incident_fsm.errors import StoreError
-from incident_fsm.models import ActionRun, HealthCheck
+from incident_fsm.models import ActionRun, HealthRow
 from incident_fsm.persistence.statistics import OpenIncident
 from incident_fsm.reports.figures import AgentStatus
 from incident_fsm.vocabulary import State
@@ -89,7 +89,7 @@ class AgentMetrics:
     def delivered(self, channel: str, result: str) -> None:
         self._deliveries.labels(channel, result).inc()
 
-    def checked(self, rows: Sequence[HealthCheck]) -> None:
+    def checked(self, rows: Sequence[HealthRow]) -> None:
         for row in rows:
             self._checks.labels(row.target, "ok" if row.ok else "failed").inc()
             if not row.source.startswith(_NOT_A_PROBE):

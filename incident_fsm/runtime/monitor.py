@@ -55,8 +55,9 @@ from incident_fsm.detection.targets import min_interval as _min_interval
 from incident_fsm.errors import ConcurrentUpdate, GuardRejected, InvalidTransition
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.logfail import log_failure
-from incident_fsm.models import HealthCheck, Incident, IncidentId
+from incident_fsm.models import HealthRow, Incident, IncidentId
 from incident_fsm.remediation.chooser import NO_SILENCES, SilenceSource
+from incident_fsm.runtime.health_rows import HealthRowBuffer, prune_older
 from incident_fsm.settings import STATIC_KINDS, AgentSettings, TargetSettings, service_down
 from incident_fsm.vocabulary import Actor, State, Trigger
 
@@ -79,9 +80,9 @@ class MonitorStore(Protocol):
 
     async def last_resolved(self, fingerprint: str) -> Incident | None: ...
 
-    async def prune_health_checks(self, older_than: datetime) -> int: ...
+    async def prune_health_checks(self, older_than: datetime, *, limit: int) -> int: ...
 
-    async def record_health_check(self, *checks: HealthCheck) -> None: ...
+    async def record_health_check(self, *checks: HealthRow) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class Monitor:
         clock: Clock,
         random: Callable[[], float] = _random.random,
         on_problem: ProblemListener | None = None,
-        on_checks: Callable[[Sequence[HealthCheck]], None] | None = None,
+        on_checks: Callable[[Sequence[HealthRow]], None] | None = None,
         silences: SilenceSource = NO_SILENCES,
     ) -> None:
         self._targets = {t.name: t for t in targets}
@@ -157,6 +158,8 @@ class Monitor:
         #: called with each poll's health-check rows, stored or not (e.g. metrics)
         self._on_checks = on_checks
         self._silences = silences
+        #: the rows of many polls, written together while `run` runs
+        self.health_rows = HealthRowBuffer(store, clock=clock)
         self.detector = Detector(self._targets)
         self._latest: dict[str, Reading] = {}
         self._published = {name: anyio.Event() for name in self._targets}
@@ -238,9 +241,10 @@ class Monitor:
             self._cadence_said = True
             self._say_stretched_cadences()
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self.health_rows.run, name="monitor:health-rows")
             for name in self._targets:
                 tg.start_soon(self._loop, name, name=f"monitor:{name}")
-            if self._agent.health_check_retention > 0:
+            if self._agent.health_retention > 0:
                 tg.start_soon(self._prune_loop, name="monitor:prune")
 
     async def resume(self) -> None:
@@ -292,14 +296,13 @@ class Monitor:
 
     async def _prune_loop(self) -> None:
         while True:
-            cutoff = self._clock.now() - timedelta(seconds=self._agent.health_check_retention)
-            try:
-                removed = await self._store.prune_health_checks(cutoff)
-                if removed:
-                    logger.debug("pruned {} health_check rows older than {}", removed, cutoff)
-            except Exception as exc:
-                logger.warning("❌ Failed to prune health checks: {}", type(exc).__name__)
+            await self.prune()
             await self._clock.sleep(PRUNE_EVERY)
+
+    async def prune(self) -> int:
+        """Delete health-check rows older than `health_retention` (see `prune_older`)."""
+        cutoff = self._clock.now() - timedelta(seconds=self._agent.health_retention)
+        return await prune_older(self._store, cutoff, clock=self._clock)
 
     async def poll(self, name: str) -> Reading:
         """One poll of `name`: probe, record, detect, act. Returns the reading."""
@@ -381,13 +384,16 @@ class Monitor:
         if observation.fallback is not None:
             rows.append(_row(name, at, observation.fallback))
         rows += [
-            HealthCheck(target=name, at=at, source=f"dependency:{s.name}", ok=s.state == "up",
-                        latency_ms=s.latency_ms,
-                        error="" if s.state == "up" else f"{s.state}: {s.reason}")
+            HealthRow(name, at, f"dependency:{s.name}", s.state == "up", s.latency_ms,
+                      error="" if s.state == "up" else f"{s.state}: {s.reason}")
             for s in observation.dependencies
         ]
         if self._on_checks is not None:
             self._on_checks(rows)
+        if self.health_rows.running:
+            self.health_rows.add(rows)
+            return
+        # A poll outside `run` (a test, a one-off check) writes its own rows.
         try:
             await self._store.record_health_check(*rows)
         except Exception as exc:
@@ -467,11 +473,9 @@ class Monitor:
             return await self._store.get_incident(incident.incident_id)
 
 
-def _row(name: str, at: datetime, result: ProbeResult) -> HealthCheck:
+def _row(name: str, at: datetime, result: ProbeResult) -> HealthRow:
     if isinstance(result, HealthSnapshot):
-        return HealthCheck(target=name, at=at, source=result.source, ok=True,
-                           latency_ms=result.latency_ms, memory_pct=result.memory_pct,
-                           disk_pct=result.disk_pct, cpu_pct=result.cpu_pct,
-                           error="; ".join(result.partial_failures))
-    return HealthCheck(target=name, at=at, source=result.source, ok=False,
-                       latency_ms=result.latency_ms, error=result.reason, cause=result.cause)
+        return HealthRow(name, at, result.source, True, result.latency_ms, result.memory_pct,
+                         result.disk_pct, result.cpu_pct, "; ".join(result.partial_failures))
+    return HealthRow(name, at, result.source, False, result.latency_ms, error=result.reason,
+                     cause=result.cause)

@@ -80,13 +80,13 @@ def _bare_read(url: str, since: datetime, until: datetime) -> float:
 
 def _config(path: Path, targets: int) -> Settings:
     lines = ["[agent]", "poll_interval = 10", "fast_poll_interval = 5",
-             "health_check_retention = 0"]
+             "health_retention = 0"]
     for t in range(targets):
         lines += ["[[targets]]", f'name = "t{t}"', 'base_url = "http://127.0.0.1:9"',
                   "fallback_local = false", "max_requests_per_minute = 600"]
     path.write_text("\n".join(lines) + "\n")
     return Settings(agent=AgentSettings(poll_interval=10, fast_poll_interval=5,
-                                        health_check_retention=0),
+                                        health_retention=0),
                     targets=tuple(TargetSettings(name=f"t{t}", base_url="http://127.0.0.1:9",
                                                  fallback_local=False,
                                                  max_requests_per_minute=600)

@@ -89,13 +89,14 @@ async def test_a_broken_endpoint_is_a_failed_probe_with_its_reason_and_down_afte
             started = time.monotonic()
             await until(lambda: _opened_kind(store, kind), within=20)
             opened_after = time.monotonic() - started
-            failed = await _failures(store, reason)
             # Fixed again: the agent notices the endpoints answer and closes the incident.
             state.faults.clear()
             state.bodies.clear()
             await until(lambda: _is(store, "resolved", kind), within=20)
             assert agent.running
             assert not await _opened_kind(store, other)
+        # Read once the agent has stopped: its rows are written in batches, the last at stop.
+        failed = await _failures(store, reason)
     assert len(failed) >= 3, [c.error for c in await _all(sqlite_url)]
     assert any("Failed to probe api" in line and reason in line for line in exposure.logs)
     # Three failed polls; each reads both endpoints one after the other (the second

@@ -42,7 +42,7 @@ def config_text(*, db_url: str, speedup: float, targets: list[Target], hub: Rend
         f"action_deadline = {scaled(300, s, 'action_deadline')}",
         f"reopen_window = {scaled(3600, s)}", f"escalation_repeat = {scaled(1800, s)}",
         f"action_budget_window = {scaled(1800, s)}", f"flap_window = {scaled(3600, s)}",
-        f"health_check_retention = {scaled(7 * 86400, s)}",
+        f"health_retention = {scaled(7 * 86400, s)}",
         f'journal_path = "{journal}"',
     ]
     if not sqlite:
