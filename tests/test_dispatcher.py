@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -23,7 +23,7 @@ from incident_fsm.notify.channels.base import Channel, Delivery, Outgoing
 from incident_fsm.notify.channels.log import LogChannel
 from incident_fsm.notify.channels.pam import PamChannel
 from incident_fsm.notify.channels.webhook import DEDUPE_HEADER, SIGNATURE_HEADER, WebhookChannel
-from incident_fsm.notify.dispatcher import Dispatcher, dispatcher_from_settings
+from incident_fsm.notify.dispatcher import POLL_INTERVAL, Dispatcher, dispatcher_from_settings
 from incident_fsm.notify.policy import NotificationPolicy
 from incident_fsm.persistence.store import Store
 from incident_fsm.settings import (
@@ -508,3 +508,29 @@ async def test_a_crashed_channel_upkeep_is_restarted(
     (error,) = [line for line in logs if line.startswith("ERROR|")]
     assert "flaky channel stopped (RuntimeError)" in error
     assert "leak" not in error
+
+
+async def test_an_idle_pass_is_one_read_and_the_wait_is_until_the_next_row_or_the_poll(
+    store: Store, clock: ManualClock, policy: MachinePolicy,
+) -> None:
+    calls: list[str] = []
+
+    class Counted:
+        def __getattr__(self, name: str) -> object:
+            calls.append(name)
+            return getattr(store, name)
+
+    log = LogChannel()
+    dispatcher = Dispatcher(cast(Any, Counted()), [log], clock=clock)
+    assert await dispatcher.deliver_due(log) == POLL_INTERVAL
+    assert calls == ["next_notification_due"]
+    engine = engine_for(store, clock, policy, "log")
+    iid = (await engine.open(target="api", kind="memory_high", severity="critical",
+                             reason="memory 95%")).incident.incident_id
+    (row,) = (await store.timeline(iid)).notifications
+    assert row.id is not None
+    await store.reschedule_notification(row.id, next_attempt_at=clock.now()
+                                        + timedelta(seconds=4), error="later")
+    calls.clear()
+    assert await dispatcher.deliver_due(log) == 4
+    assert calls == ["next_notification_due"]

@@ -361,3 +361,22 @@ async def test_the_sweeper_escalates_again_with_a_notice_until_acknowledged(
     await engine.fire(iid, "acknowledge", actor="alice", reason="on it now")
     clock.advance(10 * policy.escalation_repeat)
     assert await sweeper.sweep() == []
+
+
+async def test_the_sweeper_knows_the_nearest_deadline_so_it_can_sleep_until_then(
+    store: Store, clock: ManualClock, policy: MachinePolicy,
+) -> None:
+    from incident_fsm.runtime.sweeper import LOOKAHEAD, DeadlineSweeper
+
+    engine = _engine(store, clock, policy)
+    sweeper = DeadlineSweeper(engine=engine, store=store, clock=clock)
+    assert await sweeper.sweep() == [] and sweeper.pause() == LOOKAHEAD  # nothing due: the cap
+    opened = (await engine.open(target="api", kind="memory_high", severity="critical",
+                                reason="memory 95%")).incident
+    assert opened.deadline_at is not None
+    clock.advance((opened.deadline_at - clock.now()).total_seconds() - 12)
+    assert await sweeper.sweep() == []
+    assert sweeper.next_deadline == opened.deadline_at and sweeper.pause() == 12
+    clock.advance(12)
+    (late,) = await sweeper.sweep()
+    assert late.incident_id == opened.incident_id and late.state == "escalated"

@@ -18,7 +18,8 @@ and call `nudge()`. A worker's pass:
 
 Between passes a worker waits through the injected clock until the next row
 is due, the channel says it is ready again, `nudge()` is called, or
-`poll_interval` passes (rows written by another process).
+`poll_interval` (15 s) passes (rows written by another process, such as the
+CLI). An idle pass is one indexed read of the next due time.
 
 Delivery guarantee: **at least once**, per channel. A row is marked
 delivered only after the channel took it; if the process dies between the
@@ -62,6 +63,9 @@ AfterSend = Callable[[Sequence[Outgoing], Sequence[Delivery]], Awaitable[None]]
 PAM_CHANNELS: Final = ("pam", "pam_inprocess", "pam_relay")
 #: Shortest pause after a channel said it is unavailable, so a confused channel cannot spin us.
 MIN_PAUSE: Final = 0.5
+#: Seconds between two looks at an idle queue: what catches rows another process
+#: wrote (the agent's own steps nudge at once).
+POLL_INTERVAL: Final = 15.0
 
 
 class OutboxQueue(Protocol):
@@ -102,7 +106,7 @@ class Dispatcher:
         retry_initial: float = 5.0,
         retry_max: float = 600.0,
         lease: float = 120.0,
-        poll_interval: float = 5.0,
+        poll_interval: float = POLL_INTERVAL,
         batch_size: int = 20,
         send_timeout: float = 60.0,
         random: Callable[[], float] = _random.random,
@@ -170,12 +174,15 @@ class Dispatcher:
         if blocked > 0:
             return blocked
         now = self._clock.now()
-        rows = await self._store.due_notifications(channel.name, now=now, limit=self._batch)
-        if not rows:
-            due = await self._store.next_notification_due(channel.name)
-            if due is None or due <= now:  # nothing, or only rows behind a leased one
-                return self._poll
+        # The next due time first: an idle pass is this one indexed read, nothing more.
+        due = await self._store.next_notification_due(channel.name)
+        if due is None:
+            return self._poll
+        if due > now:
             return min(self._poll, (due - now).total_seconds())
+        rows = await self._store.due_notifications(channel.name, now=now, limit=self._batch)
+        if not rows:  # only rows behind a leased one
+            return self._poll
         claimed = await self._store.claim_notifications(
             [_id(r) for r in rows], now=now, lease_until=now + self._lease)
         if not claimed:

@@ -140,6 +140,7 @@ class Agent:
             url, journal_path=journal_path or settings.agent.journal_path or _journal_for(url))
         agent = settings.agent
         self.metrics = AgentMetrics()
+        self._sweep_wake = anyio.Event()
         self.dispatcher: Dispatcher = dispatcher_from_settings(
             self.store, settings, clock=self.clock, http=self.http, environ=environ,
             pam_manager=pam_manager, on_delivery=self.metrics.delivered)
@@ -147,7 +148,7 @@ class Agent:
             self.store, clock=self.clock,
             policy=MachinePolicy.from_settings(agent),
             outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge,
-            on_step=self.metrics.stepped)
+            on_step=self._stepped)
         targets = {t.name: t for t in settings.targets}
         self.silences = Silences()
         self.monitor = Monitor(
@@ -453,13 +454,21 @@ class Agent:
             self._start_driver(event.incident.incident_id)
 
     async def _sweep(self) -> None:
-        interval = min(5.0, max(0.05, self.settings.agent.fast_poll_interval / 2))
+        # Until the nearest deadline; a step (which may set an earlier one) wakes it.
+        retry = min(5.0, max(0.05, self.settings.agent.fast_poll_interval / 2))
         while True:
+            wake = self._sweep_wake = anyio.Event()
             try:
                 await self.sweeper.sweep()
+                pause = self.sweeper.pause()
             except StoreError as exc:
                 logger.warning("❌ Failed to sweep deadlines: {}", exc)
-            await self.clock.sleep(interval)
+                pause = retry
+            await sleep_or_wake(self.clock, pause, wake)
+
+    def _stepped(self, trigger: str, dest: str) -> None:
+        self.metrics.stepped(trigger, dest)
+        self._sweep_wake.set()
 
     async def _replay_journal(self) -> None:
         assert isinstance(self.store, JournalingStore)

@@ -7,13 +7,18 @@ closed as `timed_out`: an action that does not finish by the deadline
 counts as failed. The sweeper re-reads each incident right before firing
 and leaves it alone if someone moved it meanwhile; losing a race
 (`ConcurrentUpdate`) is normal, not an error.
+
+Each sweep also reads the deadlines of the next `LOOKAHEAD` seconds, so its
+caller can sleep until the nearest one (`pause`) instead of waking on a
+fixed period; a step of this process wakes it sooner (the agent wires that),
+and a deadline another process wrote is seen within `LOOKAHEAD`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 from loguru import logger
@@ -31,6 +36,10 @@ from incident_fsm.models import ActionRun, Incident, IncidentId
 from incident_fsm.vocabulary import Actor, AttemptOutcome, State
 
 ACTOR: Final = Actor.AGENT
+#: Seconds ahead a sweep looks for the next deadline; the longest `pause`.
+LOOKAHEAD: Final = 30.0
+#: Incidents one sweep reads at most.
+BATCH: Final = 100
 _WHAT_WAS_LATE: Final = {
     State.ESCALATED: "nobody acknowledged the escalation: escalating again",
     State.DETECTED: "no action started before the detect deadline",
@@ -69,16 +78,30 @@ class DeadlineSweeper:
         self._on_attempt = on_attempt
         self._store = store
         self._clock = clock
+        #: the nearest deadline after the last sweep, if it is within `LOOKAHEAD`
+        self.next_deadline: datetime | None = None
 
     async def sweep(self, now: datetime | None = None) -> list[Incident]:
         """Fire `timeout` for each overdue incident; returns the ones this call escalated."""
         now = now or self._clock.now()
+        ahead = await self._store.overdue(now + timedelta(seconds=LOOKAHEAD), limit=BATCH)
+        due = [i for i in ahead if i.deadline_at is not None and i.deadline_at <= now]
+        later = [i.deadline_at for i in ahead if i.deadline_at is not None and i.deadline_at > now]
+        # A full batch of overdue ones: more may wait behind it, so sweep again at once.
+        self.next_deadline = later[0] if later else (now if len(due) == BATCH else None)
         moved: list[Incident] = []
-        for stale in await self._store.overdue(now):
+        for stale in due:
             incident = await self._timeout(stale.incident_id, now)
             if incident is not None:
                 moved.append(incident)
         return moved
+
+    def pause(self, now: datetime | None = None) -> float:
+        """Seconds from `now` to the next sweep: the nearest deadline, `LOOKAHEAD` at most."""
+        if self.next_deadline is None:
+            return LOOKAHEAD
+        now = now or self._clock.now()
+        return min(LOOKAHEAD, max(0.0, (self.next_deadline - now).total_seconds()))
 
     async def _timeout(self, incident_id: IncidentId, now: datetime) -> Incident | None:
         try:
