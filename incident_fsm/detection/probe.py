@@ -33,7 +33,6 @@ from typing import Final, Protocol
 
 import anyio
 import httpx
-import psutil
 from loguru import logger
 
 from incident_fsm.detection.payload import (
@@ -293,6 +292,8 @@ class LocalProbe:
         self._sleep = sleep
         self._cpu_count = cpu_count
         self._cpu_last: _CpuSample | None = None
+        import psutil  # loaded only where a local probe is configured
+
         # The first cpu_percent(None) has nothing to compare with and says 0.0;
         # prime it so the first real reading means something.
         psutil.cpu_percent(interval=None)
@@ -309,6 +310,7 @@ class LocalProbe:
         return replace(result, latency_ms=ms_since(started))
 
     def _read(self) -> ProbeResult:
+        import psutil  # loaded only where a local probe is configured
         try:
             disks = {mount: float(psutil.disk_usage(mount).percent) for mount in self.mounts}
             memory, memory_from = self._memory()
@@ -324,6 +326,7 @@ class LocalProbe:
         )
 
     def _memory(self) -> tuple[float, str]:
+        import psutil  # loaded only where a local probe is configured
         if self.cgroup_root is not None:
             limit = _cgroup_number(self.cgroup_root / "memory.max")
             usage = _cgroup_number(self.cgroup_root / "memory.current")
@@ -337,6 +340,7 @@ class LocalProbe:
         return float(psutil.virtual_memory().percent), FROM_HOST
 
     def _cpu(self) -> tuple[float, str]:
+        import psutil  # loaded only where a local probe is configured
         root = self.cgroup_root
         usage = None if root is None else _cpu_usage(root)
         if root is None or usage is None:

@@ -66,6 +66,8 @@ MIN_PAUSE: Final = 0.5
 #: Seconds between two looks at an idle queue: what catches rows another process
 #: wrote (the agent's own steps nudge at once).
 POLL_INTERVAL: Final = 15.0
+#: Seconds between two looks while due rows wait behind a row another sender leased.
+LEASED_RECHECK: Final = 5.0
 
 
 class OutboxQueue(Protocol):
@@ -181,8 +183,8 @@ class Dispatcher:
         if due > now:
             return min(self._poll, (due - now).total_seconds())
         rows = await self._store.due_notifications(channel.name, now=now, limit=self._batch)
-        if not rows:  # only rows behind a leased one
-            return self._poll
+        if not rows:  # only rows behind one another sender leased: it may die any time
+            return min(self._poll, LEASED_RECHECK)
         claimed = await self._store.claim_notifications(
             [_id(r) for r in rows], now=now, lease_until=now + self._lease)
         if not claimed:

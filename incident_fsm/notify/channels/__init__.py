@@ -11,6 +11,7 @@ drives them. `channels_from_settings` builds the configured ones.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -18,7 +19,6 @@ from incident_fsm.clock import Clock
 from incident_fsm.config import ConfigError
 from incident_fsm.notify.channels.base import Channel, Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.log import LogChannel
-from incident_fsm.notify.channels.pam import PamChannel
 from incident_fsm.notify.channels.pam_inprocess import (
     ConnectionManager,
     InProcessPamChannel,
@@ -27,6 +27,9 @@ from incident_fsm.notify.channels.pam_inprocess import (
 from incident_fsm.notify.channels.pam_relay import RelayPamChannel
 from incident_fsm.notify.channels.webhook import WebhookChannel
 from incident_fsm.settings import ChannelsSettings
+
+if TYPE_CHECKING:
+    from incident_fsm.notify.channels.pam import PamChannel
 
 __all__ = [
     "Channel",
@@ -43,6 +46,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # `PamChannel` stays importable from here without loading websockets for everyone.
+    if name == "PamChannel":
+        from incident_fsm.notify.channels.pam import PamChannel
+
+        return PamChannel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def channels_from_settings(settings: ChannelsSettings, *, clock: Clock, http: httpx.AsyncClient,
                            environ: Mapping[str, str] | None = None,
                            pam_manager: ConnectionManager | None = None) -> list[Channel]:
@@ -53,6 +65,9 @@ def channels_from_settings(settings: ChannelsSettings, *, clock: Clock, http: ht
     """
     channels: list[Channel] = [LogChannel()]
     if settings.pam is not None:
+        # Here, not above: the WebSocket library is loaded only where PAM's socket is used.
+        from incident_fsm.notify.channels.pam import PamChannel
+
         channels.append(PamChannel(settings.pam, clock=clock, environ=environ))
     if settings.webhook is not None:
         channels.append(WebhookChannel(settings.webhook, client=http, clock=clock,
