@@ -72,6 +72,26 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, lines)])
 
 
+def markdown(rows: Sequence[Row], runs: Sequence[Sequence[Row]] = ()) -> str:
+    """The README's table: each row of the first run, its same-run baseline, its target and
+    whether it was met, and the range of its value over every run in `runs`."""
+    seen: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        for r in run:
+            seen.setdefault((r.section, r.metric), []).append(r.value)
+    lines = ["| section | what | value | baseline, same run | target | met | over "
+             f"{len(runs) or 1} run(s) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        values = [v for v in seen.get((r.section, r.metric), []) if v == v]  # not NaN
+        spread = (f"{fmt(min(values))} – {fmt(max(values))}" if len(values) > 1 else "")
+        baseline = f"{fmt(r.baseline)} {r.baseline_label}".strip()
+        met = "" if r.ok is None else ("yes" if r.ok else "**no**")
+        note = f" ({r.note})" if r.note else ""
+        lines.append(f"| {r.section} | {r.metric}{note} | {fmt(r.value)} {r.unit} | {baseline} "
+                     f"| {r.target} | {met} | {spread} |")
+    return "\n".join(lines)
+
+
 def percentiles(values: Sequence[float]) -> dict[str, float]:
     ordered = sorted(values)
     if not ordered:

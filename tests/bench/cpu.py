@@ -30,8 +30,9 @@ from pathlib import Path
 
 import anyio
 import psutil
+import psycopg
 
-from .common import Row, child_env, knob, throwaway_postgres
+from .common import Row, child_env, knob, libpq, throwaway_postgres
 from .memory import start, stop, wait_for
 from .world import Tenants, agent_config
 
@@ -137,4 +138,20 @@ async def run() -> list[Row]:
                                 100 * share, "% core", 100 * bare,
                                 "the HTTP work alone", "< 5 %, <= 1.2x baseline",
                                 100 * share < 5 and share <= 1.2 * bare))
+        rows.append(growth_per_day(url))
     return rows
+
+
+def growth_per_day(url: str) -> Row:
+    """The health_check table's bytes per row (heap, indexes, TOAST) after the runs above,
+    times one row per 30 s poll for a day: what one target adds at default intervals."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE health_check")
+        count, size = conn.execute(
+            "SELECT count(*), pg_total_relation_size('health_check') FROM health_check"
+        ).fetchone() or (0, 0)
+    per_row = size / max(1, count)
+    return Row("cpu", "database growth per target per day (30 s polls, one row each)",
+               per_row * 86400 / 30 / 1024, "KiB",
+               note=f"{per_row:.0f} bytes per health_check row over {count} rows; "
+                    "health_retention (14 days) bounds it")
