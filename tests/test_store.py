@@ -527,3 +527,25 @@ async def test_unreachable_database_is_store_unavailable_without_secrets(
             await store.get_incident(IncidentId(1))
     assert "s3cr3t" not in str(info.value) and "s3cr3t" not in repr(store)
     assert "nothing was written" in str(info.value)
+
+
+async def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_unseen(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from incident_fsm.persistence import database as db
+
+    async with Store(postgres_url) as store:
+        assert await store.list_incidents(limit=1) == []
+        with store.engine.connect() as conn:
+            mine = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        admin = db.create_engine(postgres_url)
+        try:
+            with admin.begin() as conn:  # what a server restart does to every session
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": mine})
+        finally:
+            admin.dispose()
+        monkeypatch.setattr(db, "PING_IDLE_AFTER", 0.0)  # it has been idle "long enough"
+        assert await store.list_incidents(limit=1) == []
+        monkeypatch.setattr(db, "PING_IDLE_AFTER", 3600.0)
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != mine

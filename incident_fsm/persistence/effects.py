@@ -24,7 +24,6 @@ from incident_fsm.models import (
     Incident,
     Notification,
     OutboxMessage,
-    Transition,
 )
 from incident_fsm.persistence.core import (
     _json_safe,
@@ -48,13 +47,16 @@ def stepped(incident: Incident, step: StepRequest) -> Incident:
     return Incident(**{**incident.model_dump(), **step_values(step)})
 
 
-def history_row(step: StepRequest, details: dict[str, Any]) -> Transition:
-    """The `transition` row of `step` (its seq is the incident's new version)."""
-    return Transition(
-        incident_id=step.incident_id, seq=step.expected_version + 1, trigger=step.trigger,
-        source=step.source, dest=step.dest, actor=step.actor, reason=step.reason,
-        details=details, at=step.at,
-    )
+def history_values(step: StepRequest, details: dict[str, Any]) -> dict[str, Any]:
+    """The columns of the `transition` row of `step` (its seq is the incident's new version)."""
+    return {"incident_id": step.incident_id, "seq": step.expected_version + 1,
+            "trigger": step.trigger, "source": step.source, "dest": step.dest,
+            "actor": step.actor, "reason": step.reason, "details": details, "at": step.at}
+
+
+def _table(model: type[Any]) -> sa.Table:
+    table: sa.Table = model.__table__
+    return table
 
 
 def attempt_key(incident_id: int, attempt: int, action: str) -> str:
@@ -188,15 +190,35 @@ def _add_action_run(session: Session, incident_id: int, intent: ActionIntent,
     return run
 
 
+def insert_action_run(conn: sa.Connection, incident_id: int, intent: ActionIntent,
+                      at: datetime, key: str | None = None) -> ActionRun:
+    """`_add_action_run` on a Core connection: the next attempt's row, with its id."""
+    table = _table(ActionRun)
+    last = int(conn.execute(
+        sa.select(sa.func.coalesce(sa.func.max(table.c.attempt), 0))
+        .where(table.c.incident_id == incident_id)
+    ).scalar_one())
+    run = new_attempt(incident_id, after=last, intent=intent, at=at, key=key)
+    run.id = conn.execute(sa.insert(table).values(**run.model_dump(exclude={"id"}))
+                          .returning(table.c.id)).scalar_one()
+    return run
+
+
+def outbox_values(incident_id: int, seq: int, messages: Sequence[OutboxMessage],
+                  at: datetime) -> list[dict[str, Any]]:
+    """The columns of the outbox rows a step at `seq` writes for `messages`."""
+    return [{"incident_id": incident_id, "transition_seq": seq, "channel": m.channel,
+             "payload": _json_safe("notification payload", m.payload),
+             "dedupe_key": f"incident-{incident_id}-seq-{seq}-{m.channel}",
+             "status": NotificationStatus.PENDING, "attempts": 0, "next_attempt_at": at,
+             "created_at": at, "delivered_at": None, "last_error": ""}
+            for m in messages]
+
+
 def _add_outbox(session: Session, incident_id: int, seq: int,
                 messages: Sequence[OutboxMessage], at: datetime) -> None:
-    for message in messages:
-        session.add(Notification(
-            incident_id=incident_id, transition_seq=seq, channel=message.channel,
-            payload=_json_safe("notification payload", message.payload),
-            dedupe_key=f"incident-{incident_id}-seq-{seq}-{message.channel}",
-            status=NotificationStatus.PENDING, attempts=0, next_attempt_at=at, created_at=at,
-        ))
+    for values in outbox_values(incident_id, seq, messages, at):
+        session.add(Notification(**values))
 
 
 def _get_run(session: Session, run_id: int) -> ActionRun:

@@ -37,10 +37,12 @@ from incident_fsm.persistence.core import (
     _json_safe,
 )
 from incident_fsm.persistence.effects import (
-    _add_action_run,
     _add_outbox,
     _open_by_fingerprint,
-    history_row,
+    _table,
+    history_values,
+    insert_action_run,
+    outbox_values,
     step_values,
 )
 from incident_fsm.vocabulary import OPEN_TRIGGER, State
@@ -222,35 +224,37 @@ class IncidentRepository(StoreCore):
         return await self._run(self._apply_transition, step, details)
 
     def _apply_transition(self, step: StepRequest, details: dict[str, Any]) -> Stepped:
-        new_version = step.expected_version + 1
-        with self._session() as session:
-            updated = session.execute(
-                sa.update(Incident)
-                .where(col(Incident.id) == step.incident_id,
-                       col(Incident.version) == step.expected_version,
-                       col(Incident.state) == step.source)
+        # SQLAlchemy Core, not the ORM: the version-checked update hands the row back
+        # (RETURNING), so a step is its statements and one commit, with no unit of work.
+        incident = _table(Incident)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.update(incident)
+                .where(incident.c.id == step.incident_id,
+                       incident.c.version == step.expected_version,
+                       incident.c.state == step.source)
                 .values(**step_values(step))
-            )
-            if updated.rowcount != 1:  # type: ignore[attr-defined]
-                session.rollback()
-                current = session.get(Incident, step.incident_id)
-                if current is None:
+                .returning(*incident.c)
+            ).first()
+            if row is None:
+                found = conn.execute(sa.select(incident.c.version, incident.c.state)
+                                     .where(incident.c.id == step.incident_id)).first()
+                if found is None:
                     raise IncidentNotFound(step.incident_id)
                 raise ConcurrentUpdate(
                     incident_id=step.incident_id, expected_version=step.expected_version,
-                    found_version=current.version, found_state=current.state,
+                    found_version=found.version, found_state=found.state,
                 )
-            session.add(history_row(step, details))
+            conn.execute(sa.insert(_table(Transition)).values(**history_values(step, details)))
             run = None
             if step.intent is not None:
-                run = _add_action_run(session, step.incident_id, step.intent, step.at,
-                                      step.attempt_key)
-            _add_outbox(session, step.incident_id, new_version, step.notifications, step.at)
-            session.flush()
-            incident = session.get(Incident, step.incident_id, populate_existing=True)
-            session.commit()
-            assert incident is not None
-            return Stepped(incident, run)
+                run = insert_action_run(conn, step.incident_id, step.intent, step.at,
+                                        step.attempt_key)
+            if step.notifications:
+                conn.execute(sa.insert(_table(Notification)),
+                             outbox_values(step.incident_id, step.expected_version + 1,
+                                           step.notifications, step.at))
+        return Stepped(Incident(**row._mapping), run)
 
     # --- history -----------------------------------------------------------
 
