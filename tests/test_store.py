@@ -535,7 +535,8 @@ async def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_uns
     from incident_fsm.persistence import database as db
 
     async with Store(postgres_url) as store:
-        assert await store.list_incidents(limit=1) == []
+        # The database is shared by the run's Postgres tests: what it holds does not matter.
+        await store.list_incidents(limit=1)
         with store.engine.connect() as conn:
             mine = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         admin = db.create_engine(postgres_url)
@@ -545,7 +546,7 @@ async def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_uns
         finally:
             admin.dispose()
         monkeypatch.setattr(db, "PING_IDLE_AFTER", 0.0)  # it has been idle "long enough"
-        assert await store.list_incidents(limit=1) == []
+        assert isinstance(await store.list_incidents(limit=1), list)  # no StoreUnavailable
         monkeypatch.setattr(db, "PING_IDLE_AFTER", 3600.0)
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != mine
