@@ -390,16 +390,10 @@ class Monitor:
         ]
         if self._on_checks is not None:
             self._on_checks(rows)
-        if self.health_rows.running:
-            self.health_rows.add(rows)
-            return
-        # A poll outside `run` (a test, a one-off check) writes its own rows.
-        try:
-            await self._store.record_health_check(*rows)
-        except Exception as exc:
-            # Monitoring goes on without the database; the rows are statistics only.
-            logger.bind(target=name).warning("❌ Failed to record health checks for {}: {}",
-                                             name, type(exc).__name__)
+        self.health_rows.add(rows)
+        if not self.health_rows.running:
+            # A poll outside `run` (a test, a one-off check) writes its own rows at once.
+            await self.health_rows.flush()
 
     async def _act(self, finding: Finding, at: datetime) -> None:
         problem = finding.problem
