@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import ActionIntent
-from incident_fsm.models import HealthCheck, Notification, OutboxMessage
+from incident_fsm.models import HealthCheck, Incident, Notification, OutboxMessage
+from incident_fsm.persistence.statistics import _percentile
 from incident_fsm.persistence.store import Store
 from incident_fsm.testing import ManualClock
 from incident_fsm.vocabulary import Verdict
@@ -84,3 +85,26 @@ async def test_statistics_over_a_seeded_history(
     assert api.latency_avg_ms == pytest.approx(5040.0 / 3)
     later = await store.statistics(since=clock.now() + timedelta(seconds=1))
     assert later.kinds == [] and later.states == {}
+
+
+async def test_resolution_percentiles_are_nearest_rank_on_every_database(store: Store) -> None:
+    # Ten incidents resolved after 1..10 minutes, plus one still open. Nearest rank:
+    # p50 is the 5th value and p95 the 10th; interpolation would give 5.5 and 9.55.
+    opened = datetime(2026, 1, 1, tzinfo=UTC)
+    with store.engine.begin() as conn:
+        for minutes in (*range(1, 11), None):
+            conn.execute(sa.insert(Incident).values(
+                fingerprint=f"api:disk_high:{minutes}", target="api", kind="disk_high",
+                severity="critical", state="detected" if minutes is None else "resolved",
+                version=1, summary="", details={}, opened_at=opened, updated_at=opened,
+                resolved_at=None if minutes is None else opened + timedelta(minutes=minutes)))
+    (disk,) = (await store.statistics()).kinds
+    assert (disk.incidents, disk.resolved, disk.open) == (11, 10, 1)
+    assert (disk.resolution_p50_s, disk.resolution_p95_s) == (300.0, 600.0)
+
+
+def test_percentile_rule() -> None:
+    assert _percentile([], 0.5) is None
+    assert _percentile([7.0], 0.95) == 7.0
+    assert [_percentile([1.0, 2.0, 3.0, 4.0], f) for f in (0.0, 0.25, 0.26, 0.5, 0.95, 1.0)] == [
+        1.0, 1.0, 2.0, 2.0, 4.0, 4.0]
