@@ -113,6 +113,8 @@ def _ping_idle_connections(engine: Engine) -> None:
     # A connection idle long enough for the server to have gone (a restart, a
     # failover) is pinged before use; one used a moment ago is not, and if it
     # did die since, that one call fails and the pool drops every connection.
+    # A connection just made needs no ping either: a CLI command's first read would pay one.
+    @sa.event.listens_for(engine, "connect")
     @sa.event.listens_for(engine, "checkin")
     def used(dbapi_connection: Any, record: Any) -> None:
         record.info["used_at"] = time.monotonic()

@@ -27,6 +27,7 @@ import psycopg
 from sqlalchemy import event
 
 from incident_fsm import IncidentId, Store
+from incident_fsm.persistence import snapshot
 
 from .common import Row, knob, libpq, throwaway_postgres
 
@@ -95,12 +96,20 @@ def load(url: str, *, incidents: int, per: int, checks: int) -> float:
 
 
 class Capture:
-    """The SQL statements (with parameters) a store call sends."""
+    """The SQL statements (with parameters) a store call sends: through SQLAlchemy, and
+    through the snapshot reads' pipeline, which talks to psycopg directly."""
 
     def __init__(self, store: Store) -> None:
         self.statements: list[tuple[str, Any]] = []
         self.on = False
         event.listen(store.engine, "before_cursor_execute", self._seen)
+        pipelined = snapshot._pipelined
+
+        def seen(conn: Any, statements: Any) -> Any:
+            if self.on:
+                self.statements += statements
+            return pipelined(conn, statements)
+        snapshot._pipelined = seen  # type: ignore[assignment]
 
     def _seen(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
               executemany: bool) -> None:
