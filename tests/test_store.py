@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -529,8 +530,9 @@ async def test_unreachable_database_is_store_unavailable_without_secrets(
     assert "nothing was written" in str(info.value)
 
 
+@pytest.mark.parametrize("seen_by", ["its socket", "a ping after long idle"])
 async def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_unseen(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, seen_by: str,
 ) -> None:
     from incident_fsm.persistence import database as db
 
@@ -542,11 +544,34 @@ async def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_uns
         admin = db.create_engine(postgres_url)
         try:
             with admin.begin() as conn:  # what a server restart does to every session
-                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": mine})
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": mine})
         finally:
             admin.dispose()
-        monkeypatch.setattr(db, "PING_IDLE_AFTER", 0.0)  # it has been idle "long enough"
+        if seen_by != "its socket":
+            # A silent death (a dropped NAT entry): only the ping after long idle finds it.
+            monkeypatch.setattr(db, "_readable", lambda _: False)
+            monkeypatch.setattr(db, "PING_IDLE_AFTER", 0.0)
         assert isinstance(await store.list_incidents(limit=1), list)  # no StoreUnavailable
         monkeypatch.setattr(db, "PING_IDLE_AFTER", 3600.0)
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != mine
+
+
+async def test_a_live_idle_connection_is_not_pinged(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Store(postgres_url) as store:
+        await store.list_incidents(limit=1)
+        seen: list[str] = []
+        modes: list[bool] = []
+        real = psycopg.Cursor.execute
+
+        def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(str(query))
+            modes.append(self.connection.autocommit)
+            return real(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        await store.list_incidents(limit=1)
+        assert seen and not [q for q in seen if q == "SELECT 1"]
+        assert all(modes)  # a read sends no BEGIN and no ROLLBACK

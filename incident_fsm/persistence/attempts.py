@@ -137,7 +137,7 @@ class AttemptRepository(StoreCore):
     async def count_strikes(self, incident_id: IncidentId) -> int:
         """Strikes of an incident, counted from its persisted attempts."""
         def work() -> int:
-            with self._session() as session:
+            with self._reading() as session:
                 return int(session.execute(_strike_count(incident_id)).scalar_one())
         return await self._run(work)
 
@@ -151,7 +151,7 @@ class AttemptRepository(StoreCore):
     async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
         """The incident's action runs (dry runs included), in attempt order."""
         def work() -> list[ActionRun]:
-            with self._session() as session:
+            with self._reading() as session:
                 return list(session.exec(
                     select(ActionRun).where(ActionRun.incident_id == incident_id)
                     .order_by(col(ActionRun.attempt))
@@ -170,7 +170,7 @@ class AttemptRepository(StoreCore):
         )
 
         def work() -> dict[str, ActionTally]:
-            with self._session() as session:
+            with self._reading() as session:
                 return {
                     str(name): ActionTally(int(wins or 0), int(losses or 0))
                     for name, wins, losses in session.execute(query).all()

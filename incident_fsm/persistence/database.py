@@ -10,6 +10,7 @@ to it. Passwords are never printed: use `redact` for anything shown.
 from __future__ import annotations
 
 import os
+import select
 import sqlite3
 import subprocess
 import sys
@@ -31,8 +32,9 @@ DEFAULT_DATABASE_URL = "sqlite:///incident_fsm.db"
 #: Seconds to wait for a connection, a lock, or a statement before giving up.
 CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT = 30
-#: Seconds a pooled Postgres connection may sit unused before it is pinged at checkout.
-PING_IDLE_AFTER = 2.0
+#: Seconds a pooled Postgres connection may sit unused before it is pinged at checkout
+#: (sooner only if its socket has something to read: see `_ping_idle_connections`).
+PING_IDLE_AFTER = 60.0
 
 #: The migration revision this code reads and writes. Spelled out so that checking a
 #: database needs no Alembic in the process; a test keeps it equal to the scripts' head.
@@ -109,11 +111,12 @@ def create_engine(url: str) -> Engine:
 
 
 def _ping_idle_connections(engine: Engine) -> None:
-    # `pool_pre_ping` costs a round trip on every checkout, a fifth of a step's time.
-    # A connection idle long enough for the server to have gone (a restart, a
-    # failover) is pinged before use; one used a moment ago is not, and if it
-    # did die since, that one call fails and the pool drops every connection.
-    # A connection just made needs no ping either: a CLI command's first read would pay one.
+    # `pool_pre_ping` costs a round trip on every checkout, a fifth of a step's time, and
+    # most of an idle agent's round trips. A server that restarted or ended the session
+    # closed the socket (after a last error message): it has something to read, which
+    # costs no round trip to see. Only a connection idle so long that a silent network
+    # may have dropped it (a NAT's or firewall's timeout) is pinged for real. If one
+    # died unseen all the same, that one call fails and the pool drops every connection.
     @sa.event.listens_for(engine, "connect")
     @sa.event.listens_for(engine, "checkin")
     def used(dbapi_connection: Any, record: Any) -> None:
@@ -121,17 +124,28 @@ def _ping_idle_connections(engine: Engine) -> None:
 
     @sa.event.listens_for(engine, "checkout")
     def ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        if time.monotonic() - record.info.get("used_at", 0.0) < PING_IDLE_AFTER:
+        idle = time.monotonic() - record.info.get("used_at", 0.0)
+        if idle < PING_IDLE_AFTER and not _readable(dbapi_connection):
             return
         try:
-            cursor = dbapi_connection.cursor()
+            # In autocommit, so the ping opens no transaction: the caller may want none.
+            dbapi_connection.autocommit = True
             try:
-                cursor.execute("SELECT 1")
+                dbapi_connection.execute("SELECT 1")
             finally:
-                cursor.close()
+                dbapi_connection.autocommit = False
         except Exception as exc:
             # The pool takes a fresh connection instead (at most three times).
             raise sa.exc.DisconnectionError() from exc
+
+
+def _readable(dbapi_connection: Any) -> bool:
+    """An idle Postgres connection with bytes waiting: most likely the server's goodbye."""
+    try:
+        ready, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True  # no usable socket: let the ping find out
+    return bool(ready)
 
 
 def _configure_sqlite(engine: Engine) -> None:

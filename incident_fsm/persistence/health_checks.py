@@ -67,7 +67,7 @@ class HealthCheckRepository(StoreCore):
             if since is not None:
                 query = query.where(HealthCheck.at >= since)
             query = query.order_by(col(HealthCheck.at), col(HealthCheck.id)).limit(limit)
-            with self._session() as session:
+            with self._reading() as session:
                 return list(session.exec(query).all())
         return await self._run(work)
 

@@ -67,7 +67,7 @@ class LabelRepository(StoreCore):
                  .order_by(col(IncidentLabel.id)))
 
         def work() -> list[IncidentLabel]:
-            with self._session() as session:
+            with self._reading() as session:
                 return list(session.exec(query).all())
         return await self._run(work)
 
@@ -86,7 +86,7 @@ class LabelRepository(StoreCore):
 
         def work() -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}
-            with self._session() as session:
+            with self._reading() as session:
                 for kind, label, n in session.execute(query).all():
                     out.setdefault(str(kind), {lb.value: 0 for lb in Label})[str(label)] = int(n)
             return out
@@ -112,7 +112,7 @@ class LabelRepository(StoreCore):
         )
 
         def work() -> list[AttemptRecord]:
-            with self._session() as session:
+            with self._reading() as session:
                 return [AttemptRecord(str(action), str(kind), str(tier), bool(dry),
                                       worked=bool(worked), failed=bool(failed),
                                       label=None if label is None else str(label))

@@ -15,9 +15,7 @@ from sqlmodel import col
 from incident_fsm.errors import (
     InvalidInput,
 )
-from incident_fsm.models import (
-    Lease,
-)
+from incident_fsm.models import Lease, from_row
 from incident_fsm.persistence.core import (
     MAX_ACTOR,
     StoreCore,
@@ -101,11 +99,11 @@ class LeaseRepository(StoreCore):
             },
             where=only_if,
         )
-        with self._session() as session:
-            session.execute(stmt)
-            lease = session.get(Lease, name, populate_existing=True)
-            session.commit()
-            return lease
+        with self._one_statement() as conn:
+            row = conn.execute(stmt.returning(*table.c)).first()
+            if row is None:  # the condition kept it from us: as it stands, someone else's
+                row = conn.execute(sa.select(table).where(table.c.name == name)).first()
+        return None if row is None else from_row(Lease, row._mapping)
 
     async def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up at once (on clean shutdown), if `holder` still has it."""
@@ -157,7 +155,7 @@ class LeaseRepository(StoreCore):
         )
 
         def work() -> list[tuple[str, datetime]]:
-            with self._session() as session:
+            with self._reading() as session:
                 return [(str(holder), until) for holder, until in session.execute(query).all()]
         return await self._run(work)
 
@@ -174,7 +172,7 @@ class LeaseRepository(StoreCore):
         )
 
         def work() -> list[AgentSeen]:
-            with self._session() as session:
+            with self._reading() as session:
                 lead = session.get(Lease, LEADER)
                 leader = lead.holder if lead is not None and lead.expires_at > now else None
                 return [AgentSeen(replica=b.holder, started_at=b.acquired_at,

@@ -36,7 +36,7 @@ class OutboxRepository(StoreCore):
     async def has_notifications(self, incident_id: IncidentId) -> bool:
         """Whether the incident has any outbox row (it has told someone something)."""
         def work() -> bool:
-            with self._session() as session:
+            with self._reading() as session:
                 found = session.execute(
                     sa.select(col(Notification.id))
                     .where(col(Notification.incident_id) == incident_id).limit(1)
@@ -68,14 +68,14 @@ class OutboxRepository(StoreCore):
                 .order_by(col(Notification.id))
                 .limit(limit)
             )
-            with self._session() as session:
+            with self._reading() as session:
                 return list(session.exec(query).all())
         return await self._run(work)
 
     async def next_notification_due(self, channel: str) -> datetime | None:
         """When the earliest pending row of `channel` is due (None: nothing pending)."""
         def work() -> datetime | None:
-            with self._session() as session:
+            with self._reading() as session:
                 found: datetime | None = session.exec(
                     select(sa.func.min(Notification.next_attempt_at))
                     .where(col(Notification.channel) == channel,

@@ -65,7 +65,7 @@ class RecordedRepository(StoreCore):
             query = (sa.select(col(HealthCheck.target), sa.func.count())
                      .where(col(HealthCheck.at) >= since, col(HealthCheck.at) < until)
                      .group_by(col(HealthCheck.target)))
-            with self._session() as session:
+            with self._reading() as session:
                 return {str(t): int(n) for t, n in session.execute(query).all()}
         return await self._run(work)
 
@@ -77,7 +77,7 @@ class RecordedRepository(StoreCore):
                      .where(col(HealthCheck.target) == target, col(HealthCheck.at) >= since,
                             col(HealthCheck.at) < until)
                      .order_by(col(HealthCheck.at), col(HealthCheck.id)))
-            with self._session() as session:
+            with self._reading() as session:
                 # Plain tuples: reading a driver row's fields by name costs three
                 # times as much, and a replay reads each several times.
                 return list(map(CheckRow._make, session.execute(query)))
@@ -87,7 +87,7 @@ class RecordedRepository(StoreCore):
         """When the oldest health-check row still kept was taken."""
         def work() -> datetime | None:
             query = sa.select(col(HealthCheck.at)).order_by(col(HealthCheck.at)).limit(1)
-            with self._session() as session:
+            with self._reading() as session:
                 value: datetime | None = session.execute(query).scalar_one_or_none()
                 return value
         return await self._run(work)
@@ -106,7 +106,7 @@ class RecordedRepository(StoreCore):
                        col(Transition.at) < until,
                        sa.or_(opening, col(Transition.dest) == State.RESOLVED.value))
                 .order_by(col(Transition.incident_id), col(Transition.seq)))
-            with self._session() as session:
+            with self._reading() as session:
                 rows = session.execute(query).all()
                 labels = self._latest_labels(session, {row[0] for row in rows})
             found: list[LiveEpisode] = []

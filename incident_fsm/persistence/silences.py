@@ -59,7 +59,7 @@ class SilenceRepository(StoreCore):
         query = query.limit(limit)
 
         def work() -> list[Silence]:
-            with self._session() as session:
+            with self._reading() as session:
                 return list(session.exec(query).all())
         return await self._run(work)
 

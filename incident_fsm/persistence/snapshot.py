@@ -11,20 +11,21 @@ there too).
 
 Each read is a `Read`: a model and a statement selecting its table's
 columns, with named bind parameters. The statements are compiled once per
-dialect; the rows become models with `model_construct` (the table models do
-not validate on construction either, and building them the ORM's way cost
-more than the round trips saved).
+dialect; the rows become models as the ORM builds them (`models.from_row`):
+building them through `__init__` cost more than the round trips saved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 from sqlmodel import SQLModel
+
+from incident_fsm.models import from_row
 
 M = TypeVar("M", bound=SQLModel)
 
@@ -53,8 +54,7 @@ class Read(Generic[M]):
         return found
 
     def models(self, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[M]:
-        build = self.model.model_construct
-        return [cast(M, build(**dict(zip(names, row, strict=True)))) for row in rows]
+        return [from_row(self.model, dict(zip(names, row, strict=True))) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -241,7 +241,7 @@ class StatisticsRepository(StoreCore):
     async def statistics(self, *, since: datetime | None = None) -> Statistics:
         """Aggregates over incidents opened (and checks made) since `since` (default: all)."""
         def work() -> Statistics:
-            with self._session() as session:
+            with self._reading() as session:
                 return _statistics(session, since)
         return await self._run(work)
 
@@ -259,7 +259,7 @@ class StatisticsRepository(StoreCore):
                      .order_by(col(Incident.opened_at), col(Incident.id)).limit(limit))
 
         def work() -> list[OpenIncident]:
-            with self._session() as session:
+            with self._reading() as session:
                 rows = list(session.exec(incidents).all())
                 ids = [i.id for i in rows]
                 steps = session.exec(select(Transition).where(
@@ -278,7 +278,7 @@ class StatisticsRepository(StoreCore):
     async def acknowledgements(self, incident_ids: Sequence[int]) -> dict[int, str]:
         """Who acknowledged each of these incidents in the state it is in (none: left out)."""
         def work() -> dict[int, str]:
-            with self._session() as session:
+            with self._reading() as session:
                 return _acknowledged(session.exec(select(Transition).where(
                     col(Transition.incident_id).in_(list(incident_ids)))
                     .order_by(col(Transition.incident_id), col(Transition.seq))).all())
@@ -296,7 +296,7 @@ class StatisticsRepository(StoreCore):
         )
 
         def work() -> list[ChannelState]:
-            with self._session() as session:
+            with self._reading() as session:
                 out = []
                 for channel, n, failing, oldest in session.execute(query).all():
                     error = session.execute(
@@ -320,7 +320,7 @@ class StatisticsRepository(StoreCore):
                    .order_by(col(HealthCheck.target)))
 
         def work() -> dict[str, list[HealthCheck]]:
-            with self._session() as session:
+            with self._reading() as session:
                 return {
                     str(target): list(session.exec(
                         select(HealthCheck).where(col(HealthCheck.target) == target, *probes)
@@ -337,7 +337,7 @@ class StatisticsRepository(StoreCore):
         )
 
         def work() -> dict[str, int]:
-            with self._session() as session:
+            with self._reading() as session:
                 return {str(c): int(n) for c, n in session.execute(query).all()}
         return await self._run(work)
 
