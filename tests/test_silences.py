@@ -193,9 +193,10 @@ async def test_a_running_agent_obeys_a_silence_and_says_so_once(
         async with Agent(settings, environ=ENV, journal_path=tmp_path / "j") as agent:
 
             async def recorded() -> bool:
+                # Finished, not only recorded: the verdict is written with the outcome.
                 found = await agent.store.list_incidents(kind="memory_high")
-                return bool(found) and bool((await agent.store.timeline(
-                    found[0].incident_id)).actions)
+                return bool(found) and any(run.finished_at is not None for run in (
+                    await agent.store.timeline(found[0].incident_id)).actions)
 
             await until(recorded, within=20)
             (incident,) = await agent.store.list_incidents(kind="memory_high")
