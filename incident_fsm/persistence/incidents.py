@@ -189,37 +189,27 @@ class IncidentRepository(StoreCore):
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
 
-        def work() -> list[Incident]:
-            query = select(Incident)
-            if wanted:
-                query = query.where(col(Incident.state).in_(wanted))
-            if kind is not None:
-                query = query.where(Incident.kind == kind)
-            if target is not None:
-                query = query.where(Incident.target == target)
-            if since is not None:
-                query = query.where(Incident.opened_at >= since)
-            if until is not None:
-                query = query.where(Incident.opened_at < until)
-            query = query.order_by(col(Incident.opened_at).desc(), col(Incident.id).desc())
-            with self._reading() as session:
-                return list(session.exec(query.limit(limit)).all())
-        return await self._run(work)
+        table = _table(Incident)
+        query = sa.select(table)
+        if wanted:
+            query = query.where(table.c.state.in_(wanted))
+        if kind is not None:
+            query = query.where(table.c.kind == kind)
+        if target is not None:
+            query = query.where(table.c.target == target)
+        if since is not None:
+            query = query.where(table.c.opened_at >= since)
+        if until is not None:
+            query = query.where(table.c.opened_at < until)
+        query = query.order_by(table.c.opened_at.desc(), table.c.id.desc()).limit(limit)
+        return await self._run(self._models, Incident, query)
 
     async def overdue(self, now: datetime, *, limit: int = 100) -> list[Incident]:
         """Open incidents whose deadline has passed, most overdue first."""
-        def work() -> list[Incident]:
-            query = (
-                select(Incident)
-                .where(Incident.state != State.RESOLVED.value,
-                       col(Incident.deadline_at).is_not(None),
-                       col(Incident.deadline_at) <= now)
-                .order_by(col(Incident.deadline_at))
-                .limit(limit)
-            )
-            with self._reading() as session:
-                return list(session.exec(query).all())
-        return await self._run(work)
+        table = _table(Incident)
+        return await self._run(self._models, Incident, sa.select(table).where(
+            table.c.state != State.RESOLVED.value, table.c.deadline_at.is_not(None),
+            table.c.deadline_at <= now).order_by(table.c.deadline_at).limit(limit))
 
     # --- transitions -------------------------------------------------------
 

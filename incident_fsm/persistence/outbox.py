@@ -74,13 +74,13 @@ class OutboxRepository(StoreCore):
 
     async def next_notification_due(self, channel: str) -> datetime | None:
         """When the earliest pending row of `channel` is due (None: nothing pending)."""
+        query = (sa.select(sa.func.min(col(Notification.next_attempt_at)))
+                 .where(col(Notification.channel) == channel,
+                        col(Notification.status) == NotificationStatus.PENDING))
+
         def work() -> datetime | None:
-            with self._reading() as session:
-                found: datetime | None = session.exec(
-                    select(sa.func.min(Notification.next_attempt_at))
-                    .where(col(Notification.channel) == channel,
-                           col(Notification.status) == NotificationStatus.PENDING)
-                ).one()
+            with self._autocommit.connect() as conn:
+                found: datetime | None = conn.execute(query).scalar_one()
                 return found
         return await self._run(work)
 

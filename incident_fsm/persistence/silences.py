@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlmodel import col, select
+import sqlalchemy as sa
 
 from incident_fsm.errors import InvalidInput
 from incident_fsm.models import Silence
 from incident_fsm.persistence.core import MAX_ACTOR, MAX_REASON, StoreCore, _check_text
+from incident_fsm.persistence.effects import _table
 
 
 class SilenceRepository(StoreCore):
@@ -48,20 +49,15 @@ class SilenceRepository(StoreCore):
                        target: str | None = None, limit: int = 200) -> list[Silence]:
         """Silences in force or yet to start at `now`, the soonest to end first; with
         `include_ended`, every one, the latest to end first. `target`: only its own."""
+        table = _table(Silence)
         if include_ended:
-            query = select(Silence).order_by(col(Silence.ends_at).desc(), col(Silence.id).desc())
+            query = sa.select(table).order_by(table.c.ends_at.desc(), table.c.id.desc())
         else:
-            query = select(Silence).where(col(Silence.ends_at) > now,
-                                          col(Silence.expired_at).is_(None)).order_by(
-                col(Silence.ends_at), col(Silence.id))
+            query = sa.select(table).where(table.c.ends_at > now, table.c.expired_at.is_(None)
+                                           ).order_by(table.c.ends_at, table.c.id)
         if target is not None:
-            query = query.where(col(Silence.target) == target)
-        query = query.limit(limit)
-
-        def work() -> list[Silence]:
-            with self._reading() as session:
-                return list(session.exec(query).all())
-        return await self._run(work)
+            query = query.where(table.c.target == target)
+        return await self._run(self._models, Silence, query.limit(limit))
 
     async def expire_silence(self, silence_id: int, *, actor: str, at: datetime) -> Silence:
         """End a silence now. An unknown or already ended one is refused, nothing changed."""
