@@ -163,11 +163,15 @@ class StoreCore:
         """A session that only reads (see `_autocommit`)."""
         return Session(self._autocommit, expire_on_commit=False)
 
-    def _models(self, model: type[M], query: sa.Select[Any]) -> list[M]:
+    def _models(self, model: type[M], query: sa.Select[Any],
+                params: Mapping[str, Any] | None = None) -> list[M]:
         """The rows of `query` (a select of `model`'s table) as models, read without a
-        Session: the reads an idle agent makes every few seconds cost half as much."""
+        Session: the reads an idle agent makes every few seconds cost half as much. Those
+        are built once, with bind parameters (`params`): building a statement costs more
+        than running it."""
         with self._autocommit.connect() as conn:
-            return [from_row(model, row._mapping) for row in conn.execute(query)]
+            return [from_row(model, row._mapping)
+                    for row in conn.execute(query, dict(params or {}))]
 
     def _one_statement(self) -> AbstractContextManager[sa.Connection]:
         """A connection for one writing statement, committed when the block ends (see

@@ -59,6 +59,33 @@ def _of_incident(model: type[Any], order: sa.ColumnElement[Any]) -> Read[Any]:
                 .order_by(order))
 
 
+_INCIDENT = _table(Incident)
+#: `list_incidents`'s statements, one per combination of filters, built when first used:
+#: building a statement costs more than running it, and the agent lists every few seconds.
+_LISTS: dict[tuple[bool, ...], sa.Select[Any]] = {}
+
+
+def _list_query(states: bool, kind: bool, target: bool, since: bool, until: bool
+                ) -> sa.Select[Any]:
+    c = _INCIDENT.c
+    query = sa.select(_INCIDENT)
+    for wanted, condition in (
+            (states, c.state.in_(sa.bindparam("states", expanding=True))),
+            (kind, c.kind == sa.bindparam("kind")), (target, c.target == sa.bindparam("target")),
+            (since, c.opened_at >= sa.bindparam("since")),
+            (until, c.opened_at < sa.bindparam("until"))):
+        if wanted:
+            query = query.where(condition)
+    return query.order_by(c.opened_at.desc(), c.id.desc()).limit(sa.bindparam("limit"))
+
+
+#: Open incidents whose deadline is at `now` or before, most overdue first.
+_OVERDUE = (sa.select(_INCIDENT)
+            .where(_INCIDENT.c.state != State.RESOLVED.value,
+                   _INCIDENT.c.deadline_at.is_not(None),
+                   _INCIDENT.c.deadline_at <= sa.bindparam("now"))
+            .order_by(_INCIDENT.c.deadline_at).limit(sa.bindparam("limit")))
+
 #: What `timeline` reads: the incident, then its history, each in its order.
 _TIMELINE: tuple[Read[Any], ...] = (
     Read(Incident, sa.select(_table(Incident))
@@ -189,27 +216,19 @@ class IncidentRepository(StoreCore):
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
 
-        table = _table(Incident)
-        query = sa.select(table)
-        if wanted:
-            query = query.where(table.c.state.in_(wanted))
-        if kind is not None:
-            query = query.where(table.c.kind == kind)
-        if target is not None:
-            query = query.where(table.c.target == target)
-        if since is not None:
-            query = query.where(table.c.opened_at >= since)
-        if until is not None:
-            query = query.where(table.c.opened_at < until)
-        query = query.order_by(table.c.opened_at.desc(), table.c.id.desc()).limit(limit)
-        return await self._run(self._models, Incident, query)
+        shape = (bool(wanted), kind is not None, target is not None, since is not None,
+                 until is not None)
+        query = _LISTS.get(shape)
+        if query is None:
+            query = _LISTS[shape] = _list_query(*shape)
+        params = {"states": list(wanted), "kind": kind, "target": target, "since": since,
+                  "until": until, "limit": limit}
+        return await self._run(self._models, Incident, query,
+                               {k: v for k, v in params.items() if v is not None and v != []})
 
     async def overdue(self, now: datetime, *, limit: int = 100) -> list[Incident]:
         """Open incidents whose deadline has passed, most overdue first."""
-        table = _table(Incident)
-        return await self._run(self._models, Incident, sa.select(table).where(
-            table.c.state != State.RESOLVED.value, table.c.deadline_at.is_not(None),
-            table.c.deadline_at <= now).order_by(table.c.deadline_at).limit(limit))
+        return await self._run(self._models, Incident, _OVERDUE, {"now": now, "limit": limit})
 
     # --- transitions -------------------------------------------------------
 

@@ -50,6 +50,34 @@ def _heartbeat_name(replica: str) -> str:
     return f"{name[:83]}~{digest}"
 
 
+_LEASE: sa.Table = Lease.__table__  # type: ignore[attr-defined]
+#: The upserts, per dialect and whether the row is contested, built when first used:
+#: building one costs more than running it, and the agent renews every few seconds.
+_UPSERTS: dict[tuple[str, bool], sa.Executable] = {}
+
+
+def _upsert(dialect: str, *, contested: bool) -> sa.Executable:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    c, now = _LEASE.c, sa.bindparam("now", type_=_LEASE.c.renewed_at.type)
+    stmt = insert(_LEASE).values(name=sa.bindparam("name"), holder=sa.bindparam("holder"),
+                                 acquired_at=now, renewed_at=now,
+                                 expires_at=sa.bindparam("expires", type_=c.expires_at.type),
+                                 version=sa.bindparam("version"))
+    return stmt.on_conflict_do_update(
+        index_elements=[c.name],
+        set_={
+            "holder": stmt.excluded.holder,
+            "acquired_at": sa.case((c.holder == stmt.excluded.holder, c.acquired_at),
+                                   else_=stmt.excluded.acquired_at),
+            "renewed_at": stmt.excluded.renewed_at,
+            "expires_at": stmt.excluded.expires_at,
+            "version": stmt.excluded.version,
+        },
+        # A lease changes hands only once it has expired.
+        where=sa.or_(c.holder == stmt.excluded.holder, c.expires_at < now) if contested else None,
+    ).returning(*c)
+
+
 class LeaseRepository(StoreCore):
     """Named leases with a holder and an expiry; heartbeats are the rows `heartbeat:<replica>`."""
 
@@ -65,44 +93,28 @@ class LeaseRepository(StoreCore):
         expires = now + timedelta(seconds=ttl)
 
         def work() -> Lease:
-            table = Lease.__table__  # type: ignore[attr-defined]
-            lease = self._upsert_lease(
-                name, holder, now=now, expires=expires,
-                keep_first=table.c.holder == holder,
-                only_if=sa.or_(table.c.holder == holder, table.c.expires_at < now))
+            lease = self._upsert_lease(name, holder, now=now, expires=expires, contested=True)
             assert lease is not None
             return lease
         return await self._run(work)
 
     def _upsert_lease(self, name: str, holder: str, *, now: datetime, expires: datetime,
-                      keep_first: sa.ColumnElement[bool],
-                      only_if: sa.ColumnElement[bool] | None,
-                      version: str | None = None) -> Lease | None:
+                      contested: bool, version: str | None = None) -> Lease | None:
         """Insert or update row `name` of `lease` in one statement (a worker-thread call).
 
-        `acquired_at` is kept where `keep_first` holds; the update happens only
-        where `only_if` holds (None: always).
+        `acquired_at` is kept while the holder stays the same. A `contested` row
+        (a lease) is taken over only once it has expired; a heartbeat's row is
+        always written.
         """
-        table = Lease.__table__  # type: ignore[attr-defined]
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(table).values(name=name, holder=holder, acquired_at=now,
-                                    renewed_at=now, expires_at=expires, version=version)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.name],
-            set_={
-                "holder": stmt.excluded.holder,
-                "acquired_at": sa.case((keep_first, table.c.acquired_at),
-                                       else_=stmt.excluded.acquired_at),
-                "renewed_at": stmt.excluded.renewed_at,
-                "expires_at": stmt.excluded.expires_at,
-                "version": stmt.excluded.version,
-            },
-            where=only_if,
-        )
+        key = (self.engine.dialect.name, contested)
+        statement = _UPSERTS.get(key)
+        if statement is None:
+            statement = _UPSERTS[key] = _upsert(self.engine.dialect.name, contested=contested)
         with self._one_statement() as conn:
-            row = conn.execute(stmt.returning(*table.c)).first()
+            row = conn.execute(statement, {"name": name, "holder": holder, "now": now,
+                                           "expires": expires, "version": version}).first()
             if row is None:  # the condition kept it from us: as it stands, someone else's
-                row = conn.execute(sa.select(table).where(table.c.name == name)).first()
+                row = conn.execute(sa.select(_LEASE).where(_LEASE.c.name == name)).first()
         return None if row is None else from_row(Lease, row._mapping)
 
     async def release_lease(self, name: str, holder: str) -> None:
@@ -133,10 +145,8 @@ class LeaseRepository(StoreCore):
         expires = now + timedelta(seconds=ttl)
 
         def work() -> bool:
-            table = Lease.__table__  # type: ignore[attr-defined]
             # Each replica writes only its own row: no condition, the first beat's time kept.
-            self._upsert_lease(name, replica, now=now, expires=expires,
-                               keep_first=table.c.holder == replica, only_if=None,
+            self._upsert_lease(name, replica, now=now, expires=expires, contested=False,
                                version=None if version is None else version[:40])
             return True
         return await self._run(work)

@@ -21,6 +21,11 @@ from incident_fsm.persistence.core import (
 )
 from incident_fsm.vocabulary import NotificationStatus
 
+#: When the earliest pending row of a channel is due: asked by every idle dispatcher pass.
+_NEXT_DUE = (sa.select(sa.func.min(col(Notification.next_attempt_at)))
+             .where(col(Notification.channel) == sa.bindparam("channel"),
+                    col(Notification.status) == NotificationStatus.PENDING.value))
+
 
 class OutboxRepository(StoreCore):
     """Notification rows: due, claimed, delivered, rescheduled, dead or skipped."""
@@ -74,13 +79,10 @@ class OutboxRepository(StoreCore):
 
     async def next_notification_due(self, channel: str) -> datetime | None:
         """When the earliest pending row of `channel` is due (None: nothing pending)."""
-        query = (sa.select(sa.func.min(col(Notification.next_attempt_at)))
-                 .where(col(Notification.channel) == channel,
-                        col(Notification.status) == NotificationStatus.PENDING))
-
         def work() -> datetime | None:
             with self._autocommit.connect() as conn:
-                found: datetime | None = conn.execute(query).scalar_one()
+                found: datetime | None = conn.execute(_NEXT_DUE, {"channel": channel}
+                                                      ).scalar_one()
                 return found
         return await self._run(work)
 

@@ -16,6 +16,12 @@ from incident_fsm.models import Silence
 from incident_fsm.persistence.core import MAX_ACTOR, MAX_REASON, StoreCore, _check_text
 from incident_fsm.persistence.effects import _table
 
+_SILENCE = _table(Silence)
+#: The silences in force or to come, the soonest to end first.
+_IN_FORCE = (sa.select(_SILENCE)
+             .where(_SILENCE.c.ends_at > sa.bindparam("now"), _SILENCE.c.expired_at.is_(None))
+             .order_by(_SILENCE.c.ends_at, _SILENCE.c.id).limit(sa.bindparam("limit")))
+
 
 class SilenceRepository(StoreCore):
     """Silences: add, list, expire."""
@@ -49,15 +55,19 @@ class SilenceRepository(StoreCore):
                        target: str | None = None, limit: int = 200) -> list[Silence]:
         """Silences in force or yet to start at `now`, the soonest to end first; with
         `include_ended`, every one, the latest to end first. `target`: only its own."""
-        table = _table(Silence)
-        if include_ended:
-            query = sa.select(table).order_by(table.c.ends_at.desc(), table.c.id.desc())
-        else:
-            query = sa.select(table).where(table.c.ends_at > now, table.c.expired_at.is_(None)
-                                           ).order_by(table.c.ends_at, table.c.id)
-        if target is not None:
-            query = query.where(table.c.target == target)
-        return await self._run(self._models, Silence, query.limit(limit))
+        if include_ended or target is not None:
+            table = _table(Silence)
+            if include_ended:
+                query = sa.select(table).order_by(table.c.ends_at.desc(), table.c.id.desc())
+            else:
+                query = sa.select(table).where(table.c.ends_at > now,
+                                               table.c.expired_at.is_(None)
+                                               ).order_by(table.c.ends_at, table.c.id)
+            if target is not None:
+                query = query.where(table.c.target == target)
+            return await self._run(self._models, Silence, query.limit(limit))
+        # What the agent reads every few seconds: built once.
+        return await self._run(self._models, Silence, _IN_FORCE, {"now": now, "limit": limit})
 
     async def expire_silence(self, silence_id: int, *, actor: str, at: datetime) -> Silence:
         """End a silence now. An unknown or already ended one is refused, nothing changed."""
