@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 
 from incident_fsm.errors import (
@@ -38,8 +39,6 @@ from incident_fsm.persistence.core import (
     _json_safe,
 )
 from incident_fsm.persistence.effects import (
-    _add_outbox,
-    _open_by_fingerprint,
     _table,
     history_values,
     insert_action_run,
@@ -78,6 +77,30 @@ def _list_query(states: bool, kind: bool, target: bool, since: bool, until: bool
             query = query.where(condition)
     return query.order_by(c.opened_at.desc(), c.id.desc()).limit(sa.bindparam("limit"))
 
+
+#: `open_incident`'s insert, per dialect: nothing when one of its fingerprint is open.
+_OPEN_INSERTS: dict[str, sa.Executable] = {}
+
+
+def _open_insert(dialect: str) -> sa.Executable:
+    found = _OPEN_INSERTS.get(dialect)
+    if found is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        found = _OPEN_INSERTS[dialect] = (
+            insert(_INCIDENT).on_conflict_do_nothing(index_elements=[_INCIDENT.c.fingerprint],
+                                                     index_where=_INCIDENT.c.state != "resolved")
+            .returning(*_INCIDENT.c))
+    return found
+
+
+#: What the monitor and the drivers ask of every breach and step, built once.
+_BY_ID = sa.select(_INCIDENT).where(_INCIDENT.c.id == sa.bindparam("id"))
+_OPEN = sa.select(_INCIDENT).where(_INCIDENT.c.fingerprint == sa.bindparam("fingerprint"),
+                                   _INCIDENT.c.state != State.RESOLVED.value).limit(1)
+_LAST_RESOLVED = (sa.select(_INCIDENT)
+                  .where(_INCIDENT.c.fingerprint == sa.bindparam("fingerprint"),
+                         _INCIDENT.c.state == State.RESOLVED.value)
+                  .order_by(_INCIDENT.c.opened_at.desc(), _INCIDENT.c.id.desc()).limit(1))
 
 #: Open incidents whose deadline is at `now` or before, most overdue first.
 _OVERDUE = (sa.select(_INCIDENT)
@@ -136,30 +159,31 @@ class IncidentRepository(StoreCore):
                        details: dict[str, Any],
                        notifications: tuple[OutboxMessage, ...]) -> Opened:
         fingerprint = f"{target}:{kind}"
+        values = {"fingerprint": fingerprint, "target": target, "kind": kind,
+                  "severity": severity, "state": State.DETECTED.value, "strikes": 0,
+                  "flap_count": 0, "version": 1, "summary": summary, "details": details,
+                  "deadline_at": deadline_at, "opened_at": at, "updated_at": at,
+                  "resolved_at": None}
+        insert = _open_insert(self.engine.dialect.name)
         for _ in range(OPEN_RETRIES):
-            with self._session() as session:
-                existing = session.exec(_open_by_fingerprint(fingerprint)).first()
-                if existing is not None:
-                    return Opened(existing, created=False)
-                incident = Incident(
-                    fingerprint=fingerprint, target=target, kind=kind, severity=severity,
-                    state=State.DETECTED.value, version=1, summary=summary, details=details,
-                    deadline_at=deadline_at, opened_at=at, updated_at=at,
-                )
-                session.add(incident)
-                try:
-                    session.flush()
-                except IntegrityError:
-                    # Another opener committed first; read theirs on the next round.
-                    session.rollback()
-                    continue
-                session.add(Transition(
-                    incident_id=incident.incident_id, seq=1, trigger=OPEN_TRIGGER, source=None,
-                    dest=State.DETECTED.value, actor=actor, reason=reason, details=details, at=at,
-                ))
-                _add_outbox(session, incident.incident_id, 1, notifications, at)
-                session.commit()
-                return Opened(incident, created=True)
+            # One transaction, SQLAlchemy Core: the insert yields to an open incident of
+            # the same fingerprint (the partial unique index) instead of failing, so two
+            # openers racing never both win, and the loser reads the winner's.
+            with self.engine.begin() as conn:
+                row = conn.execute(insert, values).first()
+                if row is None:
+                    existing = conn.execute(_OPEN, {"fingerprint": fingerprint}).first()
+                    if existing is None:
+                        continue  # resolved in between: try again
+                    return Opened(from_row(Incident, existing._mapping), created=False)
+                conn.execute(sa.insert(_table(Transition)).values(
+                    incident_id=row.id, seq=1, trigger=OPEN_TRIGGER, source=None,
+                    dest=State.DETECTED.value, actor=actor, reason=reason, details=details,
+                    at=at))
+                if notifications:
+                    conn.execute(sa.insert(_table(Notification)),
+                                 outbox_values(row.id, 1, notifications, at))
+                return Opened(from_row(Incident, row._mapping), created=True)
         raise StoreError(
             f"could neither open nor find an open incident for {fingerprint} "
             f"after {OPEN_RETRIES} tries"
@@ -169,33 +193,21 @@ class IncidentRepository(StoreCore):
         return await self._run(self._get_incident, incident_id)
 
     def _get_incident(self, incident_id: IncidentId) -> Incident:
-        with self._reading() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                raise IncidentNotFound(incident_id)
-            return incident
+        found = self._models(Incident, _BY_ID, {"id": incident_id})
+        if not found:
+            raise IncidentNotFound(incident_id)
+        return found[0]
 
     async def find_open(self, fingerprint: str) -> Incident | None:
         """The open incident for a fingerprint, if any."""
-        def work() -> Incident | None:
-            with self._reading() as session:
-                found: Incident | None = session.exec(_open_by_fingerprint(fingerprint)).first()
-                return found
-        return await self._run(work)
+        found = await self._run(self._models, Incident, _OPEN, {"fingerprint": fingerprint})
+        return found[0] if found else None
 
     async def last_resolved(self, fingerprint: str) -> Incident | None:
         """The most recently resolved incident of a fingerprint (a `reopen` candidate)."""
-        def work() -> Incident | None:
-            with self._reading() as session:
-                query = (
-                    select(Incident)
-                    .where(Incident.fingerprint == fingerprint,
-                           Incident.state == State.RESOLVED.value)
-                    .order_by(col(Incident.opened_at).desc(), col(Incident.id).desc())
-                    .limit(1)
-                )
-                return session.exec(query).first()
-        return await self._run(work)
+        found = await self._run(self._models, Incident, _LAST_RESOLVED,
+                                {"fingerprint": fingerprint})
+        return found[0] if found else None
 
     async def list_incidents(
         self,
