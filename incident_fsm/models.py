@@ -88,7 +88,9 @@ class _Base(SQLModel, registry=registry(metadata=metadata)):
     pass
 
 
-_OPEN_PREDICATE = sa.text("state != 'resolved'")
+#: The partial indexes' predicate, as a literal: an upsert naming it must spell it the
+#: same way (a bound parameter there cannot be matched once the statement is prepared).
+OPEN_PREDICATE = sa.text("state != 'resolved'")
 
 
 M = TypeVar("M", bound=SQLModel)
@@ -115,15 +117,15 @@ class Incident(_Base, table=True):
             "uq_incident_open_fingerprint",
             "fingerprint",
             unique=True,
-            postgresql_where=_OPEN_PREDICATE,
-            sqlite_where=_OPEN_PREDICATE,
+            postgresql_where=OPEN_PREDICATE,
+            sqlite_where=OPEN_PREDICATE,
         ),
         # The sweeper's query: open incidents whose deadline has passed.
         sa.Index(
             "ix_incident_open_deadline",
             "deadline_at",
-            postgresql_where=_OPEN_PREDICATE,
-            sqlite_where=_OPEN_PREDICATE,
+            postgresql_where=OPEN_PREDICATE,
+            sqlite_where=OPEN_PREDICATE,
         ),
         sa.Index("ix_incident_state_opened_at", "state", "opened_at"),
         sa.Index("ix_incident_target_opened_at", "target", "opened_at"),

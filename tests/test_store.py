@@ -575,3 +575,18 @@ async def test_a_live_idle_connection_is_not_pinged(
         await store.list_incidents(limit=1)
         assert seen and not [q for q in seen if q == "SELECT 1"]
         assert all(modes)  # a read sends no BEGIN and no ROLLBACK
+
+
+async def test_many_openings_on_one_connection_keep_working(store: Store, clock: ManualClock
+                                                            ) -> None:
+    # psycopg prepares a statement run often on one connection, and Postgres then plans it
+    # without its parameters' values: the open insert must still find its partial index.
+    for n in range(30):
+        opened = await store.open_incident(target=f"t{n}", kind="memory_high",
+                                           severity="critical", at=clock.now(),
+                                           deadline_at=None, reason="breach")
+        assert opened.created
+        again = await store.open_incident(target=f"t{n}", kind="memory_high",
+                                          severity="critical", at=clock.now(),
+                                          deadline_at=None, reason="breach")
+        assert not again.created and again.incident.id == opened.incident.id

@@ -21,6 +21,7 @@ from incident_fsm.errors import (
 from incident_fsm.fsm.graph import edge_destinations, operator_triggers_from
 from incident_fsm.fsm.steps import Stepped, StepRequest
 from incident_fsm.models import (
+    OPEN_PREDICATE,
     ActionRun,
     Incident,
     IncidentId,
@@ -88,7 +89,7 @@ def _open_insert(dialect: str) -> sa.Executable:
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
         found = _OPEN_INSERTS[dialect] = (
             insert(_INCIDENT).on_conflict_do_nothing(index_elements=[_INCIDENT.c.fingerprint],
-                                                     index_where=_INCIDENT.c.state != "resolved")
+                                                     index_where=OPEN_PREDICATE)
             .returning(*_INCIDENT.c))
     return found
 
