@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -590,3 +590,26 @@ async def test_many_openings_on_one_connection_keep_working(store: Store, clock:
                                           severity="critical", at=clock.now(),
                                           deadline_at=None, reason="breach")
         assert not again.created and again.incident.id == opened.incident.id
+
+
+async def test_the_lease_is_renewed_while_every_worker_thread_is_busy(db_url: str) -> None:
+    async with Store(db_url, max_threads=1) as store:
+        held = threading.Event()
+        release = threading.Event()
+
+        def busy() -> None:
+            held.set()
+            release.wait(10)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):  # one running, two queued behind it
+                tg.start_soon(store._run, busy)
+            await anyio.to_thread.run_sync(held.wait, 5)
+            try:
+                with anyio.fail_after(5):
+                    lease = await store.acquire_lease("agent-leader", "me",
+                                                      now=datetime.now(UTC), ttl=15)
+                    assert await store.beat("me", now=datetime.now(UTC), ttl=30)
+            finally:
+                release.set()
+        assert lease.holder == "me"

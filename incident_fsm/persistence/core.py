@@ -86,6 +86,9 @@ class StoreCore:
             if self.engine.dialect.name == "postgresql" else self.engine)
         self.url = database.redact(resolved)
         self._limiter = anyio.CapacityLimiter(max_threads)
+        # A lane of its own for the lease and the heartbeat: queued behind a thousand
+        # incidents' steps, a renewal came too late and the leader stopped acting.
+        self._urgent = anyio.CapacityLimiter(1)
         self.call_timeout = call_timeout
         self._in_flight = 0
         self._threads = 0  # includes calls abandoned after `call_timeout`
@@ -112,7 +115,12 @@ class StoreCore:
         """No database call is in flight (lets virtual-time tests settle, see ManualClock)."""
         return self._in_flight == 0
 
-    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def _run_urgent(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`_run` on the lane kept for liveness (the lease, the heartbeat)."""
+        return await self._run(fn, *args, _lane=self._urgent, **kwargs)
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any,
+                   _lane: anyio.CapacityLimiter | None = None, **kwargs: Any) -> T:
         # The server's statement_timeout cannot help when the network goes
         # silent under an open connection: this client-side deadline does. The
         # abandoned thread finishes (or fails) on its own once the socket does;
@@ -121,7 +129,8 @@ class StoreCore:
         try:
             with anyio.fail_after(self.call_timeout):
                 return await anyio.to_thread.run_sync(
-                    partial(self._guarded, fn, *args, **kwargs), limiter=self._limiter,
+                    partial(self._guarded, fn, *args, **kwargs),
+                    limiter=self._limiter if _lane is None else _lane,
                     abandon_on_cancel=True,
                 )
         except TimeoutError:

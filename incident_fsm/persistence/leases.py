@@ -96,7 +96,7 @@ class LeaseRepository(StoreCore):
             lease = self._upsert_lease(name, holder, now=now, expires=expires, contested=True)
             assert lease is not None
             return lease
-        return await self._run(work)
+        return await self._run_urgent(work)
 
     def _upsert_lease(self, name: str, holder: str, *, now: datetime, expires: datetime,
                       contested: bool, version: str | None = None) -> Lease | None:
@@ -124,7 +124,7 @@ class LeaseRepository(StoreCore):
                 session.execute(sa.delete(Lease).where(col(Lease.name) == name,
                                                        col(Lease.holder) == holder))
                 session.commit()
-        await self._run(work)
+        await self._run_urgent(work)
 
     # --- heartbeats: which agents are alive (rows `heartbeat:<replica>` in `lease`) -----
     # A heartbeat row is no lease: nobody competes for it, each replica only ever
@@ -149,7 +149,7 @@ class LeaseRepository(StoreCore):
             self._upsert_lease(name, replica, now=now, expires=expires, contested=False,
                                version=None if version is None else version[:40])
             return True
-        return await self._run(work)
+        return await self._run_urgent(work)
 
     async def end_beat(self, replica: str) -> None:
         """Remove `replica`'s heartbeat at once (it is stopping cleanly)."""

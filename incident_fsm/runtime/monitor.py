@@ -165,6 +165,7 @@ class Monitor:
         self._published = {name: anyio.Event() for name in self._targets}
         self._polling: set[str] = set()
         self._slots = anyio.CapacityLimiter(MAX_CONCURRENT_POLLS)
+        self._acting = anyio.CapacityLimiter(MAX_CONCURRENT_POLLS)
         #: target -> polls answered 429 in a row, and the wait the last one asked for
         self._throttled: dict[str, int] = {}
         self._retry_after: dict[str, float] = {}
@@ -281,16 +282,15 @@ class Monitor:
                                 self._agent.poll_interval)
         while True:
             started = self._clock.now()
-            async with self._slots:
-                self._polling.add(name)
-                try:
-                    await self.poll(name)
-                except Exception as exc:
-                    # One bad poll must not end monitoring of this target.
-                    log_failure("❌ Failed to poll {}: unexpected error", name, error=exc,
-                                log=logger.bind(target=name))
-                finally:
-                    self._polling.discard(name)
+            self._polling.add(name)
+            try:
+                await self.poll(name)
+            except Exception as exc:
+                # One bad poll must not end monitoring of this target.
+                log_failure("❌ Failed to poll {}: unexpected error", name, error=exc,
+                            log=logger.bind(target=name))
+            finally:
+                self._polling.discard(name)
             elapsed = (self._clock.now() - started).total_seconds()
             await self._clock.sleep(max(0.0, self.next_interval(name) - elapsed))
 
@@ -310,17 +310,22 @@ class Monitor:
         probes = self._probes[name]
         log = logger.bind(target=name)
         at = self._clock.now()
-        health, statuses = await self._probe_all(probes)
-        fallback: HealthSnapshot | None = None
-        self._note_throttling(name, health)
-        if isinstance(health, ProbeFailure) and health.cause != THROTTLED:
-            log.warning("❌ Failed to probe {}: {}", name, health.reason)
-            if probes.fallback is not None:
-                local = await probes.fallback.probe()
-                if isinstance(local, HealthSnapshot):
-                    fallback = local
-                else:
-                    log.warning("❌ Failed to read the local host for {}: {}", name, local.reason)
+        # A slot is held for the requests only: recording and acting on what they found
+        # (opening an incident, its store calls) must not keep other targets' polls
+        # waiting, or 1,000 breaches at once delay each other's confirming polls.
+        async with self._slots:
+            health, statuses = await self._probe_all(probes)
+            fallback: HealthSnapshot | None = None
+            self._note_throttling(name, health)
+            if isinstance(health, ProbeFailure) and health.cause != THROTTLED:
+                log.warning("❌ Failed to probe {}: {}", name, health.reason)
+                if probes.fallback is not None:
+                    local = await probes.fallback.probe()
+                    if isinstance(local, HealthSnapshot):
+                        fallback = local
+                    else:
+                        log.warning("❌ Failed to read the local host for {}: {}", name,
+                                    local.reason)
         observation = Observation(health, fallback, statuses)
         status = status_label(observation.reading, settings.thresholds)
         snap = observation.reading
@@ -330,7 +335,10 @@ class Monitor:
                     snap.memory_pct, snap.disk_pct, status, name, snap.source)
         await self._record(name, at, observation)
         for finding in self.detector.observe(name, observation):
-            await self._act(finding, at)
+            # Bounded apart from the polls: a thousand openings at once would otherwise
+            # queue ahead of the steps that fix what is already open.
+            async with self._acting:
+                await self._act(finding, at)
         previous = self._latest.get(name)
         reading = Reading(name, 1 if previous is None else previous.seq + 1, at, observation,
                           status)
