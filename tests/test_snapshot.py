@@ -14,7 +14,6 @@ from psycopg.pq import TransactionStatus
 from incident_fsm.errors import IncidentNotFound, StoreUnavailable
 from incident_fsm.models import Incident, IncidentId, Transition
 from incident_fsm.persistence import database as db
-from incident_fsm.persistence import snapshot
 from incident_fsm.persistence.effects import _table
 from incident_fsm.persistence.snapshot import Read, read_snapshot
 from incident_fsm.persistence.store import Store
@@ -47,7 +46,9 @@ def test_reads_go_out_in_one_pipeline_inside_a_read_only_snapshot(
     real = psycopg.Connection.execute
 
     def execute(self: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(str(query).split()[0] + (" pipeline" if self._pipeline else ""))
+        text = str(query)
+        sent.append((text if text.startswith("BEGIN") else text.split()[0])
+                    + (" pipeline" if self._pipeline else ""))
         return real(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.Connection, "execute", execute)
@@ -56,8 +57,8 @@ def test_reads_go_out_in_one_pipeline_inside_a_read_only_snapshot(
     assert isolation == "read committed"
     sent.clear()
     read_snapshot(one_connection, (BY_ID, ALL), {"incident_id": 1})
-    assert sent == ["BEGIN pipeline", "SELECT pipeline", "SELECT pipeline", "COMMIT pipeline"]
-    assert snapshot.BEGIN_SNAPSHOT.endswith("REPEATABLE READ READ ONLY")
+    assert sent == ["BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY pipeline",
+                    "SELECT pipeline", "SELECT pipeline", "COMMIT pipeline"]
     assert _state(one_connection)[:2] == (TransactionStatus.IDLE, False)
 
 

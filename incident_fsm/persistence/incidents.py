@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -60,13 +61,11 @@ def _of_incident(model: type[Any], order: sa.ColumnElement[Any]) -> Read[Any]:
 
 
 _INCIDENT = _table(Incident)
-#: `list_incidents`'s statements, one per combination of filters, built when first used:
-#: building a statement costs more than running it, and the agent lists every few seconds.
-_LISTS: dict[tuple[bool, ...], sa.Select[Any]] = {}
-
-
+@functools.cache
 def _list_query(states: bool, kind: bool, target: bool, since: bool, until: bool
                 ) -> sa.Select[Any]:
+    """`list_incidents`'s statement for one combination of filters, built when first used:
+    building a statement costs more than running it, and the agent lists every few seconds."""
     c = _INCIDENT.c
     query = sa.select(_INCIDENT)
     for wanted, condition in (
@@ -79,19 +78,13 @@ def _list_query(states: bool, kind: bool, target: bool, since: bool, until: bool
     return query.order_by(c.opened_at.desc(), c.id.desc()).limit(sa.bindparam("limit"))
 
 
-#: `open_incident`'s insert, per dialect: nothing when one of its fingerprint is open.
-_OPEN_INSERTS: dict[str, sa.Executable] = {}
-
-
+@functools.cache
 def _open_insert(dialect: str) -> sa.Executable:
-    found = _OPEN_INSERTS.get(dialect)
-    if found is None:
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        found = _OPEN_INSERTS[dialect] = (
-            insert(_INCIDENT).on_conflict_do_nothing(index_elements=[_INCIDENT.c.fingerprint],
+    """`open_incident`'s insert, per dialect: nothing when one of its fingerprint is open."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (insert(_INCIDENT).on_conflict_do_nothing(index_elements=[_INCIDENT.c.fingerprint],
                                                      index_where=OPEN_PREDICATE)
             .returning(*_INCIDENT.c))
-    return found
 
 
 #: What the monitor and the drivers ask of every breach and step, built once.
@@ -231,9 +224,7 @@ class IncidentRepository(StoreCore):
 
         shape = (bool(wanted), kind is not None, target is not None, since is not None,
                  until is not None)
-        query = _LISTS.get(shape)
-        if query is None:
-            query = _LISTS[shape] = _list_query(*shape)
+        query = _list_query(*shape)
         params = {"states": list(wanted), "kind": kind, "target": target, "since": since,
                   "until": until, "limit": limit}
         return await self._run(self._models, Incident, query,

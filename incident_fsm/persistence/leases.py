@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,12 +52,10 @@ def _heartbeat_name(replica: str) -> str:
 
 
 _LEASE: sa.Table = Lease.__table__  # type: ignore[attr-defined]
-#: The upserts, per dialect and whether the row is contested, built when first used:
-#: building one costs more than running it, and the agent renews every few seconds.
-_UPSERTS: dict[tuple[str, bool], sa.Executable] = {}
-
-
+@functools.cache
 def _upsert(dialect: str, *, contested: bool) -> sa.Executable:
+    """The upsert per dialect and whether the row is contested, built when first used:
+    building one costs more than running it, and the agent renews every few seconds."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     c, now = _LEASE.c, sa.bindparam("now", type_=_LEASE.c.renewed_at.type)
     stmt = insert(_LEASE).values(name=sa.bindparam("name"), holder=sa.bindparam("holder"),
@@ -106,10 +105,7 @@ class LeaseRepository(StoreCore):
         (a lease) is taken over only once it has expired; a heartbeat's row is
         always written.
         """
-        key = (self.engine.dialect.name, contested)
-        statement = _UPSERTS.get(key)
-        if statement is None:
-            statement = _UPSERTS[key] = _upsert(self.engine.dialect.name, contested=contested)
+        statement = _upsert(self.engine.dialect.name, contested=contested)
         with self._one_statement() as conn:
             row = conn.execute(statement, {"name": name, "holder": holder, "now": now,
                                            "expires": expires, "version": version}).first()
