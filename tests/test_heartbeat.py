@@ -7,12 +7,14 @@ from pathlib import Path
 
 import anyio
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from incident_fsm.errors import StoreUnavailable
+from incident_fsm.errors import InvalidInput, StoreUnavailable
 from incident_fsm.persistence.journal import JournalingStore
 from incident_fsm.persistence.store import Store
 from incident_fsm.runtime.heartbeat import Heartbeat
+from incident_fsm.runtime.leader import LeaderElector
 from incident_fsm.testing import ManualClock
 
 from .logcapture import captured_logs
@@ -73,6 +75,70 @@ async def test_agents_lists_the_living_and_the_crashed_with_leader_version_and_s
     await store.acquire_lease("agent-leader", "host-b:2", now=t0 + _s(35), ttl=15)
     assert [a.replica for a in await store.agents(t0 + _s(36)) if a.leader] == ["host-b:2"]
     assert [a.replica for a in await store.agents(t0 + _s(86500))] == []
+
+
+async def test_a_lease_renewal_writes_its_holders_heartbeat_in_the_same_statement(
+    store: Store, clock: ManualClock
+) -> None:
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute",
+                    lambda *args: statements.append(args[2]))
+    t0 = clock.now()
+    lease = await store.acquire_lease("agent-leader", "host-a:1", now=t0, ttl=15, beat_ttl=30,
+                                      version="1.2.3")
+    assert lease.holder == "host-a:1"
+    # Postgres: one statement; SQLite: two in one transaction (it has no writing CTEs).
+    writes = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "WITH"))]
+    assert len(writes) == (1 if store.engine.dialect.name == "postgresql" else 2)
+    [seen] = await store.agents(t0 + _s(10))
+    assert (seen.replica, seen.alive, seen.leader, seen.version, seen.started_at) == (
+        "host-a:1", True, True, "1.2.3", t0)
+    # A standby's attempt beats too, and still cannot take a lease that has not expired.
+    lease = await store.acquire_lease("agent-leader", "host-b:2", now=t0 + _s(5), ttl=15,
+                                      beat_ttl=30)
+    assert lease.holder == "host-a:1"
+    assert [r for r, _ in await store.agents_seen(t0 + _s(31))] == ["host-b:2"]
+    # The first beat's time is kept as the holder renews.
+    await store.acquire_lease("agent-leader", "host-a:1", now=t0 + _s(10), ttl=15, beat_ttl=30)
+    seen_a = {a.replica: a for a in await store.agents(t0 + _s(11))}["host-a:1"]
+    assert (seen_a.started_at, seen_a.last_beat, seen_a.leader) == (t0, t0 + _s(10), True)
+    with pytest.raises(InvalidInput):
+        await store.acquire_lease("agent-leader", "host-a:1", now=t0, ttl=15, beat_ttl=0)
+
+
+async def test_while_the_lease_renewals_carry_the_beat_the_heartbeat_writes_none_itself(
+    store: Store, clock: ManualClock
+) -> None:
+    counting = Flaky(store)
+    counting.failures = []
+    # 12 s, not 10: a wake-up of its own apart from the renewals' lets the test step time
+    # only once each renewal is done.
+    heartbeat = Heartbeat(counting, clock, "host-a:1", every=12)
+    elector = _Elector(store, clock=clock, holder="host-a:1", ttl=15, renew_every=5,
+                       heartbeat=heartbeat)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat.run)
+        await wait_until(lambda: counting.beats == 1)  # its first beat, before any renewal
+        await tg.start(elector.run)
+        for _ in range(6):  # 30 s: six renewals, each carrying the beat
+            await advance_when_waiting(clock, 5)
+        await wait_until(lambda: clock.now() + _s(5) in clock.wakeups())
+        assert counting.beats == 1
+        assert await store.agents_seen(clock.now()) == [("host-a:1", clock.now() + _s(36))]
+        elector.cut = True  # renewals fail: within one interval the heartbeat beats itself
+        for _ in range(4):
+            await advance_when_waiting(clock, 5)
+        await wait_until(lambda: counting.beats == 2)
+        tg.cancel_scope.cancel()
+
+
+class _Elector(LeaderElector):
+    cut = False
+
+    async def try_acquire(self) -> bool:
+        if self.cut:
+            return False
+        return await super().try_acquire()
 
 
 async def test_the_heartbeat_says_which_version_beats(store: Store, clock: ManualClock) -> None:

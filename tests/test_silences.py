@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
 
@@ -121,9 +122,75 @@ async def test_the_last_known_silences_stay_in_force_while_the_database_is_away(
     silences = Silences()
     await silences.refresh(store, clock.now())
     await silences.refresh(_Away(), clock.now())
-    assert silences.silence_for("api", "memory_high", clock.now()) == silence
+    assert silences.known_for("api", "memory_high", clock.now()) == silence
     clock.advance(3601)  # and it still ends on time
-    assert silences.silence_for("api", "memory_high", clock.now()) is None
+    assert silences.known_for("api", "memory_high", clock.now()) is None
+
+
+class _Counting:
+    """A store that counts its reads and can be made slow or absent."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.reads, self.delay, self.away = store, 0, 0.0, False
+
+    async def silences(self, **kw: Any) -> list[Silence]:
+        self.reads += 1
+        if self.delay:
+            await anyio.sleep(self.delay)
+        if self.away:
+            raise StoreUnavailable("database unavailable (OperationalError)")
+        return await self.store.silences(**kw)
+
+
+async def test_silences_are_read_when_a_decision_needs_them_and_at_most_every_max_age(
+    store: Store, clock: ManualClock
+) -> None:
+    counting = _Counting(store)
+    silences = Silences(counting, max_age=5.0)
+    assert counting.reads == 0  # nothing read until a decision asks: an idle agent reads none
+    assert await silences.silence_for("api", "memory_high", clock.now()) is None
+    silence = await add(store, clock)
+    clock.advance(4.9)
+    # A thousand decisions at once within max_age of the last read: answered from memory.
+    answers = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(lambda: _append(answers, silences, clock.now()))
+    assert answers == [None] * 50 and counting.reads == 1
+    clock.advance(0.1)  # now the list is old: read once, however many ask at the same time
+    answers.clear()
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(lambda: _append(answers, silences, clock.now()))
+    assert answers == [silence] * 50 and counting.reads == 2
+
+
+async def _append(answers: list[Silence | None], silences: Silences, now: datetime) -> None:
+    answers.append(await silences.silence_for("api", "memory_high", now))
+
+
+async def test_a_slow_or_absent_database_holds_a_decision_up_at_most_wait_seconds(
+    store: Store, clock: ManualClock
+) -> None:
+    silence = await add(store, clock, hours=1)
+    counting = _Counting(store)
+    silences = Silences(counting, max_age=5.0, wait=0.2)
+    assert await silences.silence_for("api", "memory_high", clock.now()) == silence
+    clock.advance(5)
+    counting.delay = 30.0
+    with anyio.fail_after(5):
+        started = anyio.current_time()
+        assert await silences.silence_for("api", "memory_high", clock.now()) == silence
+        assert anyio.current_time() - started < 2  # the last list, after at most `wait`
+        # ... and the next decision within max_age does not wait again.
+        assert await silences.silence_for("api", "memory_high", clock.now()) == silence
+    assert counting.reads == 2
+    clock.advance(5)
+    counting.delay, counting.away = 0.0, True
+    assert await silences.silence_for("api", "memory_high", clock.now()) == silence
+    clock.advance(3600)  # it still ends on time, from memory
+    assert await silences.silence_for("api", "memory_high", clock.now()) is None
+    assert counting.reads == 4
 
 
 def test_the_opening_notice_says_once_that_the_incident_is_silenced(clock: ManualClock) -> None:

@@ -6,7 +6,7 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -53,16 +53,29 @@ def _heartbeat_name(replica: str) -> str:
 
 _LEASE: sa.Table = Lease.__table__  # type: ignore[attr-defined]
 @functools.cache
-def _upsert(dialect: str, *, contested: bool) -> sa.Executable:
+def _upsert(dialect: str, *, contested: bool, beat: bool = False) -> sa.Executable:
     """The upsert per dialect and whether the row is contested, built when first used:
-    building one costs more than running it, and the agent renews every few seconds."""
+    building one costs more than running it, and the agent renews every few seconds.
+
+    With `beat` (Postgres), the same statement also writes the heartbeat row of the
+    lease's holder (parameters `beat_name`, `beat_expires`, `beat_version`): a
+    data-modifying CTE, so renewing and beating cost one round trip, not two."""
+    stmt = _upsert_of(dialect, contested=contested, prefix="")
+    if beat:
+        stmt = stmt.add_cte(_upsert_of(dialect, contested=False, prefix="beat_").cte("beat"))
+    statement: sa.Executable = stmt
+    return statement
+
+
+def _upsert_of(dialect: str, *, contested: bool, prefix: str) -> Any:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     c, now = _LEASE.c, sa.bindparam("now", type_=_LEASE.c.renewed_at.type)
-    stmt = insert(_LEASE).values(name=sa.bindparam("name"), holder=sa.bindparam("holder"),
-                                 acquired_at=now, renewed_at=now,
-                                 expires_at=sa.bindparam("expires", type_=c.expires_at.type),
-                                 version=sa.bindparam("version"))
-    return stmt.on_conflict_do_update(
+    stmt = insert(_LEASE).values(name=sa.bindparam(prefix + "name"),
+                                 holder=sa.bindparam("holder"), acquired_at=now, renewed_at=now,
+                                 expires_at=sa.bindparam(prefix + "expires",
+                                                         type_=c.expires_at.type),
+                                 version=sa.bindparam(prefix + "version"))
+    stmt = stmt.on_conflict_do_update(
         index_elements=[c.name],
         set_={
             "holder": stmt.excluded.holder,
@@ -74,7 +87,8 @@ def _upsert(dialect: str, *, contested: bool) -> sa.Executable:
         },
         # A lease changes hands only once it has expired.
         where=sa.or_(c.holder == stmt.excluded.holder, c.expires_at < now) if contested else None,
-    ).returning(*c)
+    )
+    return stmt if prefix else stmt.returning(*c)
 
 
 class LeaseRepository(StoreCore):
@@ -82,33 +96,54 @@ class LeaseRepository(StoreCore):
 
     # --- leases (leader election between replicas) ---------------------------
 
-    async def acquire_lease(self, name: str, holder: str, *, now: datetime,
-                            ttl: float) -> Lease:
+    async def acquire_lease(self, name: str, holder: str, *, now: datetime, ttl: float,
+                            beat_ttl: float | None = None, version: str | None = None) -> Lease:
         """Take or renew lease `name` for `holder` if it is free, expired, or already theirs.
 
         One atomic upsert, so two replicas can never both get it. Returns the
         lease as it stands afterwards: the caller holds it iff `.holder == holder`.
+        With `beat_ttl`, `holder`'s heartbeat (see `beat`) is written by the same
+        statement, whoever gets the lease.
         """
         expires = now + timedelta(seconds=ttl)
+        beat = None
+        if beat_ttl is not None:
+            _check_text("replica", holder, MAX_ACTOR)
+            if beat_ttl <= 0:
+                raise InvalidInput("a heartbeat's ttl must be greater than 0")
+            beat = {"beat_name": _heartbeat_name(holder),
+                    "beat_expires": now + timedelta(seconds=beat_ttl),
+                    "beat_version": None if version is None else version[:40]}
 
         def work() -> Lease:
-            lease = self._upsert_lease(name, holder, now=now, expires=expires, contested=True)
+            lease = self._upsert_lease(name, holder, now=now, expires=expires, contested=True,
+                                       beat=beat)
             assert lease is not None
             return lease
         return await self._run_urgent(work)
 
     def _upsert_lease(self, name: str, holder: str, *, now: datetime, expires: datetime,
-                      contested: bool, version: str | None = None) -> Lease | None:
+                      contested: bool, version: str | None = None,
+                      beat: dict[str, Any] | None = None) -> Lease | None:
         """Insert or update row `name` of `lease` in one statement (a worker-thread call).
 
         `acquired_at` is kept while the holder stays the same. A `contested` row
         (a lease) is taken over only once it has expired; a heartbeat's row is
-        always written.
+        always written. `beat`: the parameters of the holder's heartbeat row, written
+        in the same statement on Postgres, in the same transaction elsewhere.
         """
-        statement = _upsert(self.engine.dialect.name, contested=contested)
+        dialect = self.engine.dialect.name
+        params = {"name": name, "holder": holder, "now": now, "expires": expires,
+                  "version": version}
+        together = beat is not None and dialect == "postgresql"
         with self._one_statement() as conn:
-            row = conn.execute(statement, {"name": name, "holder": holder, "now": now,
-                                           "expires": expires, "version": version}).first()
+            if beat is not None and not together:
+                conn.execute(_upsert(dialect, contested=False),
+                             {"name": beat["beat_name"], "holder": holder, "now": now,
+                              "expires": beat["beat_expires"], "version": beat["beat_version"]})
+            statement = _upsert(dialect, contested=contested, beat=together)
+            row = conn.execute(statement, {**params, **(beat or {})} if together else params
+                               ).first()
             if row is None:  # the condition kept it from us: as it stands, someone else's
                 row = conn.execute(sa.select(_LEASE).where(_LEASE.c.name == name)).first()
         return None if row is None else from_row(Lease, row._mapping)

@@ -37,9 +37,9 @@ class OnlineOnly:
     async def silences(self, *, now: datetime, **kwargs: Any) -> list[Silence]:
         return await self.online.silences(now=now, **kwargs)
 
-    async def acquire_lease(self, name: str, holder: str, *, now: datetime,
-                            ttl: float) -> Lease:
-        return await self.online.acquire_lease(name, holder, now=now, ttl=ttl)
+    async def acquire_lease(self, name: str, holder: str, *, now: datetime, ttl: float,
+                            **kwargs: Any) -> Lease:
+        return await self.online.acquire_lease(name, holder, now=now, ttl=ttl, **kwargs)
 
     async def release_lease(self, name: str, holder: str) -> None:
         await self.online.release_lease(name, holder)

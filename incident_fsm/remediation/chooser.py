@@ -34,13 +34,13 @@ class ChoiceStore(Protocol):
 
 
 class SilenceSource(Protocol):
-    """The silences in force (the agent keeps them in memory, refreshed from the store)."""
+    """The silences in force (`incident_fsm.runtime.silences.Silences`)."""
 
-    def silence_for(self, target: str, kind: str, now: datetime) -> Silence | None: ...
+    async def silence_for(self, target: str, kind: str, now: datetime) -> Silence | None: ...
 
 
 class _NoSilences:
-    def silence_for(self, target: str, kind: str, now: datetime) -> Silence | None:
+    async def silence_for(self, target: str, kind: str, now: datetime) -> Silence | None:
         return None
 
 
@@ -97,7 +97,7 @@ class Chooser:
         reopenings = await self.store.count_reopenings(
             fingerprint=incident.fingerprint,
             since=now - timedelta(seconds=self.limits.flap_window))
-        silence = self.silences.silence_for(incident.target, incident.kind, now)
+        silence = await self.silences.silence_for(incident.target, incident.kind, now)
         first_held: ActionIntent | None = None
         for place, ranked in enumerate(ranking, start=1):
             situation = Situation(incident=incident, action=ranked.action,

@@ -71,7 +71,7 @@ from incident_fsm.remediation.remediator import ActionSource, Remediator, Verifi
 from incident_fsm.reports.metrics import AgentMetrics
 from incident_fsm.reports.status_app import AgentStatus, ASGIApp, TargetStatus, status_app
 from incident_fsm.runtime.heartbeat import Heartbeat
-from incident_fsm.runtime.leader import LeaderElector
+from incident_fsm.runtime.leader import LeaderElector, replica_id
 from incident_fsm.runtime.monitor import Monitor, ProblemEvent
 from incident_fsm.runtime.preflight import PreflightFailed, start_failures
 from incident_fsm.runtime.silences import Silences
@@ -82,8 +82,6 @@ from incident_fsm.settings import (
 )
 
 ACTIVE: Final = tuple(s.value for s in AUTOMATED_STATES)
-#: Seconds between two reads of the silences (an added one is obeyed within this).
-SILENCE_REFRESH: Final = 5.0
 
 
 class MonitorVerifier:
@@ -150,7 +148,7 @@ class Agent:
             outbox=policy_from_settings(settings), on_outbox=self.dispatcher.nudge,
             on_step=self._stepped)
         targets = {t.name: t for t in settings.targets}
-        self.silences = Silences()
+        self.silences = Silences(self.store)
         self.monitor = Monitor(
             targets=settings.targets, agent=agent,
             probes=probes or {
@@ -172,10 +170,12 @@ class Agent:
                                        on_attempt=self.metrics.attempt_finished)
         # Clocks of replicas must agree within the margin (NTP); see incident_fsm.runtime.leader.
         elect = agent.leader_election and not database.is_sqlite(url)
+        self.replica = (replica or replica_id()) if elect else f"{os.getpid()}"
+        self.heartbeat = Heartbeat(self.store, self.clock, self.replica)
         self.elector = None if not elect else LeaderElector(
-            self.store, clock=self.clock, holder=replica, ttl=agent.leader_ttl,
-            renew_every=agent.leader_renew, skew_margin=min(2.0, agent.leader_ttl / 4))
-        self.replica = self.elector.holder if self.elector else f"{os.getpid()}"
+            self.store, clock=self.clock, holder=self.replica, ttl=agent.leader_ttl,
+            renew_every=agent.leader_renew, skew_margin=min(2.0, agent.leader_ttl / 4),
+            heartbeat=self.heartbeat)
         self.running = False
         self.started_at: datetime | None = None
         self._drivers: set[int] = set()
@@ -288,7 +288,8 @@ class Agent:
 
     def _start_parts(self, tg: TaskGroup) -> None:
         # Every replica beats, leading or not: `force` and `status` tell who is alive.
-        tg.start_soon(Heartbeat(self.store, self.clock, self.replica).run, name="agent:heartbeat")
+        # (With leader election the lease's renewals write it, see `LeaderElector`.)
+        tg.start_soon(self.heartbeat.run, name="agent:heartbeat")
         if self.elector is not None:
             # Not awaited: a silent database must not hold up the host's start-up.
             tg.start_soon(self.elector.run, name="agent:lease")
@@ -352,11 +353,8 @@ class Agent:
         """Act while this replica leads; stop acting the moment it does not."""
         while True:
             await self._until_leader()
-            # Before the first poll: a silence in force now is obeyed from the start.
-            await self.silences.refresh(self.store, self.clock.now())
             async with anyio.create_task_group() as acting:
-                for name, part in (("silences", self._refresh_silences),
-                                   ("monitor", self.monitor.run),
+                for name, part in (("monitor", self.monitor.run),
                                    ("dispatcher", self.dispatcher.run),
                                    ("sweeper", self._sweep),
                                    ("supervisor", self._supervise)):
@@ -364,11 +362,6 @@ class Agent:
                 await self._while_leader()
                 logger.warning("leadership lost: this replica stops acting")
                 acting.cancel_scope.cancel()
-
-    async def _refresh_silences(self) -> None:
-        while True:
-            await self.clock.sleep(SILENCE_REFRESH)
-            await self.silences.refresh(self.store, self.clock.now())
 
     async def _keep_running(self, name: str, part: Callable[[], Awaitable[None]]) -> None:
         """Run one part; if it fails, log it and start it again after a growing pause.

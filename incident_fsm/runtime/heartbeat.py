@@ -2,7 +2,10 @@
 
 Every replica beats, leader or standby: the row `heartbeat:<replica>` in the
 `lease` table is valid until `ttl` seconds after the last beat
-(`Store.beat`), so `Store.agents_seen(now)` lists the agents alive now. An
+(`Store.beat`), so `Store.agents_seen(now)` lists the agents alive now.
+With leader election each renewal of the lease writes the row in the same
+statement (`LeaderElector`, `carried`); the loop then beats only when no
+renewal has done so for an interval. An
 operator's tool reads it: `incident-fsm force` warns when no agent has been
 seen, because an approved attempt then waits for nobody and the step's
 notifications stay in the outbox.
@@ -100,11 +103,23 @@ class Heartbeat:
                          self._missed)
         return False
 
+    def carried(self, at: datetime) -> None:
+        """A beat sent at `at` was written by another statement (the leader lease's renewal,
+        see `LeaderElector`): `run` skips its own until `every` seconds after it."""
+        if self._missed:
+            logger.info("heartbeat of {} beating again after {} missed beat(s)", self.replica,
+                        self._missed)
+        self._missed = 0
+        self.last_beat = at if self.last_beat is None else max(self.last_beat, at)
+
     async def run(self) -> None:
-        """Beat now and every `every` seconds until cancelled; then remove the row."""
+        """Beat now and every `every` seconds until cancelled (unless a beat was carried
+        meanwhile, see `carried`); then remove the row."""
         try:
             while True:
-                await self.beat_once()
+                last = self.last_beat
+                if last is None or (self._clock.now() - last).total_seconds() >= self.every:
+                    await self.beat_once()
                 await self._clock.sleep(self.every)
         finally:
             # Shielded and bounded: stopping must not wait on a database that is away

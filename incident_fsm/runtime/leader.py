@@ -33,10 +33,12 @@ import anyio
 from anyio.abc import TaskStatus
 from loguru import logger
 
+from incident_fsm.about import VERSION
 from incident_fsm.clock import Clock
 from incident_fsm.errors import StoreError
 from incident_fsm.models import Lease
 from incident_fsm.persistence.leases import LEADER
+from incident_fsm.runtime.heartbeat import Heartbeat
 
 LEADER_LEASE = LEADER
 
@@ -49,8 +51,9 @@ def replica_id() -> str:
 class LeaseStore(Protocol):
     """What leader election needs of a store: one named lease."""
 
-    async def acquire_lease(self, name: str, holder: str, *, now: datetime,
-                            ttl: float) -> Lease: ...
+    async def acquire_lease(self, name: str, holder: str, *, now: datetime, ttl: float,
+                            beat_ttl: float | None = None,
+                            version: str | None = None) -> Lease: ...
 
     async def release_lease(self, name: str, holder: str) -> None: ...
 
@@ -68,6 +71,7 @@ class LeaderElector:
         ttl: float = 15.0,
         renew_every: float = 5.0,
         skew_margin: float = 2.0,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         if not 0 < renew_every < ttl - skew_margin:
             raise ValueError("need 0 < renew_every < ttl - skew_margin")
@@ -78,6 +82,9 @@ class LeaderElector:
         self.ttl = ttl
         self.renew_every = renew_every
         self.skew_margin = skew_margin
+        # Each renewal writes this replica's heartbeat too (one statement, not two); the
+        # heartbeat's own loop beats only when renewals stop doing it.
+        self._heartbeat = heartbeat
         self._valid_until: datetime | None = None
         #: the holder this replica last found leading (itself included)
         self._leader_seen: str | None = None
@@ -96,7 +103,14 @@ class LeaderElector:
         was = self.is_leader
         sent = self._clock.now()
         try:
-            lease = await self._store.acquire_lease(self.name, self.holder, now=sent, ttl=self.ttl)
+            if self._heartbeat is None:
+                lease = await self._store.acquire_lease(self.name, self.holder, now=sent,
+                                                        ttl=self.ttl)
+            else:
+                lease = await self._store.acquire_lease(
+                    self.name, self.holder, now=sent, ttl=self.ttl,
+                    beat_ttl=self._heartbeat.ttl, version=VERSION)
+                self._heartbeat.carried(sent)
         except StoreError as exc:
             logger.warning("leader lease not renewed ({}); leadership ends at {}",
                            type(exc).__name__, self._valid_until)

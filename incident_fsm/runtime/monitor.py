@@ -438,7 +438,8 @@ class Monitor:
     async def _open_or_reopen(self, finding: Finding) -> Incident:
         problem = finding.problem
         details = dict(problem.details)
-        silence = self._silences.silence_for(problem.target, problem.kind, self._clock.now())
+        silence = await self._silences.silence_for(problem.target, problem.kind,
+                                                   self._clock.now())
         if silence is not None:  # the opening notice says it, once
             details["silenced"] = silence.describe()
         existing = await self._store.find_open(problem.fingerprint)
