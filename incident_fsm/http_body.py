@@ -49,9 +49,9 @@ class BodyTooLarge(BodyRefused):
 async def read_capped(response: httpx.Response, *, limit: int) -> bytes:
     """The (inflated) body of a streamed answer, or `BodyRefused` past `limit` bytes."""
     _check_declared(response, limit)
-    body = _CappedBody(limit, response.headers.get("content-encoding", ""),
+    body = CappedBody(limit, response.headers.get("content-encoding", ""),
                        status=response.status_code)
-    # Raw bytes, inflated by _CappedBody: see the module docstring.
+    # Raw bytes, inflated by CappedBody: see the module docstring.
     async for chunk in response.aiter_raw():
         body.feed(chunk)
     return body.finish()
@@ -89,7 +89,7 @@ def _check_declared(response: httpx.Response, limit: int) -> None:
         raise BodyTooLarge(limit, status=response.status_code, declared=int(declared))
 
 
-class _CappedBody:
+class CappedBody:
     """Collects a body, inflating gzip/deflate itself, and refuses more than `limit` bytes."""
 
     def __init__(self, limit: int, encoding: str, *, status: int) -> None:

@@ -3,8 +3,9 @@
 `Probe` is the plug-in interface (one coroutine, `probe()`, returning a
 `HealthSnapshot` or a `ProbeFailure`, never raising for anything the target
 does). `HttpProbe` reads the target's health endpoints through an injected
-`httpx.AsyncClient`, each request bounded in time (connect, headers and the
-whole body: a trickling body cannot hold it) and in size (a 50 MB body is
+client (httpx, or the leaner `http1.Http1Client` the agent gives it), each
+request bounded in time (connect, headers and the whole body: a trickling
+body cannot hold it) and in size (a 50 MB body is
 cut off after the cap and is a failure). Each request costs the reference
 service about a second of its single event loop, so by default one endpoint
 is read per poll and the next only when it fails; `read_all` reads every
@@ -35,6 +36,7 @@ import anyio
 import httpx
 from loguru import logger
 
+from incident_fsm.detection.http1 import Http1Client, TransportFailed
 from incident_fsm.detection.payload import (
     DOWN,
     THROTTLED,
@@ -69,7 +71,7 @@ class HttpProbe:
         *,
         base_url: str,
         endpoints: Sequence[str],
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | Http1Client,
         timeout: float = 5.0,
         max_body: int = MAX_BODY,
         read_all: bool = False,
@@ -207,24 +209,32 @@ class FetchFailed(Exception):
         self.cause = cause
 
 
-async def fetch(client: httpx.AsyncClient, url: str, *, time_limit: float,
+async def fetch(client: httpx.AsyncClient | Http1Client, url: str, *, time_limit: float,
                 max_body: int = MAX_BODY) -> Fetched:
     """GET `url`, the whole exchange bounded by `time_limit` s and the body by `max_body` bytes.
 
     The body of a non-2xx answer is read too (bounded the same way): some
-    readiness endpoints explain themselves in it.
+    readiness endpoints explain themselves in it. `client` is httpx, or the
+    leaner `Http1Client` a target's own health endpoints are read with.
     """
     started = anyio.current_time()
     try:
         # fail_after bounds the whole exchange: httpx's own timeout is per
         # socket operation, so a body trickling in byte by byte would pass it.
         with anyio.fail_after(time_limit):
-            status, body, retry_after = await _read(client, url, io_limit=time_limit,
-                                                    max_body=max_body)
+            if isinstance(client, Http1Client):
+                answer = await client.get(url, max_body=max_body)
+                status, body = answer.status, answer.body
+                retry_after = answer.headers.get("retry-after")
+            else:
+                status, body, retry_after = await _read(client, url, io_limit=time_limit,
+                                                        max_body=max_body)
     except TimeoutError:
         raise FetchFailed(f"timed out after {time_limit:g}s", ms_since(started)) from None
     except httpx.HTTPError as exc:
         raise FetchFailed(describe_error(exc), ms_since(started)) from None
+    except TransportFailed as exc:
+        raise FetchFailed(str(exc), ms_since(started)) from None
     except BodyTooLarge as exc:
         size = "body" if exc.declared is None else f"body of {exc.declared} bytes"
         raise FetchFailed(f"{size} exceeds the {exc.limit} byte cap", ms_since(started),

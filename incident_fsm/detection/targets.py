@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 import httpx
 
+from incident_fsm.about import VERSION
+from incident_fsm.detection import http1
 from incident_fsm.detection.dependencies import DependencyProbe, dependency_checks
 from incident_fsm.detection.probe import HttpProbe, LocalProbe, Probe
 from incident_fsm.settings import AgentSettings, TargetSettings
@@ -29,11 +32,15 @@ class TargetProbes:
     requests_per_poll: int = 1
 
 
-def default_probes(target: TargetSettings, *, client: httpx.AsyncClient) -> TargetProbes:
-    """The probes a target's settings describe, sharing one HTTP client."""
+def default_probes(target: TargetSettings, *, client: httpx.AsyncClient,
+                   health_client: httpx.AsyncClient | http1.Http1Client | None = None
+                   ) -> TargetProbes:
+    """The probes a target's settings describe: its health read with `health_client`
+    (default `client`), its HTTP dependency checks with `client`."""
     dependencies = dependency_checks(target, client=client)
     return TargetProbes(
-        health=HttpProbe(base_url=target.base_url, endpoints=target.endpoints, client=client,
+        health=HttpProbe(base_url=target.base_url, endpoints=target.endpoints,
+                         client=client if health_client is None else health_client,
                          timeout=target.probe_timeout, read_all=target.read_all_endpoints,
                          name=target.name),
         fallback=LocalProbe(mounts=target.local_mounts, timeout=target.probe_timeout)
@@ -70,13 +77,16 @@ def cadences(agent: AgentSettings, target: TargetSettings,
 
 
 class TargetClients:
-    """One small HTTP client per target, sharing one TLS context; close with `aclose`.
+    """Small HTTP clients per target, sharing one TLS context; close with `aclose`.
 
     httpx's pool checks every idle connection it holds on each request, so
     one pool keeping a connection per target costs each poll time in the
     number of targets (a thousand targets: most of a poll's CPU). A pool per
     target keeps its own connection alive from one poll to the next and checks
     only that. The TLS context (the CA bundle) is loaded once, not per target.
+    A target's health endpoints are read with `health`: the lean
+    `http1.Http1Client` where it reads them as httpx would (no proxy in the
+    environment, no credentials in the URL), else the target's httpx client.
     """
 
     def __init__(self, agent: AgentSettings) -> None:
@@ -85,16 +95,33 @@ class TargetClients:
         self._limits = httpx.Limits(max_connections=PER_TARGET_CONNECTIONS,
                                     max_keepalive_connections=1, keepalive_expiry=slowest + 5.0)
         self._tls: ssl.SSLContext | None = None
-        self._clients: list[httpx.AsyncClient] = []
+        self._clients: list[httpx.AsyncClient | http1.Http1Client] = []
+        self._keepalive = slowest + 5.0
 
     def new(self) -> httpx.AsyncClient:
         """A client for one target's probes and HTTP dependency checks."""
-        if self._tls is None:
-            self._tls = httpx.create_ssl_context()
         client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False,
-                                   verify=self._tls, limits=self._limits)
+                                   verify=self._context(), limits=self._limits)
         self._clients.append(client)
         return client
+
+    def health(self, base_url: str, *, fallback: httpx.AsyncClient,
+               environ: Mapping[str, str] = os.environ
+               ) -> httpx.AsyncClient | http1.Http1Client:
+        """The client a target's health endpoints are read with (see the class)."""
+        if not http1.suits(base_url, environ):
+            return fallback
+        client = http1.Http1Client(base_url, ssl_context=self._context(),
+                                   keepalive_expiry=self._keepalive,
+                                   max_connections=PER_TARGET_CONNECTIONS,
+                                   user_agent=f"incident-fsm/{VERSION}")
+        self._clients.append(client)
+        return client
+
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return self._tls
 
     async def aclose(self) -> None:
         for client in self._clients:

@@ -151,10 +151,7 @@ class Agent:
         self.silences = Silences(self.store)
         self.monitor = Monitor(
             targets=settings.targets, agent=agent,
-            probes=probes or {
-                t.name: default_probes(t, client=self._target_clients.new()
-                                       if self._own_http else self.http)
-                for t in settings.targets},
+            probes=probes or {t.name: self._probes_of(t) for t in settings.targets},
             engine=self.engine, store=self.store, clock=self.clock, random=random,
             on_problem=self._on_problem, on_checks=self.metrics.checked,
             silences=self.silences)
@@ -458,6 +455,13 @@ class Agent:
                 logger.warning("❌ Failed to sweep deadlines: {}", exc)
                 pause = retry
             await sleep_or_wake(self.clock, pause, wake)
+
+    def _probes_of(self, target: TargetSettings) -> TargetProbes:
+        if not self._own_http:  # one given client reads everything (tests mock it)
+            return default_probes(target, client=self.http)
+        client = self._target_clients.new()
+        return default_probes(target, client=client, health_client=self._target_clients.health(
+            target.base_url, fallback=client, environ=self._environ))
 
     def _stepped(self, trigger: str, dest: str) -> None:
         self.metrics.stepped(trigger, dest)
