@@ -613,3 +613,58 @@ async def test_the_lease_is_renewed_while_every_worker_thread_is_busy(db_url: st
             finally:
                 release.set()
         assert lease.holder == "me"
+
+
+async def test_a_step_without_an_attempt_is_one_statement_on_postgres(
+    postgres_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Store(postgres_url) as store:
+        engine = IncidentEngine(store, clock=clock)
+        incident = await _open(engine)
+        sent: list[bool] = []
+        real = psycopg.Cursor.execute
+
+        def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(self.connection.autocommit)
+            return real(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        at = clock.advance(3)
+        moved = await engine.step(incident, "hold", actor="agent", reason="held for approval",
+                                  notifications=[OutboxMessage("pam", {"text": "held"}),
+                                                 OutboxMessage("webhook", {"event": "hold"})])
+        assert sent == [True]  # one round trip, committing on its own: no BEGIN, no COMMIT
+        monkeypatch.undo()
+        timeline = await store.timeline(incident.incident_id)
+    assert moved.incident.version == 2 and moved.incident.state == "escalated"
+    assert timeline.incident.model_dump() == moved.incident.model_dump()
+    assert [(t.seq, t.trigger, t.source, t.dest, t.reason, t.at)
+            for t in timeline.transitions[1:]] == [
+        (2, "hold", "detected", "escalated", "held for approval", at)]
+    iid = incident.incident_id
+    assert [(n.channel, n.transition_seq, n.payload, n.dedupe_key, n.status, n.attempts,
+             n.next_attempt_at, n.created_at, n.delivered_at, n.last_error)
+            for n in timeline.notifications] == [
+        ("pam", 2, {"text": "held"}, f"incident-{iid}-seq-2-pam", "pending", 0, at, at, None, ""),
+        ("webhook", 2, {"event": "hold"}, f"incident-{iid}-seq-2-webhook", "pending", 0, at, at,
+         None, "")]
+
+
+async def test_a_step_whose_outbox_row_cannot_be_written_changes_nothing(
+    store: Store, engine: IncidentEngine, clock: ManualClock
+) -> None:
+    incident = await _open(engine)
+    iid = incident.incident_id
+    # A row already holds the dedupe key the step's outbox row would take.
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO notification (incident_id, transition_seq, channel, payload, "
+            "dedupe_key, status, attempts, next_attempt_at, created_at, last_error) "
+            "VALUES (:iid, 1, 'pam', '{}', :key, 'pending', 0, :at, :at, '')"),
+            {"iid": iid, "key": f"incident-{iid}-seq-2-pam", "at": clock.now()})
+    before = await _snapshot(store, iid)
+    with pytest.raises(sa.exc.IntegrityError):
+        await engine.step(incident, "hold", actor="agent", reason="held",
+                          notifications=[OutboxMessage("pam", {"text": "held"})])
+    assert _same(before, await _snapshot(store, iid))
+    assert before.incident.version == 1 and len(before.transitions) == 1

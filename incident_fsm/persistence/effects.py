@@ -10,11 +10,13 @@ helpers below them are the store's side of the same definitions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
 from incident_fsm.errors import AttemptAlreadyFinished, AttemptAlreadyJudged, InvalidInput
@@ -24,6 +26,7 @@ from incident_fsm.models import (
     Incident,
     Notification,
     OutboxMessage,
+    Transition,
 )
 from incident_fsm.persistence.core import (
     _json_safe,
@@ -226,3 +229,55 @@ def _get_run(session: Session, run_id: int) -> ActionRun:
     if run is None:
         raise InvalidInput(f"no action run with id {run_id}")
     return run
+
+
+@functools.cache
+def _one_statement_step(step_columns: tuple[str, ...],
+                        history_columns: tuple[str, ...]) -> sa.Select[Any]:
+    incident, history, outbox = _table(Incident), _table(Transition), _table(Notification)
+    moved = (sa.update(incident)
+             .where(incident.c.id == sa.bindparam("where_id"),
+                    incident.c.version == sa.bindparam("where_version"),
+                    incident.c.state == sa.bindparam("where_state"))
+             .values({c: sa.bindparam(f"set_{c}", type_=incident.c[c].type)
+                      for c in step_columns})
+             .returning(*incident.c).cte("moved"))
+    matched = sa.exists(sa.select(moved.c.id))
+    wrote_history = sa.insert(history).from_select(
+        list(history_columns),
+        sa.select(*(sa.bindparam(f"history_{c}", type_=history.c[c].type)
+                    for c in history_columns)).where(matched),
+    ).cte("wrote_history")
+    # The outbox rows arrive as one JSON array (as many as the step has messages), read
+    # back as rows of the table's own type; `outbox_values` sets every column but the id.
+    outbox_columns = [c.name for c in outbox.c if not c.primary_key]
+    rows = sa.func.jsonb_populate_recordset(
+        sa.literal_column(f"NULL::{outbox.name}"), sa.bindparam("outbox", type_=JSONB),
+    ).table_valued(*outbox_columns)
+    wrote_outbox = sa.insert(outbox).from_select(
+        outbox_columns, sa.select(*(rows.c[c] for c in outbox_columns)).where(matched),
+    ).cte("wrote_outbox")
+    return sa.select(moved).add_cte(wrote_history, wrote_outbox)
+
+
+def step_in_one_statement(step: StepRequest,
+                          details: dict[str, Any]) -> tuple[sa.Select[Any], dict[str, Any]]:
+    """A step without an attempt as one Postgres statement, and its bound values.
+
+    The version-checked update, then the history and outbox rows only if it matched
+    (data-modifying CTEs): one round trip and one implicit transaction. The statement is
+    built once per set of columns, taken from `step_values` and `history_values`, so
+    those stay the one definition of what a step writes.
+    """
+    moved, history = step_values(step), history_values(step, details)
+    # No value is named after a column: an update's execute() would take it for a SET.
+    values: dict[str, Any] = {"where_id": step.incident_id,
+                              "where_version": step.expected_version,
+                              "where_state": step.source}
+    values.update({f"set_{c}": v for c, v in moved.items()})
+    values.update({f"history_{c}": v for c, v in history.items()})
+    values["outbox"] = [{c: v.isoformat() if isinstance(v, datetime) else v
+                         for c, v in row.items()}
+                        for row in outbox_values(step.incident_id, step.expected_version + 1,
+                                                 step.notifications, step.at)]
+    return _one_statement_step(tuple(moved), tuple(history)), values

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -45,6 +45,7 @@ from incident_fsm.persistence.effects import (
     history_values,
     insert_action_run,
     outbox_values,
+    step_in_one_statement,
     step_values,
 )
 from incident_fsm.persistence.snapshot import Read, read_snapshot
@@ -255,8 +256,12 @@ class IncidentRepository(StoreCore):
         return await self._run(self._apply_transition, step, details)
 
     def _apply_transition(self, step: StepRequest, details: dict[str, Any]) -> Stepped:
+        if step.intent is None and self.engine.dialect.name == "postgresql":
+            return self._apply_in_one_statement(step, details)
         # SQLAlchemy Core, not the ORM: the version-checked update hands the row back
         # (RETURNING), so a step is its statements and one commit, with no unit of work.
+        # A step that starts an attempt comes here on Postgres too: the attempt's number
+        # is the incident's last one plus one, read inside the transaction.
         incident = _table(Incident)
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -268,14 +273,7 @@ class IncidentRepository(StoreCore):
                 .returning(*incident.c)
             ).first()
             if row is None:
-                found = conn.execute(sa.select(incident.c.version, incident.c.state)
-                                     .where(incident.c.id == step.incident_id)).first()
-                if found is None:
-                    raise IncidentNotFound(step.incident_id)
-                raise ConcurrentUpdate(
-                    incident_id=step.incident_id, expected_version=step.expected_version,
-                    found_version=found.version, found_state=found.state,
-                )
+                self._not_moved(conn, step)
             conn.execute(sa.insert(_table(Transition)).values(**history_values(step, details)))
             run = None
             if step.intent is not None:
@@ -286,6 +284,29 @@ class IncidentRepository(StoreCore):
                              outbox_values(step.incident_id, step.expected_version + 1,
                                            step.notifications, step.at))
         return Stepped(from_row(Incident, row._mapping), run)
+
+    def _apply_in_one_statement(self, step: StepRequest, details: dict[str, Any]) -> Stepped:
+        # One round trip, no BEGIN or COMMIT: a statement commits on its own (autocommit),
+        # and the history and outbox rows are written only if the update matched.
+        statement, values = step_in_one_statement(step, details)
+        with self._autocommit.connect() as conn:
+            row = conn.execute(statement, values).first()
+            if row is None:
+                self._not_moved(conn, step)
+        return Stepped(from_row(Incident, row._mapping), None)
+
+    @staticmethod
+    def _not_moved(conn: sa.Connection, step: StepRequest) -> NoReturn:
+        """Why the version-checked update of `step` matched no row: raise it."""
+        incident = _INCIDENT
+        found = conn.execute(sa.select(incident.c.version, incident.c.state)
+                             .where(incident.c.id == step.incident_id)).first()
+        if found is None:
+            raise IncidentNotFound(step.incident_id)
+        raise ConcurrentUpdate(
+            incident_id=step.incident_id, expected_version=step.expected_version,
+            found_version=found.version, found_state=found.state,
+        )
 
     # --- history -----------------------------------------------------------
 

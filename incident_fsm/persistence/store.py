@@ -11,7 +11,9 @@ the event loop never waits on the database.
 Invariants the store keeps:
 - one transition = one transaction: the version-checked update of the
   incident copy, the `transition` row, the attempt it starts and its outbox
-  rows commit together or not at all;
+  rows commit together or not at all (on Postgres a step that starts no
+  attempt is one statement, its rows written by data-modifying CTEs only if
+  the update matched: one round trip);
 - `incident.version` equals the number of `transition` rows of the incident
   (the opening row is seq 1), so the version is also the next row's seq;
 - strikes are recomputed from the incident's `action_run` rows whenever
