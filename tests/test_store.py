@@ -479,6 +479,30 @@ async def test_strikes_come_from_persisted_attempts(
         await store.judge_action(run.id or 0, verified=False)
     with pytest.raises(InvalidInput, match="unknown action outcome"):
         await store.finish_action(run.id or 0, outcome="great", finished_at=clock.now())
+    with pytest.raises(InvalidInput, match="no action run with id 999"):
+        await store.judge_action(999, verified=False)
+    stored = (await store.attempts(iid))[-1]
+    assert (stored.outcome, stored.verified, stored.finished_at) == ("timed_out", True,
+                                                                     run.started_at)
+
+
+async def test_an_outcome_is_stored_as_given(store: Store, engine: IncidentEngine,
+                                             clock: ManualClock) -> None:
+    incident = await _open(engine)
+    await engine.fire(incident.incident_id, "remediate", actor="agent", reason="go",
+                      intent=RESTART)
+    (run,) = await store.attempts(incident.incident_id)
+    assert await store.claim_attempt(run.id or 0, at=clock.now(), incident_version=2)
+    assert not await store.claim_attempt(run.id or 0, at=clock.now())  # once, ever
+    at = clock.advance(7)
+    await store.finish_action(run.id or 0, outcome="ok", finished_at=at,
+                              output_excerpt="restart requested",
+                              evidence={"http_status": 200, "deploy": "dep-1"})
+    (stored,) = await store.attempts(incident.incident_id)
+    assert (stored.outcome, stored.finished_at, stored.output_excerpt, stored.evidence,
+            stored.verified, stored.executing_at) == (
+        "ok", at, "restart requested", {"http_status": 200, "deploy": "dep-1"}, None,
+        run.started_at)
 
 
 async def test_queries_filter_and_order(

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import col, select
+from sqlmodel import col
 
 from incident_fsm.errors import (
     IncidentNotFound,
@@ -21,6 +21,7 @@ from incident_fsm.models import (
     Incident,
     IncidentId,
     Transition,
+    from_row,
 )
 from incident_fsm.persistence.core import (
     StoreCore,
@@ -28,15 +29,42 @@ from incident_fsm.persistence.core import (
 )
 from incident_fsm.persistence.effects import (
     _add_action_run,
-    _get_run,
-    _refresh_strikes,
     _strike_count,
+    _table,
     failed_condition,
     finish_run,
     judge_run,
+    strike_condition,
     succeeded_condition,
 )
 from incident_fsm.vocabulary import AttemptOutcome, State, Trigger
+
+# What a remediation asks of its attempts, built once with bind parameters: building a
+# statement costs more than running it, and a thousand incidents at once make these
+# calls thousands of times (the agent's Python, under one GIL, is what they wait on).
+_RUN = _table(ActionRun)
+_INCIDENT = _table(Incident)
+_RUN_BY_ID = sa.select(_RUN).where(_RUN.c.id == sa.bindparam("run_id"))
+#: The columns an outcome or a verdict writes (`finish_run`, `judge_run`); the bound
+#: names differ from the columns' (an update would take those for its SET).
+_RUN_CHANGED = ("outcome", "finished_at", "output_excerpt", "evidence", "verified")
+_CHANGE_RUN = (sa.update(_RUN).where(_RUN.c.id == sa.bindparam("run_id"))
+               .values({c: sa.bindparam(f"new_{c}", type_=_RUN.c[c].type)
+                        for c in _RUN_CHANGED}))
+_STRIKES_OF = (sa.select(sa.func.count()).select_from(_RUN)
+               .where(_RUN.c.incident_id == sa.bindparam("of_incident"), strike_condition())
+               .scalar_subquery())
+_REFRESH_STRIKES = (sa.update(_INCIDENT).where(_INCIDENT.c.id == sa.bindparam("of_incident"))
+                    .values(strikes=_STRIKES_OF))
+_ATTEMPTS = (sa.select(_RUN).where(_RUN.c.incident_id == sa.bindparam("incident_id"))
+             .order_by(_RUN.c.attempt))
+_UNCLAIMED = (_RUN.c.id == sa.bindparam("run_id"), _RUN.c.executing_at.is_(None),
+              _RUN.c.finished_at.is_(None))
+_CLAIM = sa.update(_RUN).where(*_UNCLAIMED).values(executing_at=sa.bindparam("at"))
+_CLAIM_AT_VERSION = (sa.update(_RUN).where(*_UNCLAIMED, sa.exists().where(
+    _INCIDENT.c.id == _RUN.c.incident_id,
+    _INCIDENT.c.version == sa.bindparam("incident_version"),
+    _INCIDENT.c.state == State.REMEDIATING.value)).values(executing_at=sa.bindparam("at")))
 
 
 @dataclass(frozen=True)
@@ -98,13 +126,15 @@ class AttemptRepository(StoreCore):
 
     def _update_run(self, run_id: int, change: Callable[[ActionRun], None]) -> ActionRun:
         """Change one attempt and recount its incident's strikes, in one transaction."""
-        with self._session() as session:
-            run = _get_run(session, run_id)
+        with self.engine.begin() as conn:
+            found = conn.execute(_RUN_BY_ID, {"run_id": run_id}).first()
+            if found is None:
+                raise InvalidInput(f"no action run with id {run_id}")
+            run = from_row(ActionRun, found._mapping)
             change(run)
-            session.add(run)
-            session.flush()
-            _refresh_strikes(session, run.incident_id)
-            session.commit()
+            conn.execute(_CHANGE_RUN, {"run_id": run_id,
+                                       **{f"new_{c}": getattr(run, c) for c in _RUN_CHANGED}})
+            conn.execute(_REFRESH_STRIKES, {"of_incident": run.incident_id})
             return run
 
     async def claim_attempt(self, run_id: int, *, at: datetime,
@@ -118,20 +148,13 @@ class AttemptRepository(StoreCore):
         in `remediating` at that version: a driver holding the incident runs
         nothing for it once someone else moved it.
         """
-        where = [col(ActionRun.id) == run_id, col(ActionRun.executing_at).is_(None),
-                 col(ActionRun.finished_at).is_(None)]
-        if incident_version is not None:
-            where.append(sa.exists().where(
-                col(Incident.id) == col(ActionRun.incident_id),
-                col(Incident.version) == incident_version,
-                col(Incident.state) == State.REMEDIATING.value))
+        statement = _CLAIM if incident_version is None else _CLAIM_AT_VERSION
+        values = {"run_id": run_id, "at": at, "incident_version": incident_version}
 
         def work() -> bool:
-            with self._session() as session:
-                claimed = session.execute(
-                    sa.update(ActionRun).where(*where).values(executing_at=at))
-                session.commit()
-                return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+            with self._one_statement() as conn:  # one statement: atomic on its own
+                claimed = conn.execute(statement, values)
+                return bool(claimed.rowcount == 1)
         return await self._run(work)
 
     async def count_strikes(self, incident_id: IncidentId) -> int:
@@ -150,13 +173,7 @@ class AttemptRepository(StoreCore):
 
     async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
         """The incident's action runs (dry runs included), in attempt order."""
-        def work() -> list[ActionRun]:
-            with self._reading() as session:
-                return list(session.exec(
-                    select(ActionRun).where(ActionRun.incident_id == incident_id)
-                    .order_by(col(ActionRun.attempt))
-                ).all())
-        return await self._run(work)
+        return await self._run(self._models, ActionRun, _ATTEMPTS, {"incident_id": incident_id})
 
     async def action_record(self, kind: str) -> dict[str, ActionTally]:
         """Per action, successes and failures on incidents of `kind` (no dry runs)."""

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col, select
 
-from incident_fsm.errors import AttemptAlreadyFinished, AttemptAlreadyJudged, InvalidInput
+from incident_fsm.errors import AttemptAlreadyFinished, AttemptAlreadyJudged
 from incident_fsm.fsm.steps import ActionIntent, StepRequest
 from incident_fsm.models import (
     ActionRun,
@@ -173,14 +173,6 @@ def _strike_count(incident_id: int) -> sa.Select[int]:
     )
 
 
-def _refresh_strikes(session: Session, incident_id: int) -> None:
-    session.execute(
-        sa.update(Incident)
-        .where(col(Incident.id) == incident_id)
-        .values(strikes=_strike_count(incident_id).scalar_subquery())
-    )
-
-
 def _add_action_run(session: Session, incident_id: int, intent: ActionIntent,
                     at: datetime, key: str | None = None) -> ActionRun:
     last = int(session.execute(
@@ -222,13 +214,6 @@ def _add_outbox(session: Session, incident_id: int, seq: int,
                 messages: Sequence[OutboxMessage], at: datetime) -> None:
     for values in outbox_values(incident_id, seq, messages, at):
         session.add(Notification(**values))
-
-
-def _get_run(session: Session, run_id: int) -> ActionRun:
-    run = session.get(ActionRun, run_id)
-    if run is None:
-        raise InvalidInput(f"no action run with id {run_id}")
-    return run
 
 
 @functools.cache
