@@ -692,3 +692,43 @@ async def test_a_step_whose_outbox_row_cannot_be_written_changes_nothing(
                           notifications=[OutboxMessage("pam", {"text": "held"})])
     assert _same(before, await _snapshot(store, iid))
     assert before.incident.version == 1 and len(before.transitions) == 1
+
+
+async def test_an_opening_is_one_statement_on_postgres(
+    postgres_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Store(postgres_url) as store:
+        await store.list_incidents(limit=1)  # the first connection is set up first
+        sent: list[bool] = []
+        real = psycopg.Cursor.execute
+
+        def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(self.connection.autocommit)
+            return real(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        at = clock.now()
+        opened = await store.open_incident(
+            target="api", kind="memory_high", severity="critical", at=at, deadline_at=None,
+            reason="memory 90% > 80%", details={"memory_pct": 90.0},
+            notifications=[OutboxMessage("pam", {"text": "alert"}),
+                           OutboxMessage("webhook", {"event": "opened"})])
+        assert opened.created and sent == [True]  # one round trip: no BEGIN, no COMMIT
+        sent.clear()
+        again = await store.open_incident(
+            target="api", kind="memory_high", severity="critical", at=clock.advance(5),
+            deadline_at=None, reason="still high",
+            notifications=[OutboxMessage("pam", {"text": "again"})])
+        assert not again.created and again.incident.id == opened.incident.id
+        assert sent == [True, True]  # the insert that yielded, then the read of the winner
+        monkeypatch.undo()
+        timeline = await store.timeline(opened.incident.incident_id)
+    iid = opened.incident.incident_id
+    assert timeline.incident.model_dump() == opened.incident.model_dump()
+    assert [(t.seq, t.trigger, t.source, t.dest, t.actor, t.reason, t.details, t.at)
+            for t in timeline.transitions] == [
+        (1, "open", None, "detected", "agent", "memory 90% > 80%", {"memory_pct": 90.0}, at)]
+    assert [(n.incident_id, n.transition_seq, n.channel, n.payload, n.dedupe_key, n.status,
+             n.next_attempt_at) for n in timeline.notifications] == [
+        (iid, 1, "pam", {"text": "alert"}, f"incident-{iid}-seq-1-pam", "pending", at),
+        (iid, 1, "webhook", {"event": "opened"}, f"incident-{iid}-seq-1-webhook", "pending", at)]

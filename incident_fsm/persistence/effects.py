@@ -17,11 +17,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlmodel import Session, col, select
 
 from incident_fsm.errors import AttemptAlreadyFinished, AttemptAlreadyJudged
 from incident_fsm.fsm.steps import ActionIntent, StepRequest
 from incident_fsm.models import (
+    OPEN_PREDICATE,
     ActionRun,
     Incident,
     Notification,
@@ -199,12 +201,22 @@ def insert_action_run(conn: sa.Connection, incident_id: int, intent: ActionInten
     return run
 
 
+def dedupe_key(incident_id: int, seq: int, channel: str) -> str:
+    """An outbox row's key: one per incident, step and channel (a receiver drops repeats)."""
+    return f"incident-{incident_id}-seq-{seq}-{channel}"
+
+
+def dedupe_key_sql(incident_id: Any, seq: Any, channel: Any) -> sa.ColumnElement[str]:
+    """`dedupe_key` computed by Postgres, for rows whose incident id it assigns."""
+    return sa.func.concat("incident-", incident_id, "-seq-", seq, "-", channel)
+
+
 def outbox_values(incident_id: int, seq: int, messages: Sequence[OutboxMessage],
                   at: datetime) -> list[dict[str, Any]]:
     """The columns of the outbox rows a step at `seq` writes for `messages`."""
     return [{"incident_id": incident_id, "transition_seq": seq, "channel": m.channel,
              "payload": _json_safe("notification payload", m.payload),
-             "dedupe_key": f"incident-{incident_id}-seq-{seq}-{m.channel}",
+             "dedupe_key": dedupe_key(incident_id, seq, m.channel),
              "status": NotificationStatus.PENDING, "attempts": 0, "next_attempt_at": at,
              "created_at": at, "delivered_at": None, "last_error": ""}
             for m in messages]
@@ -214,6 +226,21 @@ def _add_outbox(session: Session, incident_id: int, seq: int,
                 messages: Sequence[OutboxMessage], at: datetime) -> None:
     for values in outbox_values(incident_id, seq, messages, at):
         session.add(Notification(**values))
+
+
+def _outbox_rows() -> Any:
+    """The outbox rows a one-statement write takes as one JSON array (as many as it has
+    messages), read back as rows of the table's own type; `outbox_values` sets every
+    column but the id."""
+    outbox = _table(Notification)
+    return sa.func.jsonb_populate_recordset(
+        sa.literal_column(f"NULL::{outbox.name}"), sa.bindparam("outbox", type_=JSONB),
+    ).table_valued(*(c.name for c in outbox.c if not c.primary_key))
+
+
+def _json_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{c: v.isoformat() if isinstance(v, datetime) else v for c, v in row.items()}
+            for row in rows]
 
 
 @functools.cache
@@ -233,15 +260,9 @@ def _one_statement_step(step_columns: tuple[str, ...],
         sa.select(*(sa.bindparam(f"history_{c}", type_=history.c[c].type)
                     for c in history_columns)).where(matched),
     ).cte("wrote_history")
-    # The outbox rows arrive as one JSON array (as many as the step has messages), read
-    # back as rows of the table's own type; `outbox_values` sets every column but the id.
-    outbox_columns = [c.name for c in outbox.c if not c.primary_key]
-    rows = sa.func.jsonb_populate_recordset(
-        sa.literal_column(f"NULL::{outbox.name}"), sa.bindparam("outbox", type_=JSONB),
-    ).table_valued(*outbox_columns)
+    rows = _outbox_rows()
     wrote_outbox = sa.insert(outbox).from_select(
-        outbox_columns, sa.select(*(rows.c[c] for c in outbox_columns)).where(matched),
-    ).cte("wrote_outbox")
+        list(rows.c.keys()), sa.select(*rows.c).where(matched)).cte("wrote_outbox")
     return sa.select(moved).add_cte(wrote_history, wrote_outbox)
 
 
@@ -261,8 +282,48 @@ def step_in_one_statement(step: StepRequest,
                               "where_state": step.source}
     values.update({f"set_{c}": v for c, v in moved.items()})
     values.update({f"history_{c}": v for c, v in history.items()})
-    values["outbox"] = [{c: v.isoformat() if isinstance(v, datetime) else v
-                         for c, v in row.items()}
-                        for row in outbox_values(step.incident_id, step.expected_version + 1,
-                                                 step.notifications, step.at)]
+    values["outbox"] = _json_rows(outbox_values(step.incident_id, step.expected_version + 1,
+                                                step.notifications, step.at))
     return _one_statement_step(tuple(moved), tuple(history)), values
+
+
+@functools.cache
+def _one_statement_open(incident_columns: tuple[str, ...],
+                        history_columns: tuple[str, ...]) -> sa.Select[Any]:
+    incident, history, outbox = _table(Incident), _table(Transition), _table(Notification)
+    opened = (pg_insert(incident)
+              .values({c: sa.bindparam(f"new_{c}", type_=incident.c[c].type)
+                       for c in incident_columns})
+              .on_conflict_do_nothing(index_elements=[incident.c.fingerprint],
+                                      index_where=OPEN_PREDICATE)
+              .returning(*incident.c).cte("opened"))
+    wrote_history = sa.insert(history).from_select(
+        ["incident_id", *history_columns],
+        sa.select(opened.c.id, *(sa.bindparam(f"history_{c}", type_=history.c[c].type)
+                                 for c in history_columns)),
+    ).cte("wrote_history")
+    rows = _outbox_rows()
+    # The incident's id is the database's to give: its rows take it from the insert.
+    assigned = {"incident_id": opened.c.id,
+                "dedupe_key": dedupe_key_sql(opened.c.id, rows.c.transition_seq, rows.c.channel)}
+    wrote_outbox = sa.insert(outbox).from_select(
+        list(rows.c.keys()),
+        sa.select(*(assigned.get(c.key, c) for c in rows.c))
+        .select_from(opened).join(rows, sa.true()),
+    ).cte("wrote_outbox")
+    return sa.select(opened).add_cte(wrote_history, wrote_outbox)
+
+
+def open_in_one_statement(incident: dict[str, Any], history: dict[str, Any],
+                          messages: Sequence[OutboxMessage],
+                          at: datetime) -> tuple[sa.Select[Any], dict[str, Any]]:
+    """An opening as one Postgres statement, and its bound values: the insert that yields
+    to an open incident of the same fingerprint (the partial unique index), and its first
+    history row and outbox rows only if it inserted. `history` is the first transition's
+    columns but its incident id."""
+    values: dict[str, Any] = {f"new_{c}": v for c, v in incident.items()}
+    values.update({f"history_{c}": v for c, v in history.items()})
+    values["outbox"] = _json_rows(
+        {k: v for k, v in row.items() if k not in ("incident_id", "dedupe_key")}
+        for row in outbox_values(0, history["seq"], messages, at))
+    return _one_statement_open(tuple(incident), tuple(history)), values

@@ -44,6 +44,7 @@ from incident_fsm.persistence.effects import (
     _table,
     history_values,
     insert_action_run,
+    open_in_one_statement,
     outbox_values,
     step_in_one_statement,
     step_values,
@@ -159,6 +160,11 @@ class IncidentRepository(StoreCore):
                   "flap_count": 0, "version": 1, "summary": summary, "details": details,
                   "deadline_at": deadline_at, "opened_at": at, "updated_at": at,
                   "resolved_at": None}
+        if self.engine.dialect.name == "postgresql":
+            return self._open_in_one_statement(values, {
+                "seq": 1, "trigger": OPEN_TRIGGER, "source": None,
+                "dest": State.DETECTED.value, "actor": actor, "reason": reason,
+                "details": details, "at": at}, notifications, at)
         insert = _open_insert(self.engine.dialect.name)
         for _ in range(OPEN_RETRIES):
             # One transaction, SQLAlchemy Core: the insert yields to an open incident of
@@ -181,6 +187,25 @@ class IncidentRepository(StoreCore):
                 return Opened(from_row(Incident, row._mapping), created=True)
         raise StoreError(
             f"could neither open nor find an open incident for {fingerprint} "
+            f"after {OPEN_RETRIES} tries"
+        )
+
+    def _open_in_one_statement(self, values: dict[str, Any], history: dict[str, Any],
+                               notifications: tuple[OutboxMessage, ...],
+                               at: datetime) -> Opened:
+        # One round trip, committing on its own; its rows are written only if it inserted.
+        statement, bound = open_in_one_statement(values, history, notifications, at)
+        for _ in range(OPEN_RETRIES):
+            with self._autocommit.connect() as conn:
+                row = conn.execute(statement, bound).first()
+                if row is not None:
+                    return Opened(from_row(Incident, row._mapping), created=True)
+                existing = conn.execute(_OPEN, {"fingerprint": values["fingerprint"]}).first()
+                if existing is not None:
+                    return Opened(from_row(Incident, existing._mapping), created=False)
+                # resolved in between: try again
+        raise StoreError(
+            f"could neither open nor find an open incident for {values['fingerprint']} "
             f"after {OPEN_RETRIES} tries"
         )
 
