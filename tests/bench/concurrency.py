@@ -3,8 +3,9 @@
 `incident-fsm run` (a child process, Postgres) watches 1,000 targets on one
 loopback `Tenants` simulator, polling every 10 s (5 s while suspect). All
 targets get memory pressure at the same moment; each is cured by one Render
-restart of its own service. Measured: breach -> all incidents opened, and
-breach -> all resolved. No incident may be handled twice: the restarts the
+restart of its own service. Measured: breach -> all incidents opened (split
+into breach -> the poll that opened each incident, and that poll -> the
+opening), and breach -> all resolved. No incident may be handled twice: the restarts the
 simulator received per service (outside our tables) must be exactly one
 each, and so must the attempts recorded per incident. Baseline, same run,
 same settings: one target alone, breach -> resolved.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -44,6 +46,23 @@ def attempts_per_incident(url: str) -> int:
         return int(row[0])
 
 
+def opening_split(url: str, breach: datetime) -> tuple[float, float, float, float]:
+    """Where the time to open went: (p50, max) of breach -> the poll that opened the
+    incident (its health row is written with the poll's start), and of that poll's
+    start -> the incident's opening, over all incidents."""
+    with psycopg.connect(libpq(url)) as conn:
+        row = conn.execute(
+            "select percentile_disc(0.5) within group (order by polled), max(polled), "
+            "percentile_disc(0.5) within group (order by lag), max(lag) from ("
+            " select extract(epoch from p.at - %(breach)s) polled, "
+            "        extract(epoch from i.opened_at - p.at) lag from incident i "
+            " cross join lateral (select max(h.at) at from health_check h "
+            "   where h.target = i.target and h.at <= i.opened_at) p) s",
+            {"breach": breach}).fetchone()
+        assert row is not None
+        return float(row[0]), float(row[1]), float(row[2]), float(row[3])
+
+
 async def episode(tenants: Tenants, tmp: Path, *, prefix: str, n: int,
                   within: float) -> dict[str, float]:
     names = [f"{prefix}{i}" for i in range(n)]
@@ -57,6 +76,7 @@ async def episode(tenants: Tenants, tmp: Path, *, prefix: str, n: int,
         try:
             await wait_for(lambda: tenants.polls(prefix) >= n, within=120)
             breach = time.monotonic()
+            breach_at = datetime.now(UTC)
             for k in names:
                 tenants.states[k].leaked_memory_pct = 50.0
             opened_at = resolved_at = None
@@ -76,9 +96,12 @@ async def episode(tenants: Tenants, tmp: Path, *, prefix: str, n: int,
                         for k in names]
             total, resolved, runs = await anyio.to_thread.run_sync(counts, url)
             most = await anyio.to_thread.run_sync(attempts_per_incident, url)
+            split = await anyio.to_thread.run_sync(opening_split, url, breach_at)
             return {"opened": opened_at or float("nan"), "resolved": resolved_at,
                     "max_restarts": max(restarts), "min_restarts": min(restarts),
-                    "incidents": total, "runs": runs, "max_attempts": most}
+                    "incidents": total, "runs": runs, "max_attempts": most,
+                    "polled_p50": split[0], "polled_max": split[1], "lag_p50": split[2],
+                    "lag_max": split[3]}
         finally:
             stop(proc)
 
@@ -94,6 +117,12 @@ async def run() -> list[Row]:
     return [
         Row("concurrency", f"breach -> all {n} incidents opened", many["opened"], "s",
             solo["opened"], "one target alone"),
+        Row("concurrency", "breach -> the poll that opened an incident, max "
+            f"(p50 {many['polled_p50']:.1f} s; floor one interval and one fast one, 15 s)",
+            many["polled_max"], "s", solo["polled_max"], "one target alone"),
+        Row("concurrency", "that poll's start -> its incident opened, max "
+            f"(p50 {many['lag_p50']:.2f} s)", many["lag_max"], "s", solo["lag_max"],
+            "one target alone"),
         Row("concurrency", f"breach -> all {n} incidents resolved", many["resolved"], "s",
             solo["resolved"], "one target alone"),
         Row("concurrency", "restarts per service at the simulator (min..max)",
