@@ -117,12 +117,12 @@ async def run() -> list[Row]:
     return [
         Row("concurrency", f"breach -> all {n} incidents opened", many["opened"], "s",
             solo["opened"], "one target alone"),
-        Row("concurrency", "breach -> the poll that opened an incident, max "
-            f"(p50 {many['polled_p50']:.1f} s; floor one interval and one fast one, 15 s)",
-            many["polled_max"], "s", solo["polled_max"], "one target alone"),
-        Row("concurrency", "that poll's start -> its incident opened, max "
-            f"(p50 {many['lag_p50']:.2f} s)", many["lag_max"], "s", solo["lag_max"],
-            "one target alone"),
+        Row("concurrency", "breach -> the poll that opened an incident, max",
+            many["polled_max"], "s", solo["polled_max"], "one target alone",
+            note=f"p50 {many['polled_p50']:.1f} s; floor one interval and one fast one, 15 s"),
+        Row("concurrency", "that poll's start -> its incident opened, max",
+            many["lag_max"], "s", solo["lag_max"], "one target alone",
+            note=f"p50 {many['lag_p50']:.2f} s"),
         Row("concurrency", f"breach -> all {n} incidents resolved", many["resolved"], "s",
             solo["resolved"], "one target alone"),
         Row("concurrency", "restarts per service at the simulator (min..max)",

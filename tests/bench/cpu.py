@@ -113,8 +113,11 @@ async def run() -> list[Row]:
             idle_cpu, _ = await measure(tenants, tmp, url, prefix="i", targets=1, poll=30.0,
                                         window=idle_window)
             idle = idle_cpu / idle_window
+            # Judged in whole ticks: 12 ticks in 120 s is the target exactly, and the float
+            # sum of user and system time (0.12000000000000001) must not fail it.
+            ticks, allowed = round(idle_cpu / 0.01), round(0.001 * idle_window / 0.01)
             rows.append(Row("cpu", "idle agent (1 target, default 30 s / 10 s intervals)",
-                            100 * idle, "% core", target="<= 0.1 %", ok=100 * idle <= 0.1,
+                            100 * idle, "% core", target="<= 0.1 %", ok=ticks <= allowed,
                             note=f"{idle_window:.0f} s window"))
             for n in sizes:
                 poll = max(0.1, n / 150)
