@@ -217,6 +217,20 @@ async def test_store_refuses_a_step_that_is_not_an_edge(
     assert _same(before, await _snapshot(store, incident.incident_id))
 
 
+def _record_sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Every statement psycopg sends from now on, with whether it ran in autocommit (no
+    BEGIN and no COMMIT or ROLLBACK around it)."""
+    sent: list[tuple[str, bool]] = []
+    real = psycopg.Cursor.execute
+
+    def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append((str(query), self.connection.autocommit))
+        return real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return sent
+
+
 async def test_remediate_records_the_attempt_and_outbox_in_the_same_step(
     store: Store, engine: IncidentEngine
 ) -> None:
@@ -586,19 +600,10 @@ async def test_a_live_idle_connection_is_not_pinged(
 ) -> None:
     async with Store(postgres_url) as store:
         await store.list_incidents(limit=1)
-        seen: list[str] = []
-        modes: list[bool] = []
-        real = psycopg.Cursor.execute
-
-        def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-            seen.append(str(query))
-            modes.append(self.connection.autocommit)
-            return real(self, query, *args, **kwargs)
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        sent = _record_sent(monkeypatch)
         await store.list_incidents(limit=1)
-        assert seen and not [q for q in seen if q == "SELECT 1"]
-        assert all(modes)  # a read sends no BEGIN and no ROLLBACK
+        assert sent and not [q for q, _ in sent if q == "SELECT 1"]
+        assert all(auto for _, auto in sent)  # a read sends no BEGIN and no ROLLBACK
 
 
 async def test_many_openings_on_one_connection_keep_working(store: Store, clock: ManualClock
@@ -645,19 +650,13 @@ async def test_a_step_without_an_attempt_is_one_statement_on_postgres(
     async with Store(postgres_url) as store:
         engine = IncidentEngine(store, clock=clock)
         incident = await _open(engine)
-        sent: list[bool] = []
-        real = psycopg.Cursor.execute
-
-        def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(self.connection.autocommit)
-            return real(self, query, *args, **kwargs)
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        sent = _record_sent(monkeypatch)
         at = clock.advance(3)
         moved = await engine.step(incident, "hold", actor="agent", reason="held for approval",
                                   notifications=[OutboxMessage("pam", {"text": "held"}),
                                                  OutboxMessage("webhook", {"event": "hold"})])
-        assert sent == [True]  # one round trip, committing on its own: no BEGIN, no COMMIT
+        # one round trip, committing on its own: no BEGIN, no COMMIT
+        assert [auto for _, auto in sent] == [True]
         monkeypatch.undo()
         timeline = await store.timeline(incident.incident_id)
     assert moved.incident.version == 2 and moved.incident.state == "escalated"
@@ -699,28 +698,23 @@ async def test_an_opening_is_one_statement_on_postgres(
 ) -> None:
     async with Store(postgres_url) as store:
         await store.list_incidents(limit=1)  # the first connection is set up first
-        sent: list[bool] = []
-        real = psycopg.Cursor.execute
-
-        def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(self.connection.autocommit)
-            return real(self, query, *args, **kwargs)
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        sent = _record_sent(monkeypatch)
         at = clock.now()
         opened = await store.open_incident(
             target="api", kind="memory_high", severity="critical", at=at, deadline_at=None,
             reason="memory 90% > 80%", details={"memory_pct": 90.0},
             notifications=[OutboxMessage("pam", {"text": "alert"}),
                            OutboxMessage("webhook", {"event": "opened"})])
-        assert opened.created and sent == [True]  # one round trip: no BEGIN, no COMMIT
+        assert opened.created
+        assert [auto for _, auto in sent] == [True]  # one round trip: no BEGIN, no COMMIT
         sent.clear()
         again = await store.open_incident(
             target="api", kind="memory_high", severity="critical", at=clock.advance(5),
             deadline_at=None, reason="still high",
             notifications=[OutboxMessage("pam", {"text": "again"})])
         assert not again.created and again.incident.id == opened.incident.id
-        assert sent == [True, True]  # the insert that yielded, then the read of the winner
+        # the insert that yielded, then the read of the winner
+        assert [auto for _, auto in sent] == [True, True]
         monkeypatch.undo()
         timeline = await store.timeline(opened.incident.incident_id)
     iid = opened.incident.incident_id

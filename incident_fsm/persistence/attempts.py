@@ -29,7 +29,6 @@ from incident_fsm.persistence.core import (
 )
 from incident_fsm.persistence.effects import (
     _add_action_run,
-    _strike_count,
     _table,
     failed_condition,
     finish_run,
@@ -51,11 +50,10 @@ _RUN_CHANGED = ("outcome", "finished_at", "output_excerpt", "evidence", "verifie
 _CHANGE_RUN = (sa.update(_RUN).where(_RUN.c.id == sa.bindparam("run_id"))
                .values({c: sa.bindparam(f"new_{c}", type_=_RUN.c[c].type)
                         for c in _RUN_CHANGED}))
-_STRIKES_OF = (sa.select(sa.func.count()).select_from(_RUN)
-               .where(_RUN.c.incident_id == sa.bindparam("of_incident"), strike_condition())
-               .scalar_subquery())
+_COUNT_STRIKES = (sa.select(sa.func.count()).select_from(_RUN)
+                  .where(_RUN.c.incident_id == sa.bindparam("of_incident"), strike_condition()))
 _REFRESH_STRIKES = (sa.update(_INCIDENT).where(_INCIDENT.c.id == sa.bindparam("of_incident"))
-                    .values(strikes=_STRIKES_OF))
+                    .values(strikes=_COUNT_STRIKES.scalar_subquery()))
 _ATTEMPTS = (sa.select(_RUN).where(_RUN.c.incident_id == sa.bindparam("incident_id"))
              .order_by(_RUN.c.attempt))
 _UNCLAIMED = (_RUN.c.id == sa.bindparam("run_id"), _RUN.c.executing_at.is_(None),
@@ -161,7 +159,8 @@ class AttemptRepository(StoreCore):
         """Strikes of an incident, counted from its persisted attempts."""
         def work() -> int:
             with self._reading() as session:
-                return int(session.execute(_strike_count(incident_id)).scalar_one())
+                return int(session.execute(_COUNT_STRIKES,
+                                           {"of_incident": incident_id}).scalar_one())
         return await self._run(work)
 
     # --- remediation: attempts, the learned record, guardrail counts --------------

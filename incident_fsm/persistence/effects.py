@@ -159,19 +159,9 @@ def strike_condition() -> sa.ColumnElement[bool]:
     )
 
 
-
-
 def _open_by_fingerprint(fingerprint: str) -> Any:
     return select(Incident).where(
         Incident.fingerprint == fingerprint, Incident.state != State.RESOLVED.value
-    )
-
-
-def _strike_count(incident_id: int) -> sa.Select[int]:
-    return (
-        sa.select(sa.func.count())
-        .select_from(ActionRun)
-        .where(col(ActionRun.incident_id) == incident_id, strike_condition())
     )
 
 
