@@ -114,9 +114,14 @@ async def _history(engine: IncidentEngine, store: JournalingStore, clock: Manual
     # web: resolved and gone from the working set
     e = await opened("web", "memory_high")
     await engine.fire(e, "resolve", actor="sre", reason="fixed by hand")
+    # cache: resolved, and a new incident of the same fingerprint open since
+    f = await opened("cache", "memory_high")
+    await engine.fire(f, "resolve", actor="sre", reason="fixed by hand")
+    g = await opened("cache", "memory_high")
     clock.advance(3 * 3600)
-    return {"open": [a, b, c, d], "fingerprints": ["api:memory_high", "api:disk_high",
-                                                    "worker:disk_high", "db:service_down:db"],
+    return {"open": [a, b, c, d, g],
+            "fingerprints": ["api:memory_high", "api:disk_high", "worker:disk_high",
+                             "db:service_down:db", "web:memory_high", "cache:memory_high"],
             "targets": ["api", "worker", "db", "web"], "since": clock.now() - timedelta(hours=4)}
 
 
@@ -140,6 +145,8 @@ async def _suite(store: JournalingStore, built: dict[str, Any], clock: ManualClo
         out[f"notified {iid}"] = await store.has_notifications(iid)
     for fp in built["fingerprints"]:
         out[f"find_open {fp}"] = _row(await store.find_open(fp))
+        out[f"last_resolved {fp}"] = _row(await store.last_resolved(fp))
+        out[f"opening {fp}"] = [_row(i) for i in await store.opening_candidates(fp)]
         out[f"reopenings {fp}"] = await store.count_reopenings(fingerprint=fp, since=since)
     out["last_resolved worker"] = _row(await store.last_resolved("worker:disk_high"))
     for target in built["targets"]:
@@ -165,6 +172,13 @@ async def test_the_offline_copy_answers_the_working_set_queries_as_the_database_
     assert answers["reopenings worker:disk_high"] == 1
     assert answers["actions api"] == 2 and answers["actions worker"] == 1  # not the skipped one
     assert answers["overdue"]  # the suite asks something that has an answer
+    # A breach's one read answers what the two reads it stands for answer, and the history
+    # has a fingerprint open and resolved before, one only resolved and one only open.
+    fps = built["fingerprints"]
+    assert all(answers[f"opening {fp}"] == [answers[f"find_open {fp}"],
+                                            answers[f"last_resolved {fp}"]] for fp in fps)
+    assert {tuple(part is not None for part in answers[f"opening {fp}"]) for fp in fps} >= {
+        (True, True), (False, True), (True, False)}
 
     online.down = True
     assert await _suite(store, built, clock) == answers

@@ -644,6 +644,36 @@ async def test_the_lease_is_renewed_while_every_worker_thread_is_busy(db_url: st
         assert lease.holder == "me"
 
 
+async def test_a_breach_is_looked_up_and_opened_while_every_worker_thread_is_busy(
+    db_url: str, clock: ManualClock
+) -> None:
+    # Behind a thousand open incidents' steps, openings waited their turn in the shared
+    # threads: finding and opening incidents has a lane of its own.
+    async with Store(db_url, max_threads=1) as store:
+        held = threading.Event()
+        release = threading.Event()
+
+        def busy() -> None:
+            held.set()
+            release.wait(10)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):  # one running, two queued behind it
+                tg.start_soon(store._run, busy)
+            await anyio.to_thread.run_sync(held.wait, 5)
+            try:
+                with anyio.fail_after(5):
+                    assert await store.opening_candidates("api:memory_high") == (None, None)
+                    opened = await store.open_incident(
+                        target="api", kind="memory_high", severity="critical",
+                        at=clock.now(), deadline_at=None, reason="breach")
+                    found, _ = await store.opening_candidates("api:memory_high")
+            finally:
+                release.set()
+        assert opened.created and found is not None
+        assert found.incident_id == opened.incident.incident_id
+
+
 async def test_a_step_without_an_attempt_is_one_statement_on_postgres(
     postgres_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,6 +97,9 @@ _LAST_RESOLVED = (sa.select(_INCIDENT)
                   .where(_INCIDENT.c.fingerprint == sa.bindparam("fingerprint"),
                          _INCIDENT.c.state == State.RESOLVED.value)
                   .order_by(_INCIDENT.c.opened_at.desc(), _INCIDENT.c.id.desc()).limit(1))
+#: Both of those in one round trip: what a confirmed breach needs to know before it opens.
+_OPEN_OR_LAST_RESOLVED = sa.union_all(sa.select(_OPEN.subquery()),
+                                      sa.select(_LAST_RESOLVED.subquery()))
 
 #: Open incidents whose deadline is at `now` or before, most overdue first.
 _OVERDUE = (sa.select(_INCIDENT)
@@ -144,7 +147,7 @@ class IncidentRepository(StoreCore):
         _check_text("target", target, 200)
         _check_text("kind", kind, 100)
         payload = _json_safe("details", details or {})
-        return await self._run(
+        return await self._run_detecting(
             self._open_incident, target=target, kind=kind, severity=severity, at=at,
             deadline_at=deadline_at, reason=reason.strip(), actor=actor.strip(),
             summary=summary[:2000], details=payload, notifications=tuple(notifications),
@@ -220,7 +223,8 @@ class IncidentRepository(StoreCore):
 
     async def find_open(self, fingerprint: str) -> Incident | None:
         """The open incident for a fingerprint, if any."""
-        found = await self._run(self._models, Incident, _OPEN, {"fingerprint": fingerprint})
+        found = await self._run_detecting(self._models, Incident, _OPEN,
+                                          {"fingerprint": fingerprint})
         return found[0] if found else None
 
     async def last_resolved(self, fingerprint: str) -> Incident | None:
@@ -228,6 +232,18 @@ class IncidentRepository(StoreCore):
         found = await self._run(self._models, Incident, _LAST_RESOLVED,
                                 {"fingerprint": fingerprint})
         return found[0] if found else None
+
+    async def opening_candidates(self, fingerprint: str
+                                 ) -> tuple[Incident | None, Incident | None]:
+        """(`find_open`, `last_resolved`) of a fingerprint, read in one statement: what a
+        confirmed breach must know to open, reopen or join an incident. Under a thousand
+        breaches at once each store call waits its turn, so one call instead of two opens
+        them sooner."""
+        found = await self._run_detecting(self._models, Incident, _OPEN_OR_LAST_RESOLVED,
+                                          {"fingerprint": fingerprint})
+        open_ = next((i for i in found if i.state != State.RESOLVED), None)
+        resolved = next((i for i in found if i.state == State.RESOLVED), None)
+        return open_, resolved
 
     async def list_incidents(
         self,

@@ -277,6 +277,18 @@ class JournalingStore(OnlineOnly):
             self._local.resolved[fingerprint] = found
         return found
 
+    async def opening_candidates(self, fingerprint: str
+                                 ) -> tuple[Incident | None, Incident | None]:
+        found = await self._online(lambda: self.online.opening_candidates(fingerprint))
+        if found is LOCAL:
+            return (self._local.find_open(fingerprint), self._local.last_resolved(fingerprint))
+        open_, resolved = found
+        if resolved is None:
+            self._local.resolved.pop(fingerprint, None)
+        else:
+            self._local.resolved[fingerprint] = resolved
+        return open_, resolved
+
     # --- writes -------------------------------------------------------------------
 
     async def open_incident(self, **kwargs: Any) -> Opened:

@@ -78,7 +78,8 @@ class MonitorStore(Protocol):
 
     async def get_incident(self, incident_id: IncidentId) -> Incident: ...
 
-    async def last_resolved(self, fingerprint: str) -> Incident | None: ...
+    async def opening_candidates(self, fingerprint: str
+                                 ) -> tuple[Incident | None, Incident | None]: ...
 
     async def prune_health_checks(self, older_than: datetime, *, limit: int) -> int: ...
 
@@ -442,10 +443,9 @@ class Monitor:
                                                    self._clock.now())
         if silence is not None:  # the opening notice says it, once
             details["silenced"] = silence.describe()
-        existing = await self._store.find_open(problem.fingerprint)
+        existing, last = await self._store.opening_candidates(problem.fingerprint)
         if existing is not None:
             return existing
-        last = await self._store.last_resolved(problem.fingerprint)
         if last is not None:
             try:
                 return await self._engine.fire(
