@@ -155,11 +155,12 @@ def test_graph_to_an_image_names_what_is_missing_and_the_line_that_installs_it(
 
 
 def test_the_agent_loads_no_optional_library_its_configuration_does_not_use() -> None:
-    # A subprocess: this test session has long imported all of them.
+    # A subprocess: this test session has long imported all of them. SQLite's driver
+    # too: an agent on Postgres never needs it.
     code = ("import sys, incident_fsm.runtime.agent, incident_fsm.runtime.embedding, "
             "incident_fsm.cli.main\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'websockets', 'psutil', 'redis', 'celery'}))")
+            "{'websockets', 'psutil', 'redis', 'celery', 'sqlite3'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "[]"

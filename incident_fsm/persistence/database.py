@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import select
-import sqlite3
 import subprocess
 import sys
 import time
@@ -295,6 +294,9 @@ def _sqlite_schema_state(url: str, path: Path) -> SchemaState:
                                "does not exist")
     if not path.exists():
         return SchemaState(url, None, exists=False)
+    # Imported here: an agent on Postgres never loads SQLite's driver (0.8 MB of RSS).
+    import sqlite3
+
     try:
         # Read-only URI: a check must never create or convert the file.
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
