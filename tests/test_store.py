@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -621,27 +623,33 @@ async def test_many_openings_on_one_connection_keep_working(store: Store, clock:
         assert not again.created and again.incident.id == opened.incident.id
 
 
+@asynccontextmanager
+async def _every_shared_thread_busy(store: Store) -> AsyncIterator[None]:
+    """The block runs while the store's one shared worker thread is held and two more
+    calls wait behind it (`max_threads=1`); they are let go when it ends."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def busy() -> None:
+        held.set()
+        release.wait(10)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):  # one running, two queued behind it
+            tg.start_soon(store._run, busy)
+        await anyio.to_thread.run_sync(held.wait, 5)
+        try:
+            with anyio.fail_after(5):
+                yield
+        finally:
+            release.set()
+
+
 async def test_the_lease_is_renewed_while_every_worker_thread_is_busy(db_url: str) -> None:
-    async with Store(db_url, max_threads=1) as store:
-        held = threading.Event()
-        release = threading.Event()
-
-        def busy() -> None:
-            held.set()
-            release.wait(10)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(3):  # one running, two queued behind it
-                tg.start_soon(store._run, busy)
-            await anyio.to_thread.run_sync(held.wait, 5)
-            try:
-                with anyio.fail_after(5):
-                    lease = await store.acquire_lease("agent-leader", "me",
-                                                      now=datetime.now(UTC), ttl=15)
-                    assert await store.beat("me", now=datetime.now(UTC), ttl=30)
-            finally:
-                release.set()
-        assert lease.holder == "me"
+    async with Store(db_url, max_threads=1) as store, _every_shared_thread_busy(store):
+        lease = await store.acquire_lease("agent-leader", "me", now=datetime.now(UTC), ttl=15)
+        assert await store.beat("me", now=datetime.now(UTC), ttl=30)
+    assert lease.holder == "me"
 
 
 async def test_a_breach_is_looked_up_and_opened_while_every_worker_thread_is_busy(
@@ -649,29 +657,14 @@ async def test_a_breach_is_looked_up_and_opened_while_every_worker_thread_is_bus
 ) -> None:
     # Behind a thousand open incidents' steps, openings waited their turn in the shared
     # threads: finding and opening incidents has a lane of its own.
-    async with Store(db_url, max_threads=1) as store:
-        held = threading.Event()
-        release = threading.Event()
-
-        def busy() -> None:
-            held.set()
-            release.wait(10)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(3):  # one running, two queued behind it
-                tg.start_soon(store._run, busy)
-            await anyio.to_thread.run_sync(held.wait, 5)
-            try:
-                with anyio.fail_after(5):
-                    assert await store.opening_candidates("api:memory_high") == (None, None)
-                    opened = await store.open_incident(
-                        target="api", kind="memory_high", severity="critical",
-                        at=clock.now(), deadline_at=None, reason="breach")
-                    found, _ = await store.opening_candidates("api:memory_high")
-            finally:
-                release.set()
-        assert opened.created and found is not None
-        assert found.incident_id == opened.incident.incident_id
+    async with Store(db_url, max_threads=1) as store, _every_shared_thread_busy(store):
+        assert await store.opening_candidates("api:memory_high") == (None, None)
+        opened = await store.open_incident(target="api", kind="memory_high",
+                                           severity="critical", at=clock.now(),
+                                           deadline_at=None, reason="breach")
+        found, _ = await store.opening_candidates("api:memory_high")
+    assert opened.created and found is not None
+    assert found.incident_id == opened.incident.incident_id
 
 
 async def test_a_step_without_an_attempt_is_one_statement_on_postgres(
