@@ -72,12 +72,13 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 async def measure(tenants: Tenants, tmp: Path, url: str, *, prefix: str, targets: int,
-                  poll: float, window: float) -> tuple[float, int]:
+                  poll: float, window: float, fast: float | None = None) -> tuple[float, int]:
     """(CPU seconds, polls) of an agent over `window` seconds after one warm-up interval."""
     names = [f"{prefix}{i}" for i in range(targets)]
     config = agent_config(tmp / f"{prefix}.toml", db_url=url,
                           targets=[(n, tenants.url(n), f"srv-web-{n}") for n in names],
-                          poll=poll, fast=min(poll, 10.0), jitter=0.5)
+                          poll=poll, fast=min(poll, 10.0) if fast is None else fast,
+                          jitter=0.5)
     proc = start([sys.executable, "-c", "from incident_fsm.cli.main import main; main()", "run",
                   "--config", str(config)], tmp / f"{prefix}.log")
     try:
@@ -98,7 +99,7 @@ async def run() -> list[Row]:
     window = knob("cpu_seconds", 20, 6)
     sizes = sorted({1, 100, int(knob("cpu_max_targets", 1000, 1000))})
     rows: list[Row] = []
-    keys = ["i0", *(f"n{n}x{i}" for n in sizes for i in range(n))]
+    keys = ["i0", "h1x0", *(f"n{n}x{i}" for n in sizes for i in range(n))]
     with tempfile.TemporaryDirectory() as d, throwaway_postgres() as url:
         tmp = Path(d)
         async with Tenants(keys, keep_alive=KEEP_ALIVE) as tenants:
@@ -139,13 +140,36 @@ async def run() -> list[Row]:
                 rows.append(Row("cpu", f"CPU per poll / httpx, {n} target(s)",
                                 per_poll / baseline, "x", target="<= 1.2",
                                 ok=per_poll / baseline <= 1.2))
+                if n == 1:
+                    rows.append(await marginal_poll(tenants, tmp, url, poll, used, polls,
+                                                    window, baseline))
                 bare = baseline * n / 30.0
+                # Issue 16 judges the share at 1,000 targets against the HTTP alone; at
+                # fewer the agent's fixed 0.1 % is most of it, and only the 5 % applies.
+                at_scale = n == max(sizes)
                 rows.append(Row("cpu", f"CPU share at 30 s interval, {n} target(s)",
-                                100 * share, "% core", 100 * bare,
-                                "the HTTP work alone", "< 5 %, <= 1.2x baseline",
-                                100 * share < 5 and share <= 1.2 * bare))
+                                100 * share, "% core", 100 * bare, "the HTTP work alone",
+                                "< 5 %, <= 1.2x baseline" if at_scale else "< 5 %",
+                                100 * share < 5 and (share <= 1.2 * bare or not at_scale)))
         rows.append(growth_per_day(url))
     return rows
+
+
+async def marginal_poll(tenants: Tenants, tmp: Path, url: str, poll: float, used: float,
+                        polls: int, window: float, baseline: float) -> Row:
+    """What one more poll costs at one target: the same agent at half the poll rate, its
+    fast interval (so its supervisor's scan) and row flushes unchanged, and the CPU the
+    extra polls added divided by their number. At 10 polls a second the agent's work
+    that does not follow the polls is a large part of each poll's share."""
+    slow_used, slow_polls = await measure(tenants, tmp, url, prefix="h1x", targets=1,
+                                          poll=2 * poll, fast=poll, window=window)
+    extra = polls - slow_polls
+    marginal = (used - slow_used) / extra if extra > 0 else float("nan")
+    return Row("cpu", "CPU per poll / httpx, 1 target, marginal", marginal / baseline, "x",
+               target="<= 1.2", ok=marginal / baseline <= 1.2,
+               note=f"{1000 * marginal:.2f} ms per extra poll: {1000 * used:.0f} ms over "
+                    f"{polls} polls at {poll:g} s against {1000 * slow_used:.0f} ms over "
+                    f"{slow_polls} at {2 * poll:g} s, same fast interval")
 
 
 def growth_per_day(url: str) -> Row:
