@@ -9,7 +9,11 @@ bounded window holds many polls; CPU time of the child over the window
 of one poll cycle: probe the default endpoint (`/health/resources`), parse,
 evaluate, write the `health_check` row, log, plus the agent's own loops
 (sweeper, supervisor, dispatcher, lease) at whatever rate they wake, so the
-figure is an upper bound. The idle cost at default intervals is measured
+figure is an upper bound. At one target (10 polls a second) that fixed work is a
+large part of each poll's share, so the same agent is also run at half the poll
+rate with the same fast interval (the same supervisor scans and row flushes):
+the CPU the extra polls added, divided by their number, is a poll's marginal
+cost. The idle cost at default intervals is measured
 separately (one target polled every 30 s), and the share at the default
 interval is `idle + per_poll * N / 30` seconds of CPU per second.
 
