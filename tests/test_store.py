@@ -25,6 +25,7 @@ from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import ActionIntent, MachinePolicy, StepRequest
 from incident_fsm.models import Incident, IncidentId, Opened, OutboxMessage, Timeline
 from incident_fsm.persistence import database
+from incident_fsm.persistence.core import DETECTING_THREADS
 from incident_fsm.persistence.store import Store
 from incident_fsm.testing import ManualClock
 from incident_fsm.vocabulary import Verdict
@@ -637,12 +638,24 @@ async def _every_shared_thread_busy(store: Store) -> AsyncIterator[None]:
     async with anyio.create_task_group() as tg:
         for _ in range(3):  # one running, two queued behind it
             tg.start_soon(store._run, busy)
-        await anyio.to_thread.run_sync(held.wait, 5)
+        assert await anyio.to_thread.run_sync(held.wait, 5), "the blocking call never ran"
         try:
             with anyio.fail_after(5):
                 yield
         finally:
             release.set()
+
+
+async def test_every_lane_of_a_store_on_postgres_has_a_connection_of_its_own(
+    postgres_url: str,
+) -> None:
+    # Seven threads can hold a connection at once (four shared, two detecting, one for
+    # the lease), and as many abandoned calls may still hold theirs: none waits for one.
+    async with Store(postgres_url) as store:
+        pool = store.engine.pool
+        assert isinstance(pool, sa.pool.QueuePool)
+        assert pool.size() == 4 + DETECTING_THREADS + 1
+        assert pool._max_overflow == pool.size()
 
 
 async def test_the_lease_is_renewed_while_every_worker_thread_is_busy(db_url: str) -> None:

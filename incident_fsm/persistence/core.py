@@ -78,7 +78,9 @@ class StoreCore:
         resolved = database.resolve_url(url)
         # The password lives only inside the engine (which needs it and never prints
         # it); what the store shows of where it writes is this redacted text.
-        self.engine: Engine = database.create_engine(resolved)
+        # A connection for every thread of every lane (shared, detecting, urgent).
+        self.engine: Engine = database.create_engine(
+            resolved, connections=max_threads + DETECTING_THREADS + 1)
         # Reads and single statements on Postgres go without BEGIN and COMMIT: two round
         # trips of three. A read loses nothing by it (under READ COMMITTED each statement
         # sees its own snapshot inside a transaction too), and one statement is atomic on
@@ -92,9 +94,10 @@ class StoreCore:
         # incidents' steps, a renewal came too late and the leader stopped acting.
         self._urgent = anyio.CapacityLimiter(1)
         # And one for finding and opening incidents: queued behind the steps of the
-        # incidents already open, a thousand breaches at once waited up to 5.7 s between
-        # their confirming poll and their opening (3.0-3.4 s on this lane). Knowing what
-        # is wrong comes before fixing what is already known.
+        # incidents already open, a thousand breaches at once waited up to 7.2 s between
+        # their confirming poll and their opening (3.0-3.4 s with this lane and the
+        # breach's one read, `opening_candidates`). Knowing what is wrong comes before
+        # fixing what is already known. (A reopening is a step: the shared threads.)
         self._detecting = anyio.CapacityLimiter(DETECTING_THREADS)
         self.call_timeout = call_timeout
         self._in_flight = 0

@@ -80,8 +80,14 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str) -> Engine:
-    """An engine with timeouts everywhere and SQLite set up for safe concurrent writers."""
+def create_engine(url: str, *, connections: int = 5) -> Engine:
+    """An engine with timeouts everywhere and SQLite set up for safe concurrent writers.
+
+    `connections`: how many calls may use a Postgres connection at once (a store's
+    worker threads, all lanes). The pool keeps that many and allows as many again:
+    a call abandoned on a silent network (see `Store.call_timeout`) holds its
+    connection until the socket gives up, and the calls after it need their own.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(
@@ -92,8 +98,8 @@ def create_engine(url: str) -> Engine:
         return engine
     engine = sa.create_engine(
         parsed,
-        pool_size=5,
-        max_overflow=5,
+        pool_size=connections,
+        max_overflow=connections,
         pool_timeout=STATEMENT_TIMEOUT,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT,
