@@ -237,6 +237,25 @@ async def test_an_entry_nobody_foresaw_is_rejected_and_the_replay_finishes(
     assert any(line.startswith("ERROR|") and "not replayed" in line for line in logs)
 
 
+async def test_a_breach_read_online_is_what_the_copy_answers_once_the_database_is_away(
+    online: SwitchableStore, clock: ManualClock, tmp_path: Path,
+) -> None:
+    # Resolved behind the journal's back (another process, say): the copy learns of it
+    # only from the breach's one read, and answers with it after the database goes.
+    engine = IncidentEngine(online, clock=clock)
+    gone = (await engine.open(target="api", kind="memory_high", severity="critical",
+                              reason="memory 91%")).incident.incident_id
+    await engine.fire(gone, "resolve", actor="sre", reason="fixed by hand")
+    store = JournalingStore(online, journal_path=tmp_path / "agent.journal")
+    open_, resolved = await store.opening_candidates("api:memory_high")
+    assert open_ is None and resolved is not None and resolved.incident_id == gone
+
+    online.down = True
+    assert await store.opening_candidates("api:memory_high") == (None, resolved)
+    last = await store.last_resolved("api:memory_high")
+    assert last is not None and last.incident_id == gone
+
+
 async def test_a_journal_left_by_a_previous_run_is_read_in_a_worker_thread(
     online: SwitchableStore, clock: ManualClock, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
