@@ -148,9 +148,10 @@ async def run() -> list[Row]:
                     rows.append(await marginal_poll(tenants, tmp, url, poll, used, polls,
                                                     window, baseline))
                 bare = baseline * n / 30.0
-                # Issue 16 judges the share at 1,000 targets against the HTTP alone; at
-                # fewer the agent's fixed 0.1 % is most of it, and only the 5 % applies.
-                at_scale = n == max(sizes)
+                # Issue 16: "CPU share at 30 s, 1,000 targets: <= 5 % of a core ... and
+                # <= 1.2x the bare HTTP share". At fewer targets the agent's fixed 0.1 %
+                # is most of the share, and only the 5 % applies.
+                at_scale = n >= 1000
                 rows.append(Row("cpu", f"CPU share at 30 s interval, {n} target(s)",
                                 100 * share, "% core", 100 * bare, "the HTTP work alone",
                                 "< 5 %, <= 1.2x baseline" if at_scale else "< 5 %",
@@ -169,10 +170,13 @@ async def marginal_poll(tenants: Tenants, tmp: Path, url: str, poll: float, used
                                           poll=2 * poll, fast=poll, window=window)
     extra = polls - slow_polls
     marginal = (used - slow_used) / extra if extra > 0 else float("nan")
+    # CPU time comes in 10 ms ticks: each of the two figures may be one tick off.
+    error = 2 * 0.01 / extra if extra > 0 else float("nan")
     return Row("cpu", "CPU per poll / httpx, 1 target, marginal", marginal / baseline, "x",
                target="<= 1.2", ok=marginal / baseline <= 1.2,
-               note=f"{1000 * marginal:.2f} ms per extra poll: {1000 * used:.0f} ms over "
-                    f"{polls} polls at {poll:g} s against {1000 * slow_used:.0f} ms over "
+               note=f"{1000 * marginal:.2f} ms per extra poll (+/- {1000 * error:.2f} ms, "
+                    f"{error / baseline:.2f}x, from 10 ms CPU ticks): {1000 * used:.0f} ms "
+                    f"over {polls} polls at {poll:g} s against {1000 * slow_used:.0f} ms over "
                     f"{slow_polls} at {2 * poll:g} s, same fast interval")
 
 
