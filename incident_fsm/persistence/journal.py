@@ -271,10 +271,7 @@ class JournalingStore(OnlineOnly):
         found = await self._online(lambda: self.online.last_resolved(fingerprint))
         if found is LOCAL:
             return self._local.last_resolved(fingerprint)
-        if found is None:
-            self._local.resolved.pop(fingerprint, None)
-        else:
-            self._local.resolved[fingerprint] = found
+        self._local.resolved_known(fingerprint, found)
         return found
 
     async def opening_candidates(self, fingerprint: str
@@ -282,12 +279,8 @@ class JournalingStore(OnlineOnly):
         found = await self._online(lambda: self.online.opening_candidates(fingerprint))
         if found is LOCAL:
             return (self._local.find_open(fingerprint), self._local.last_resolved(fingerprint))
-        open_, resolved = found
-        if resolved is None:
-            self._local.resolved.pop(fingerprint, None)
-        else:
-            self._local.resolved[fingerprint] = resolved
-        return open_, resolved
+        self._local.resolved_known(fingerprint, found[1])
+        return found
 
     # --- writes -------------------------------------------------------------------
 

@@ -139,6 +139,13 @@ class LocalCopy:
         elif last is not None and last.incident_id == incident.incident_id:
             self.resolved.pop(incident.fingerprint)  # reopened: no longer resolved
 
+    def resolved_known(self, fingerprint: str, last: Incident | None) -> None:
+        """What the database said is the last resolved incident of `fingerprint`."""
+        if last is None:
+            self.resolved.pop(fingerprint, None)
+        else:
+            self.resolved[fingerprint] = last
+
     def budget_known(self, target: str, since: datetime,
                      pairs: Iterable[tuple[int, datetime]]) -> None:
         self.budget[target] = (since, set(pairs))
