@@ -646,7 +646,7 @@ async def _every_shared_thread_busy(store: Store) -> AsyncIterator[None]:
             release.set()
 
 
-async def test_every_lane_of_a_store_on_postgres_has_a_connection_of_its_own(
+async def test_a_store_pool_on_postgres_keeps_a_connection_for_every_thread_of_every_lane(
     postgres_url: str,
 ) -> None:
     # Seven threads can hold a connection at once (four shared, two detecting, one for
