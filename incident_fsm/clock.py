@@ -35,6 +35,12 @@ async def sleep_or_wake(clock: Clock, seconds: float, wake: anyio.Event) -> None
     if seconds <= 0 or wake.is_set():
         await anyio.lowlevel.checkpoint()
         return
+    if type(clock) is SystemClock:
+        # The wall clock needs no sleeper task: a deadline on the wait is the same wait
+        # for a third of the event-loop turns (what an idle agent mostly spends).
+        with anyio.move_on_after(seconds):
+            await wake.wait()
+        return
     async with anyio.create_task_group() as tg:
         async def sleep() -> None:
             await clock.sleep(seconds)

@@ -103,3 +103,17 @@ async def test_a_cancelled_sleep_is_forgotten() -> None:
     assert clock.sleepers == 0
     assert clock.wakeups() == []
     assert clock.next_wakeup() is None
+
+
+async def test_sleep_or_wake_on_the_wall_clock_wakes_early_or_after_its_time() -> None:
+    from incident_fsm.clock import sleep_or_wake
+
+    clock, wake = SystemClock(), anyio.Event()
+    started = anyio.current_time()
+    await sleep_or_wake(clock, 0.05, wake)
+    assert 0.05 <= anyio.current_time() - started < 1.0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sleep_or_wake, clock, 30.0, wake)
+        await anyio.wait_all_tasks_blocked()
+        wake.set()  # the 30 s wait ends now, not in 30 s
+    assert anyio.current_time() - started < 1.0

@@ -22,7 +22,7 @@ from typing import Final, Protocol
 import anyio
 from loguru import logger
 
-from incident_fsm.clock import Clock
+from incident_fsm.clock import Clock, sleep_or_wake
 from incident_fsm.models import HealthRow
 from incident_fsm.persistence.health_checks import PRUNE_BATCH
 
@@ -116,16 +116,7 @@ class HealthRowBuffer:
         try:
             while True:
                 await self._waiting.wait()
-                async with anyio.create_task_group() as tg:
-                    async def timer() -> None:
-                        await self._clock.sleep(self.flush_every)
-                        tg.cancel_scope.cancel()
-
-                    async def full() -> None:
-                        await self._full.wait()
-                        tg.cancel_scope.cancel()
-                    tg.start_soon(timer)
-                    tg.start_soon(full)
+                await sleep_or_wake(self._clock, self.flush_every, self._full)
                 await self._flush_shielded()
         finally:
             self.running = False
