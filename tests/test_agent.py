@@ -180,7 +180,7 @@ async def test_a_failing_driver_is_logged_without_the_variables_of_its_frames(
         agent = bare_agent(db_url, store, clock, http)
         agent.remediator.drive = drive  # type: ignore[method-assign]
         with diagnosed_logs() as lines:
-            await agent._drive(7)
+            await agent.supervisor.drive(7)
     (failed,) = [line for line in lines if "driver of incident 7 failed" in line]
     assert "RuntimeError: a bug in the part" in failed
     assert SECRET not in "\n".join(lines)
@@ -195,7 +195,7 @@ async def test_remediating_with_no_attempt_on_record_is_handled_once_not_every_s
         agent = bare_agent(db_url, store, clock, http)
         with captured_logs() as logs:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(agent._supervise)
+                tg.start_soon(agent.supervisor.run)
                 await clock.run_for(10)  # ten scans (one a second)
                 tg.cancel_scope.cancel()
     timeline = await store.timeline(iid)

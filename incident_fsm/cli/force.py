@@ -98,6 +98,9 @@ def _force_command(database_url: str | None, incident_id: int, trigger: str, rea
         click.echo("note: no configuration (--config / INCIDENT_FSM_CONFIG): deadlines are the "
                    f"defaults (and INCIDENT_FSM_* variables): {_force_deadlines(policy)}",
                    err=True)
+    if not forced.announced:
+        click.echo("warning: the running agent could not be told of this step at once; "
+                   "it finds it at its next look (within a minute)", err=True)
     if not forced.agents:
         waiting = (f"the approved {forced.action} waits until one runs, and so do the step's "
                    "notifications" if forced.action else
@@ -144,6 +147,8 @@ class _Forced:
     incident: Any
     action: str | None
     agents: list[tuple[str, datetime]]
+    #: whether the running agents were told at once (see persistence.wakeups)
+    announced: bool = True
 
 
 async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, actor: str,
@@ -194,8 +199,21 @@ async def _force(store: Any, *, incident_id: int, trigger: str, reason: str, act
     engine = IncidentEngine(store, clock=clock, outbox=outbox, policy=policy)
     moved = await engine.fire(iid, trigger, actor=actor, reason=reason,
                               details={"forced": True}, intent=intent)
+    heard = await _announce(store)
     agents = await store.agents_seen(clock.now())
-    return _Forced(moved, None if intent is None else intent.action, agents)
+    return _Forced(moved, None if intent is None else intent.action, agents, heard)
+
+
+async def _announce(store: Any) -> bool:
+    """Wake the running agent for the step just committed; False when that failed (it
+    then finds the step at its next look, within a minute)."""
+    from incident_fsm.errors import StoreError
+
+    try:
+        await store.announce()
+    except StoreError:
+        return False
+    return True
 
 
 async def _approvable(settings: Any, *, target: str, kind: str) -> dict[str, str]:

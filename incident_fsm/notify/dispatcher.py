@@ -19,7 +19,8 @@ and call `nudge()`. A worker's pass:
 Between passes a worker waits through the injected clock until the next row
 is due, the channel says it is ready again, `nudge()` is called, or
 `poll_interval` (15 s) passes (rows written by another process, such as the
-CLI). An idle pass is one indexed read of the next due time.
+CLI; a minute while such writes wake the agent, see `persistence.wakeups`).
+An idle pass is one indexed read of the next due time.
 
 Delivery guarantee: **at least once**, per channel. A row is marked
 delivered only after the channel took it; if the process dies between the
@@ -53,6 +54,7 @@ from incident_fsm.errors import StoreError
 from incident_fsm.models import IncidentId, Notification
 from incident_fsm.notify.channels.base import Channel, Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
+from incident_fsm.persistence.wakeups import SAFETY_LOOK
 from incident_fsm.settings import Settings
 from incident_fsm.vocabulary import NotificationStatus
 
@@ -114,6 +116,7 @@ class Dispatcher:
         random: Callable[[], float] = _random.random,
         after_send: AfterSend | None = None,
         on_delivery: Callable[[str, str], None] | None = None,
+        heard: Callable[[], bool] = lambda: False,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -137,6 +140,8 @@ class Dispatcher:
         self._after_send = after_send
         #: called with (channel, result) for every row sent: a `DeliveryStatus`, or `dead`
         self._on_delivery = on_delivery
+        #: whether other processes' writes wake us now (`nudge`): see persistence.wakeups
+        self._heard = heard
         self._wake: dict[str, anyio.Event] = {}
 
     @property
@@ -178,10 +183,12 @@ class Dispatcher:
         now = self._clock.now()
         # The next due time first: an idle pass is this one indexed read, nothing more.
         due = await self._store.next_notification_due(channel.name)
+        # Rows another process writes wake us while that is heard; the look is the net.
+        look = SAFETY_LOOK if self._heard() else self._poll
         if due is None:
-            return self._poll
+            return look
         if due > now:
-            return min(self._poll, (due - now).total_seconds())
+            return min(look, (due - now).total_seconds())
         rows = await self._store.due_notifications(channel.name, now=now, limit=self._batch)
         if not rows:  # only rows behind one another sender leased: it may die any time
             return min(self._poll, LEASED_RECHECK)
@@ -286,6 +293,7 @@ def dispatcher_from_settings(store: OutboxQueue, settings: Settings, *, clock: C
                              environ: Mapping[str, str] | None = None,
                              pam_manager: ConnectionManager | None = None,
                              on_delivery: Callable[[str, str], None] | None = None,
+                             heard: Callable[[], bool] = lambda: False,
                              ) -> Dispatcher:
     """The configured channels (log always; the PAM channels and webhook when set), the
     PAM ones held when `pam_integration` is off."""
@@ -297,7 +305,7 @@ def dispatcher_from_settings(store: OutboxQueue, settings: Settings, *, clock: C
     c = settings.channels
     return Dispatcher(store, channels, clock=clock, held=held, max_attempts=c.max_attempts,
                       retry_initial=c.retry_initial, retry_max=c.retry_max,
-                      on_delivery=on_delivery)
+                      on_delivery=on_delivery, heard=heard)
 
 
 def _id(row: Notification) -> int:

@@ -179,6 +179,19 @@ class StoreCore:
             with self._threads_lock:
                 self._threads -= 1
 
+    async def announce(self) -> None:
+        """Wake the agents running on this database: an operator changed something they
+        should act on (see `persistence.wakeups`; nothing to do on SQLite)."""
+        from incident_fsm.persistence.wakeups import ANNOUNCE, can_listen
+
+        if not can_listen(self.engine):
+            return
+
+        def work() -> None:
+            with self._autocommit.connect() as conn:
+                conn.execute(ANNOUNCE)
+        await self._run(work)
+
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 

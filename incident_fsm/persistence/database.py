@@ -101,18 +101,28 @@ def create_engine(url: str, *, connections: int = 5) -> Engine:
         pool_size=connections,
         max_overflow=connections,
         pool_timeout=STATEMENT_TIMEOUT,
-        connect_args={
-            "connect_timeout": CONNECT_TIMEOUT,
-            # A dead peer on a silent network is noticed in about 25 s, so an
-            # abandoned call (see Store.call_timeout) gives its connection back.
-            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-            "keepalives_count": 3,
-            # Lock waits count towards this too, so no write can hang forever.
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT * 1000}",
-        },
+        connect_args=_POSTGRES_CONNECT_ARGS,
     )
     _ping_idle_connections(engine)
     return engine
+
+
+_POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    # A dead peer on a silent network is noticed in about 25 s, so an
+    # abandoned call (see Store.call_timeout) gives its connection back.
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+    "keepalives_count": 3,
+    # Lock waits count towards this too, so no write can hang forever.
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT * 1000}",
+}
+
+
+def driver_connect_args(engine: Engine) -> dict[str, Any]:
+    """What psycopg's `connect` needs for a connection of its own to a Postgres engine's
+    database, with the same timeouts as the pool's (password included: never print it)."""
+    _, params = engine.dialect.create_connect_args(engine.url)
+    return {**params, **_POSTGRES_CONNECT_ARGS}
 
 
 def _ping_idle_connections(engine: Engine) -> None:

@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import Final
 
 import anyio
 import httpx
@@ -55,16 +54,15 @@ from incident_fsm.detection.targets import TargetClients, TargetProbes, default_
 from incident_fsm.detection.verification import judge
 from incident_fsm.errors import InvalidInput, SchemaNotReady, StoreError, StoreUnavailable
 from incident_fsm.fsm.engine import IncidentEngine
-from incident_fsm.fsm.graph import AUTOMATED_STATES
 from incident_fsm.fsm.steps import MachinePolicy
-from incident_fsm.logfail import log_failure
-from incident_fsm.models import Incident, IncidentId
+from incident_fsm.models import Incident
 from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
 from incident_fsm.notify.dispatcher import Dispatcher, dispatcher_from_settings
 from incident_fsm.notify.policy import policy_from_settings
 from incident_fsm.persistence import database
 from incident_fsm.persistence.journal import JournalingStore
 from incident_fsm.persistence.store import Store
+from incident_fsm.persistence.wakeups import Listener, can_listen
 from incident_fsm.remediation.actions.catalog import Catalog
 from incident_fsm.remediation.policy import Limits
 from incident_fsm.remediation.remediator import ActionSource, Remediator, Verification
@@ -75,13 +73,12 @@ from incident_fsm.runtime.leader import LeaderElector, replica_id
 from incident_fsm.runtime.monitor import Monitor, ProblemEvent
 from incident_fsm.runtime.preflight import PreflightFailed, start_failures
 from incident_fsm.runtime.silences import Silences
+from incident_fsm.runtime.supervisor import Supervisor
 from incident_fsm.runtime.sweeper import DeadlineSweeper
 from incident_fsm.settings import (
     Settings,
     TargetSettings,
 )
-
-ACTIVE: Final = tuple(s.value for s in AUTOMATED_STATES)
 
 
 class MonitorVerifier:
@@ -139,9 +136,14 @@ class Agent:
         agent = settings.agent
         self.metrics = AgentMetrics()
         self._sweep_wake = anyio.Event()
+        # On Postgres an operator's command wakes the agent (see persistence.wakeups): the
+        # looks for other processes' work can then be a minute apart.
+        engine = getattr(self.store, "engine", None)
+        self.wakeups = (Listener(engine, self._woken, clock=self.clock)
+                        if can_listen(engine) else None)
         self.dispatcher: Dispatcher = dispatcher_from_settings(
             self.store, settings, clock=self.clock, http=self.http, environ=environ,
-            pam_manager=pam_manager, on_delivery=self.metrics.delivered)
+            pam_manager=pam_manager, on_delivery=self.metrics.delivered, heard=self._heard)
         self.engine = IncidentEngine(
             self.store, clock=self.clock,
             policy=MachinePolicy.from_settings(agent),
@@ -175,11 +177,11 @@ class Agent:
             heartbeat=self.heartbeat)
         self.running = False
         self.started_at: datetime | None = None
-        self._drivers: set[int] = set()
-        self._parked: dict[int, int] = {}
-        self._limit = anyio.CapacityLimiter(max_concurrent_incidents)
-        self._wake = anyio.Event()
-        self._driver_group: TaskGroup | None = None
+        self.supervisor = Supervisor(
+            self.store, lambda iid: self.remediator.drive(iid), clock=self.clock,
+            short=agent.fast_poll_interval, heard=self._heard,
+            real_id=getattr(self.store, "real_id", lambda i: i),
+            max_concurrent=max_concurrent_incidents)
         self._exit: AsyncExitStack | None = None
         self._status_app: ASGIApp | None = None
 
@@ -226,7 +228,7 @@ class Agent:
         journaled = isinstance(self.store, JournalingStore) and self.store.offline
         return AgentStatus(running=self.running, role=role, replica=self.replica,
                            started_at=self.started_at, targets=tuple(targets),
-                           queues={"incident_drivers": len(self._drivers),
+                           queues={"incident_drivers": len(self.supervisor.drivers),
                                    "store_journal": int(journaled)})
 
     def status_app(self) -> ASGIApp:
@@ -351,10 +353,12 @@ class Agent:
         while True:
             await self._until_leader()
             async with anyio.create_task_group() as acting:
-                for name, part in (("monitor", self.monitor.run),
-                                   ("dispatcher", self.dispatcher.run),
-                                   ("sweeper", self._sweep),
-                                   ("supervisor", self._supervise)):
+                parts: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                    ("monitor", self.monitor.run), ("dispatcher", self.dispatcher.run),
+                    ("sweeper", self._sweep), ("supervisor", self.supervisor.run)]
+                if self.wakeups is not None:
+                    parts.append(("wakeups", self.wakeups.run))
+                for name, part in parts:
                     acting.start_soon(self._keep_running, name, part, name=f"agent:{name}")
                 await self._while_leader()
                 logger.warning("leadership lost: this replica stops acting")
@@ -385,63 +389,19 @@ class Agent:
             await sleep_or_wake(self.clock, (until - self.clock.now()).total_seconds(),
                                 self.elector.changed)
 
-    async def _supervise(self) -> None:
-        interval = max(1.0, self.settings.agent.fast_poll_interval)
-        async with anyio.create_task_group() as drivers:
-            self._driver_group = drivers
-            try:
-                while True:
-                    wake = self._wake
-                    try:
-                        active = await self.store.list_incidents(states=ACTIVE, limit=10000)
-                    except StoreError as exc:
-                        logger.warning("❌ Failed to list incidents: {}", exc)
-                        active = []
-                    for incident in active:
-                        if self._parked.get(incident.incident_id) != incident.version:
-                            self._start_driver(incident.incident_id)
-                    # Forget incidents that left the active states (memory stays flat).
-                    still = {i.incident_id for i in active}
-                    for gone in set(self._parked) - still:
-                        del self._parked[gone]
-                    await sleep_or_wake(self.clock, interval, wake)
-            finally:
-                self._driver_group = None
+    def _heard(self) -> bool:
+        """Whether other processes' writes wake this agent now (see persistence.wakeups)."""
+        return self.wakeups is not None and self.wakeups.listening
 
-    def _start_driver(self, incident_id: int) -> None:
-        # A driver that began under a provisional id (store outage) is the same driver
-        # once the journal is replayed: compare by the id the database knows.
-        real = getattr(self.store, "real_id", lambda i: i)
-        incident_id = real(incident_id)
-        if self._driver_group is None or incident_id in {real(d) for d in self._drivers}:
-            return
-        self._drivers.add(incident_id)
-        self._driver_group.start_soon(self._drive, incident_id, name=f"incident:{incident_id}")
-
-    async def _drive(self, incident_id: int) -> None:
-        try:
-            async with self._limit:
-                incident = await self.remediator.drive(IncidentId(incident_id))
-            if incident.state == "detected":
-                # Waiting on the world (monitor-only, a held action): drive again on change.
-                # Never park remediating/verifying: those must always have a driver.
-                self._parked[incident_id] = incident.version
-            else:
-                self._parked.pop(incident_id, None)
-        except StoreError as exc:
-            logger.bind(incident_id=incident_id).warning(
-                "incident {}: store unavailable ({}); retried at the next scan", incident_id, exc)
-        except Exception as exc:
-            # One incident's bug must never stop the others or the agent.
-            log_failure("driver of incident {} failed", incident_id, error=exc,
-                        log=logger.bind(incident_id=incident_id))
-        finally:
-            self._drivers.discard(incident_id)
+    def _woken(self) -> None:
+        """Look now: another process wrote something, or wake-ups started or stopped."""
+        self.supervisor.wake()
+        self._sweep_wake.set()
+        self.dispatcher.nudge()
 
     async def _on_problem(self, event: ProblemEvent) -> None:
         if event.incident is not None and event.finding.change is Change.CONFIRMED:
-            self._parked.pop(event.incident.incident_id, None)
-            self._start_driver(event.incident.incident_id)
+            self.supervisor.confirmed(event.incident.incident_id)
 
     async def _sweep(self) -> None:
         # Until the nearest deadline; a step (which may set an earlier one) wakes it.
@@ -481,8 +441,7 @@ class Agent:
                         waiting = str(exc)
                 else:
                     waiting = None
-                    self._wake.set()
-                    self._wake = anyio.Event()
+                    self.supervisor.wake()
             await self.clock.sleep(5.0)
 
 
