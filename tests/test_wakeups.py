@@ -40,8 +40,10 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def listening(store: Store, wakes: list[int]) -> AsyncIterator[Listener]:
-    listener = Listener(store.engine, lambda: wakes.append(1), clock=SystemClock())
+async def listening(store: Store, wakes: list[int], *,
+                    check_every: float = 60.0) -> AsyncIterator[Listener]:
+    listener = Listener(store.engine, lambda: wakes.append(1), clock=SystemClock(),
+                        check_every=check_every)
     async with anyio.create_task_group() as tg:
         tg.start_soon(listener.run)
         await until(lambda: _true(listener.listening), within=10)
@@ -65,6 +67,17 @@ async def test_an_announcement_from_another_connection_wakes_the_listener(
         await operators.announce()
         await until(lambda: _true(listener.received == 3), within=5)
         assert len(wakes) == 4
+
+
+async def test_none_is_lost_while_the_listener_checks_its_connection(postgres_url: str) -> None:
+    wakes: list[int] = []
+    async with Store(postgres_url) as agents, Store(postgres_url) as operators, \
+            listening(agents, wakes, check_every=0.01) as listener:
+        for _ in range(30):  # interleaved with a check every 10 ms
+            await operators.announce()
+            await anyio.sleep(0.005)
+        await until(lambda: _true(listener.received == 30), within=5)
+        assert listener.listening
 
 
 async def test_a_lost_listening_connection_is_said_once_and_listened_again(
