@@ -300,7 +300,13 @@ async def test_a_crash_between_send_and_commit_resends_with_the_same_dedupe_key(
             await engine.fire(iid, "remediate", actor="agent", reason="restart", intent=RESTART)
             await pass_time(clock, 125)  # the dead process's lease runs out
             await eventually(lambda: len(pam.system_messages) == 3, what="the resend")
-            await anyio.sleep(0.1)
+
+            async def both_settled() -> bool:
+                return all(r.status == "delivered" for r in await rows(store, iid, "pam"))
+            # A row counts as delivered after PAM's answer and its reply window: a fixed
+            # 0.1 s was too short once in a loaded full run. Once both are delivered,
+            # nothing can be sent again.
+            await eventually_true(both_settled, what="both rows delivered")
         keys = [m["metadata"]["dedupe_key"] for m in pam.system_messages]
         # At least once: the crashed message came again, with the same key, and the
         # later one waited behind it; dropping repeats by key gives each once, in order.
