@@ -66,7 +66,7 @@ class Listener:
         self._clock = clock
         self._check_every = check_every
         self.listening = False
-        #: notifications received (for tests and the status of the agent)
+        #: notifications received so far
         self.received = 0
 
     async def run(self) -> None:
