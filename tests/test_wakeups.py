@@ -103,8 +103,7 @@ async def test_a_lost_listening_connection_is_said_once_and_listened_again(
     assert "closed by the server" in lost[0]
 
 
-async def test_sqlite_has_no_wake_ups_and_announcing_there_does_nothing(tmp_path: Path,
-                                                                       db_url: str) -> None:
+async def test_sqlite_has_no_wake_ups_and_announcing_there_does_nothing(db_url: str) -> None:
     async with Store(db_url) as store:
         await store.announce()  # on Postgres a NOTIFY, on SQLite nothing (and no error)
         assert can_listen(store.engine) is (store.engine.dialect.name == "postgresql")
@@ -134,9 +133,8 @@ async def test_a_running_agent_drives_an_announced_step_at_once_and_looks_once_a
             await operator.announce()
             took = await until(lambda: _driven(operator, iid), within=5)
             assert took < 2.0
-            notes = (await operator.timeline(iid)).notifications
+            # The opening's notifications, queued by the other process, go out too.
             await until(lambda: _delivered(operator, iid), within=5)
-    assert notes  # the opening's notifications were queued by the other process
 
 
 async def _driven(store: Store, iid: IncidentId) -> bool:
