@@ -94,9 +94,12 @@ async def test_a_dead_connection_is_unavailable_then_replaced(
 ) -> None:
     # A silent death: nothing at checkout shows it (see database._ping_idle_connections).
     monkeypatch.setattr(db, "_readable", lambda _: False)
+
+    async def backend_pid(conn: Any) -> int:
+        return int(conn.info.backend_pid)
+
     async with Store(postgres_url) as store:
-        with store.engine.connect() as conn:
-            mine = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        mine = await store._run(backend_pid)  # the connection `timeline` gets next
         admin = db.create_engine(postgres_url)
         try:
             with admin.begin() as conn:
@@ -108,6 +111,7 @@ async def test_a_dead_connection_is_unavailable_then_replaced(
             await store.timeline(IncidentId(1))
         with pytest.raises(IncidentNotFound):  # the pool let the dead one go
             await store.timeline(IncidentId(-1))
+        assert await store._run(backend_pid) != mine
 
 
 async def test_the_timeline_agrees_with_what_was_written(store: Store) -> None:

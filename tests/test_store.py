@@ -221,16 +221,23 @@ async def test_store_refuses_a_step_that_is_not_an_edge(
 
 
 def _record_sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
-    """Every statement psycopg sends from now on, with whether it ran in autocommit (no
-    BEGIN and no COMMIT or ROLLBACK around it)."""
+    """Every statement psycopg sends from now on, from a worker thread or on the event
+    loop, with whether it ran in autocommit (no BEGIN and no COMMIT or ROLLBACK around
+    it)."""
     sent: list[tuple[str, bool]] = []
-    real = psycopg.Cursor.execute
+    real, real_async = psycopg.Cursor.execute, psycopg.AsyncCursor.execute
 
     def execute(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
         sent.append((str(query), self.connection.autocommit))
         return real(self, query, *args, **kwargs)
 
+    async def execute_async(self: psycopg.AsyncCursor[Any], query: Any, *args: Any,
+                            **kwargs: Any) -> Any:
+        sent.append((str(query), self.connection.autocommit))
+        return await real_async(self, query, *args, **kwargs)
+
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute_async)
     return sent
 
 
@@ -571,17 +578,36 @@ async def test_unreachable_database_is_store_unavailable_without_secrets(
     assert "nothing was written" in str(info.value)
 
 
+async def _backend_pid(store: Store, path: str) -> int:
+    """The server process of the connection the next call on `path` gets."""
+    if path == "thread":
+        with store.engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+    async def pid(conn: Any) -> int:
+        return int(conn.info.backend_pid)
+    return await store._run(pid)
+
+
+async def _read_on(store: Store, path: str) -> list[Incident]:
+    """A read that runs in a worker thread (its expanding IN is finished per call by
+    SQLAlchemy) or on the event loop (`persistence.direct`)."""
+    if path == "thread":
+        return await store.list_incidents(states=["detected"], limit=1)
+    return await store.list_incidents(limit=1)
+
+
+@pytest.mark.parametrize("path", ["thread", "event loop"])
 @pytest.mark.parametrize("seen_by", ["its socket", "a ping after long idle"])
 async def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_unseen(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch, seen_by: str,
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, seen_by: str, path: str,
 ) -> None:
     from incident_fsm.persistence import database as db
 
     async with Store(postgres_url) as store:
         # The database is shared by the run's Postgres tests: what it holds does not matter.
-        await store.list_incidents(limit=1)
-        with store.engine.connect() as conn:
-            mine = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        await _read_on(store, path)
+        mine = await _backend_pid(store, path)
         admin = db.create_engine(postgres_url)
         try:
             with admin.begin() as conn:  # what a server restart does to every session
@@ -592,19 +618,19 @@ async def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_uns
             # A silent death (a dropped NAT entry): only the ping after long idle finds it.
             monkeypatch.setattr(db, "_readable", lambda _: False)
             monkeypatch.setattr(db, "PING_IDLE_AFTER", 0.0)
-        assert isinstance(await store.list_incidents(limit=1), list)  # no StoreUnavailable
+        assert isinstance(await _read_on(store, path), list)  # no StoreUnavailable
         monkeypatch.setattr(db, "PING_IDLE_AFTER", 3600.0)
-        with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != mine
+        assert await _backend_pid(store, path) != mine
 
 
+@pytest.mark.parametrize("path", ["thread", "event loop"])
 async def test_a_live_idle_connection_is_not_pinged(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     async with Store(postgres_url) as store:
-        await store.list_incidents(limit=1)
+        await _read_on(store, path)
         sent = _record_sent(monkeypatch)
-        await store.list_incidents(limit=1)
+        await _read_on(store, path)
         assert sent and not [q for q, _ in sent if q == "SELECT 1"]
         assert all(auto for _, auto in sent)  # a read sends no BEGIN and no ROLLBACK
 

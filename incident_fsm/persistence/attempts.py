@@ -172,7 +172,7 @@ class AttemptRepository(StoreCore):
 
     async def attempts(self, incident_id: IncidentId) -> list[ActionRun]:
         """The incident's action runs (dry runs included), in attempt order."""
-        return await self._run(self._models, ActionRun, _ATTEMPTS, {"incident_id": incident_id})
+        return await self._select(ActionRun, _ATTEMPTS, {"incident_id": incident_id})
 
     async def action_record(self, kind: str) -> dict[str, ActionTally]:
         """Per action, successes and failures on incidents of `kind` (no dry runs)."""

@@ -2,18 +2,21 @@
 
 Each public coroutine of a repository runs one short synchronous SQLAlchemy
 unit of work in a worker thread through `StoreCore._run`, which also turns
-driver errors into our own (`StoreUnavailable`, `SchemaNotReady`).
+driver errors into our own (`StoreUnavailable`, `SchemaNotReady`). On
+Postgres the calls made most run on the event loop instead (`persistence.direct`),
+through the same `_run`: same lanes, same deadline, same error words.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar, overload
 
 import anyio
 import sqlalchemy as sa
@@ -27,7 +30,7 @@ from incident_fsm.errors import (
     StoreUnavailable,
 )
 from incident_fsm.models import from_row
-from incident_fsm.persistence import database
+from incident_fsm.persistence import database, direct
 
 T = TypeVar("T")
 M = TypeVar("M", bound=SQLModel)
@@ -57,6 +60,11 @@ def _json_safe(name: str, value: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidInput(f"{name} must be JSON-serialisable: {exc}") from None
     result: dict[str, Any] = json.loads(text)
     return result
+
+
+async def _direct_models(conn: direct.Connection, model: type[M], prepared: direct.Prepared,
+                         params: Mapping[str, Any]) -> list[M]:
+    return [from_row(model, row) for row in await direct.fetch(conn, prepared, params)]
 
 
 def _is_missing_table(exc: DBAPIError) -> bool:
@@ -89,6 +97,12 @@ class StoreCore:
             self.engine.execution_options(isolation_level="AUTOCOMMIT")
             if self.engine.dialect.name == "postgresql" else self.engine)
         self.url = database.redact(resolved)
+        # The calls made most, on the event loop (see `direct`): as many connections
+        # kept as the lanes below let run at once.
+        self._direct: direct.DirectPool | None = (
+            direct.DirectPool(database.driver_connect_args(self.engine),
+                              keep=max_threads + DETECTING_THREADS + 1)
+            if self.engine.dialect.name == "postgresql" else None)
         self._limiter = anyio.CapacityLimiter(max_threads)
         # A lane of its own for the lease and the heartbeat: queued behind a thousand
         # incidents' steps, a renewal came too late and the leader stopped acting.
@@ -112,6 +126,8 @@ class StoreCore:
         with anyio.move_on_after(grace):
             while self._threads:  # noqa: ASYNC110 - worker threads cannot set an anyio.Event
                 await anyio.sleep(0.05)
+        if self._direct is not None:
+            await self._direct.close()
         await anyio.to_thread.run_sync(self.engine.dispose)
 
     async def __aenter__(self) -> Self:
@@ -133,19 +149,35 @@ class StoreCore:
         """`_run` on the lane kept for finding and opening incidents."""
         return await self._run(fn, *args, _lane=self._detecting, **kwargs)
 
+    @overload
+    async def _run(self, fn: Callable[..., Awaitable[T]], /, *args: Any,
+                   _lane: anyio.CapacityLimiter | None = None, **kwargs: Any) -> T: ...
+
+    @overload
     async def _run(self, fn: Callable[..., T], /, *args: Any,
-                   _lane: anyio.CapacityLimiter | None = None, **kwargs: Any) -> T:
+                   _lane: anyio.CapacityLimiter | None = None, **kwargs: Any) -> T: ...
+
+    async def _run(self, fn: Callable[..., Any], /, *args: Any,
+                   _lane: anyio.CapacityLimiter | None = None, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` in a worker thread; or, if `fn` is a coroutine function
+        (Postgres only), `await fn(connection, *args, **kwargs)` on the event loop with
+        a connection of `direct`'s pool. Either way under the lane's limit and the
+        call's deadline, with driver errors named in our words."""
         # The server's statement_timeout cannot help when the network goes
         # silent under an open connection: this client-side deadline does. The
         # abandoned thread finishes (or fails) on its own once the socket does;
-        # a write it still commits is recognised by the journal's replay.
+        # a write it still commits is recognised by the journal's replay. A call
+        # on the event loop is cancelled at the deadline and its connection closed.
+        lane = self._limiter if _lane is None else _lane
         self._in_flight += 1
         try:
             with anyio.fail_after(self.call_timeout):
+                if inspect.iscoroutinefunction(fn):
+                    async with lane:
+                        return await self._direct_call(fn, *args, **kwargs)
                 return await anyio.to_thread.run_sync(
                     partial(self._guarded, fn, *args, **kwargs),
-                    limiter=self._limiter if _lane is None else _lane,
-                    abandon_on_cancel=True,
+                    limiter=lane, abandon_on_cancel=True,
                 )
         except TimeoutError:
             raise StoreUnavailable(
@@ -154,6 +186,22 @@ class StoreCore:
             ) from None
         finally:
             self._in_flight -= 1
+
+    async def _direct_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        import psycopg
+
+        assert self._direct is not None, "calls on the event loop are for Postgres only"
+        try:
+            return await self._direct.call(lambda conn: fn(conn, *args, **kwargs))
+        except psycopg.Error as exc:
+            # Wrapped as SQLAlchemy wraps what it runs (the same subclasses: an
+            # IntegrityError stays one), then named as a call in a thread is.
+            wrapped = DBAPIError.instance(
+                None, None, exc, psycopg.Error, hide_parameters=True,
+                connection_invalidated=isinstance(exc, psycopg.OperationalError))
+            if isinstance(wrapped, DBAPIError):
+                self._raise_translated(wrapped)
+            raise wrapped from None
 
     def _guarded(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         with self._threads_lock:
@@ -166,18 +214,24 @@ class StoreCore:
             # The connection pool had nothing to give within its timeout.
             raise StoreUnavailable("database connections exhausted; nothing was written") from None
         except DBAPIError as exc:
-            # The driver's text can carry SQL and parameters: only our words for its cause.
-            cause = database.describe_failure(exc)
-            if _is_missing_table(exc):
-                raise SchemaNotReady(f"database {self.url}: {cause}; "
-                                     "nothing was written") from None
-            if exc.connection_invalidated or _is_unavailable(exc):
-                raise StoreUnavailable(
-                    f"database unavailable: {cause}; nothing was written") from None
-            raise
+            self._raise_translated(exc)
         finally:
             with self._threads_lock:
                 self._threads -= 1
+
+    def _raise_translated(self, exc: DBAPIError) -> NoReturn:
+        """`exc` in our words: the driver's text can carry SQL and parameters, so only
+        our words for its cause."""
+        if isinstance(exc, IntegrityError):
+            raise exc from exc.orig
+        cause = database.describe_failure(exc)
+        if _is_missing_table(exc):
+            raise SchemaNotReady(f"database {self.url}: {cause}; "
+                                 "nothing was written") from None
+        if exc.connection_invalidated or _is_unavailable(exc):
+            raise StoreUnavailable(
+                f"database unavailable: {cause}; nothing was written") from None
+        raise exc
 
     async def announce(self) -> None:
         """Wake the agents running on this database: an operator changed something they
@@ -199,7 +253,7 @@ class StoreCore:
         """A session that only reads (see `_autocommit`)."""
         return Session(self._autocommit, expire_on_commit=False)
 
-    def _models(self, model: type[M], query: sa.Select[Any],
+    def _models(self, model: type[M], query: sa.Select[Any] | sa.CompoundSelect[Any],
                 params: Mapping[str, Any] | None = None) -> list[M]:
         """The rows of `query` (a select of `model`'s table) as models, read without a
         Session: the reads an idle agent makes every few seconds cost half as much. Those
@@ -208,6 +262,22 @@ class StoreCore:
         with self._autocommit.connect() as conn:
             return [from_row(model, row._mapping)
                     for row in conn.execute(query, dict(params or {}))]
+
+    async def _select(self, model: type[M], query: sa.Select[Any] | sa.CompoundSelect[Any],
+                      params: Mapping[str, Any] | None = None, *,
+                      lane: anyio.CapacityLimiter | None = None) -> list[M]:
+        """`_models` as a call of its own: on Postgres on the event loop (`direct`), unless
+        SQLAlchemy must finish `query` per call."""
+        prepared = None if self._direct is None else direct.prepare(query, self.engine.dialect)
+        if prepared is None:
+            return await self._run(self._models, model, query, params, _lane=lane)
+        return await self._run(_direct_models, model, prepared, params or {}, _lane=lane)
+
+    def _prepared(self, statement: sa.Select[Any]) -> direct.Prepared:
+        """`statement` prepared for a call on the event loop (`direct`)."""
+        prepared = direct.prepare(statement, self.engine.dialect)
+        assert prepared is not None, "a statement run on the event loop is complete as built"
+        return prepared
 
     def _one_statement(self) -> AbstractContextManager[sa.Connection]:
         """A connection for one writing statement, committed when the block ends (see

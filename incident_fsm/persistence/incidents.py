@@ -33,6 +33,7 @@ from incident_fsm.models import (
     Transition,
     from_row,
 )
+from incident_fsm.persistence import direct
 from incident_fsm.persistence.core import (
     MAX_ACTOR,
     MAX_REASON,
@@ -49,7 +50,7 @@ from incident_fsm.persistence.effects import (
     step_in_one_statement,
     step_values,
 )
-from incident_fsm.persistence.snapshot import Read, read_snapshot
+from incident_fsm.persistence.snapshot import Read, read_snapshot, read_snapshot_direct
 from incident_fsm.vocabulary import OPEN_TRIGGER, State
 
 #: How often `open_incident` retries after losing a race on the fingerprint.
@@ -101,6 +102,10 @@ _LAST_RESOLVED = (sa.select(_INCIDENT)
 _OPEN_OR_LAST_RESOLVED = sa.union_all(sa.select(_OPEN.subquery()),
                                       sa.select(_LAST_RESOLVED.subquery()))
 
+#: What a step that matched no row reads to say why.
+_VERSION_AND_STATE = sa.select(_INCIDENT.c.version, _INCIDENT.c.state).where(
+    _INCIDENT.c.id == sa.bindparam("id"))
+
 #: Open incidents whose deadline is at `now` or before, most overdue first.
 _OVERDUE = (sa.select(_INCIDENT)
             .where(_INCIDENT.c.state != State.RESOLVED.value,
@@ -116,6 +121,46 @@ _TIMELINE: tuple[Read[Any], ...] = (
     _of_incident(ActionRun, _table(ActionRun).c.attempt),
     _of_incident(Notification, _table(Notification).c.id),
 )
+
+
+def _could_not_open(fingerprint: str) -> NoReturn:
+    raise StoreError(f"could neither open nor find an open incident for {fingerprint} "
+                     f"after {OPEN_RETRIES} tries")
+
+
+async def _open_in_one_statement(conn: direct.Connection, opening: direct.Prepared,
+                                 find_open: direct.Prepared, bound: dict[str, Any]) -> Opened:
+    # One round trip, committing on its own; its rows are written only if it inserted.
+    for _ in range(OPEN_RETRIES):
+        rows = await direct.fetch(conn, opening, bound)
+        if rows:
+            return Opened(from_row(Incident, rows[0]), created=True)
+        existing = await direct.fetch(conn, find_open, {"fingerprint": bound["new_fingerprint"]})
+        if existing:
+            return Opened(from_row(Incident, existing[0]), created=False)
+        # resolved in between: try again
+    _could_not_open(bound["new_fingerprint"])
+
+
+async def _step_in_one_statement(conn: direct.Connection, step: StepRequest,
+                                 statement: direct.Prepared, version_and_state: direct.Prepared,
+                                 values: dict[str, Any]) -> Stepped:
+    rows = await direct.fetch(conn, statement, values)
+    if not rows:
+        found = await direct.fetch(conn, version_and_state, {"id": step.incident_id})
+        _raise_not_moved(step, found[0] if found else None)
+    return Stepped(from_row(Incident, rows[0]), None)
+
+
+def _raise_not_moved(step: StepRequest, found: Mapping[Any, Any] | None) -> NoReturn:
+    """Why the version-checked update of `step` matched no row, from the incident's
+    version and state as they are now (`found`, None if there is no such incident)."""
+    if found is None:
+        raise IncidentNotFound(step.incident_id)
+    raise ConcurrentUpdate(
+        incident_id=step.incident_id, expected_version=step.expected_version,
+        found_version=found["version"], found_state=found["state"],
+    )
 
 
 class IncidentRepository(StoreCore):
@@ -147,28 +192,26 @@ class IncidentRepository(StoreCore):
         _check_text("target", target, 200)
         _check_text("kind", kind, 100)
         payload = _json_safe("details", details or {})
-        return await self._run_detecting(
-            self._open_incident, target=target, kind=kind, severity=severity, at=at,
-            deadline_at=deadline_at, reason=reason.strip(), actor=actor.strip(),
-            summary=summary[:2000], details=payload, notifications=tuple(notifications),
-        )
-
-    def _open_incident(self, *, target: str, kind: str, severity: str, at: datetime,
-                       deadline_at: datetime | None, reason: str, actor: str, summary: str,
-                       details: dict[str, Any],
-                       notifications: tuple[OutboxMessage, ...]) -> Opened:
         fingerprint = f"{target}:{kind}"
         values = {"fingerprint": fingerprint, "target": target, "kind": kind,
                   "severity": severity, "state": State.DETECTED.value, "strikes": 0,
-                  "flap_count": 0, "version": 1, "summary": summary, "details": details,
-                  "deadline_at": deadline_at, "opened_at": at, "updated_at": at,
-                  "resolved_at": None}
-        if self.engine.dialect.name == "postgresql":
-            return self._open_in_one_statement(values, {
-                "seq": 1, "trigger": OPEN_TRIGGER, "source": None,
-                "dest": State.DETECTED.value, "actor": actor, "reason": reason,
-                "details": details, "at": at}, notifications, at)
+                  "flap_count": 0, "version": 1, "summary": summary[:2000],
+                  "details": payload, "deadline_at": deadline_at, "opened_at": at,
+                  "updated_at": at, "resolved_at": None}
+        history = {"seq": 1, "trigger": OPEN_TRIGGER, "source": None,
+                   "dest": State.DETECTED.value, "actor": actor.strip(),
+                   "reason": reason.strip(), "details": payload, "at": at}
+        if self._direct is not None:
+            statement, bound = open_in_one_statement(values, history, notifications, at)
+            return await self._run(_open_in_one_statement, self._prepared(statement),
+                                   self._prepared(_OPEN), bound, _lane=self._detecting)
+        return await self._run_detecting(self._open_incident, values, history,
+                                         tuple(notifications))
+
+    def _open_incident(self, values: dict[str, Any], history: dict[str, Any],
+                       notifications: tuple[OutboxMessage, ...]) -> Opened:
         insert = _open_insert(self.engine.dialect.name)
+        fingerprint = values["fingerprint"]
         for _ in range(OPEN_RETRIES):
             # One transaction, SQLAlchemy Core: the insert yields to an open incident of
             # the same fingerprint (the partial unique index) instead of failing, so two
@@ -180,57 +223,29 @@ class IncidentRepository(StoreCore):
                     if existing is None:
                         continue  # resolved in between: try again
                     return Opened(from_row(Incident, existing._mapping), created=False)
-                conn.execute(sa.insert(_table(Transition)).values(
-                    incident_id=row.id, seq=1, trigger=OPEN_TRIGGER, source=None,
-                    dest=State.DETECTED.value, actor=actor, reason=reason, details=details,
-                    at=at))
+                conn.execute(sa.insert(_table(Transition)).values(incident_id=row.id,
+                                                                  **history))
                 if notifications:
                     conn.execute(sa.insert(_table(Notification)),
-                                 outbox_values(row.id, 1, notifications, at))
+                                 outbox_values(row.id, 1, notifications, history["at"]))
                 return Opened(from_row(Incident, row._mapping), created=True)
-        raise StoreError(
-            f"could neither open nor find an open incident for {fingerprint} "
-            f"after {OPEN_RETRIES} tries"
-        )
-
-    def _open_in_one_statement(self, values: dict[str, Any], history: dict[str, Any],
-                               notifications: tuple[OutboxMessage, ...],
-                               at: datetime) -> Opened:
-        # One round trip, committing on its own; its rows are written only if it inserted.
-        statement, bound = open_in_one_statement(values, history, notifications, at)
-        for _ in range(OPEN_RETRIES):
-            with self._autocommit.connect() as conn:
-                row = conn.execute(statement, bound).first()
-                if row is not None:
-                    return Opened(from_row(Incident, row._mapping), created=True)
-                existing = conn.execute(_OPEN, {"fingerprint": values["fingerprint"]}).first()
-                if existing is not None:
-                    return Opened(from_row(Incident, existing._mapping), created=False)
-                # resolved in between: try again
-        raise StoreError(
-            f"could neither open nor find an open incident for {values['fingerprint']} "
-            f"after {OPEN_RETRIES} tries"
-        )
+        _could_not_open(fingerprint)
 
     async def get_incident(self, incident_id: IncidentId) -> Incident:
-        return await self._run(self._get_incident, incident_id)
-
-    def _get_incident(self, incident_id: IncidentId) -> Incident:
-        found = self._models(Incident, _BY_ID, {"id": incident_id})
+        found = await self._select(Incident, _BY_ID, {"id": incident_id})
         if not found:
             raise IncidentNotFound(incident_id)
         return found[0]
 
     async def find_open(self, fingerprint: str) -> Incident | None:
         """The open incident for a fingerprint, if any."""
-        found = await self._run_detecting(self._models, Incident, _OPEN,
-                                          {"fingerprint": fingerprint})
+        found = await self._select(Incident, _OPEN, {"fingerprint": fingerprint},
+                                   lane=self._detecting)
         return found[0] if found else None
 
     async def last_resolved(self, fingerprint: str) -> Incident | None:
         """The most recently resolved incident of a fingerprint (a `reopen` candidate)."""
-        found = await self._run(self._models, Incident, _LAST_RESOLVED,
-                                {"fingerprint": fingerprint})
+        found = await self._select(Incident, _LAST_RESOLVED, {"fingerprint": fingerprint})
         return found[0] if found else None
 
     async def opening_candidates(self, fingerprint: str
@@ -239,8 +254,8 @@ class IncidentRepository(StoreCore):
         confirmed breach must know to open, reopen or join an incident. Under a thousand
         breaches at once each store call waits its turn, so one call instead of two opens
         them sooner."""
-        found = await self._run_detecting(self._models, Incident, _OPEN_OR_LAST_RESOLVED,
-                                          {"fingerprint": fingerprint})
+        found = await self._select(Incident, _OPEN_OR_LAST_RESOLVED,
+                                   {"fingerprint": fingerprint}, lane=self._detecting)
         open_ = next((i for i in found if i.state != State.RESOLVED), None)
         resolved = next((i for i in found if i.state == State.RESOLVED), None)
         return open_, resolved
@@ -269,12 +284,12 @@ class IncidentRepository(StoreCore):
         query = _list_query(*shape)
         params = {"states": list(wanted), "kind": kind, "target": target, "since": since,
                   "until": until, "limit": limit}
-        return await self._run(self._models, Incident, query,
-                               {k: v for k, v in params.items() if v is not None and v != []})
+        return await self._select(Incident, query,
+                                  {k: v for k, v in params.items() if v is not None and v != []})
 
     async def overdue(self, now: datetime, *, limit: int = 100) -> list[Incident]:
         """Open incidents whose deadline has passed, most overdue first."""
-        return await self._run(self._models, Incident, _OVERDUE, {"now": now, "limit": limit})
+        return await self._select(Incident, _OVERDUE, {"now": now, "limit": limit})
 
     # --- transitions -------------------------------------------------------
 
@@ -294,11 +309,16 @@ class IncidentRepository(StoreCore):
         _check_text("reason", step.reason, MAX_REASON)
         _check_text("actor", step.actor, MAX_ACTOR)
         details = _json_safe("details", step.details)
+        if step.intent is None and self._direct is not None:
+            # One round trip, no BEGIN or COMMIT: a statement commits on its own
+            # (autocommit), and the history and outbox rows are written only if the update
+            # matched.
+            statement, values = step_in_one_statement(step, details)
+            return await self._run(_step_in_one_statement, step, self._prepared(statement),
+                                   self._prepared(_VERSION_AND_STATE), values)
         return await self._run(self._apply_transition, step, details)
 
     def _apply_transition(self, step: StepRequest, details: dict[str, Any]) -> Stepped:
-        if step.intent is None and self.engine.dialect.name == "postgresql":
-            return self._apply_in_one_statement(step, details)
         # SQLAlchemy Core, not the ORM: the version-checked update hands the row back
         # (RETURNING), so a step is its statements and one commit, with no unit of work.
         # A step that starts an attempt comes here on Postgres too: the attempt's number
@@ -326,41 +346,26 @@ class IncidentRepository(StoreCore):
                                            step.notifications, step.at))
         return Stepped(from_row(Incident, row._mapping), run)
 
-    def _apply_in_one_statement(self, step: StepRequest, details: dict[str, Any]) -> Stepped:
-        # One round trip, no BEGIN or COMMIT: a statement commits on its own (autocommit),
-        # and the history and outbox rows are written only if the update matched.
-        statement, values = step_in_one_statement(step, details)
-        with self._autocommit.connect() as conn:
-            row = conn.execute(statement, values).first()
-            if row is None:
-                self._not_moved(conn, step)
-        return Stepped(from_row(Incident, row._mapping), None)
-
     @staticmethod
     def _not_moved(conn: sa.Connection, step: StepRequest) -> NoReturn:
         """Why the version-checked update of `step` matched no row: raise it."""
-        incident = _INCIDENT
-        found = conn.execute(sa.select(incident.c.version, incident.c.state)
-                             .where(incident.c.id == step.incident_id)).first()
-        if found is None:
-            raise IncidentNotFound(step.incident_id)
-        raise ConcurrentUpdate(
-            incident_id=step.incident_id, expected_version=step.expected_version,
-            found_version=found.version, found_state=found.state,
-        )
+        found = conn.execute(_VERSION_AND_STATE, {"id": step.incident_id}).first()
+        _raise_not_moved(step, None if found is None else found._mapping)
 
     # --- history -----------------------------------------------------------
 
     async def timeline(self, incident_id: IncidentId) -> Timeline:
         """An incident with its transitions, attempts and notifications, each in order, all
         read from one snapshot (on Postgres in one round trip: see `snapshot`)."""
-        def work() -> Timeline:
-            (found, transitions, actions, notes) = read_snapshot(
-                self.engine, _TIMELINE, {"incident_id": incident_id})
-            if not found:
-                raise IncidentNotFound(incident_id)
-            return Timeline(found[0], transitions, actions, notes)
-        return await self._run(work)
+        params = {"incident_id": incident_id}
+        if self._direct is not None:
+            reads = await self._run(read_snapshot_direct, _TIMELINE, self.engine.dialect, params)
+        else:
+            reads = await self._run(read_snapshot, self.engine, _TIMELINE, params)
+        (found, transitions, actions, notes) = reads
+        if not found:
+            raise IncidentNotFound(incident_id)
+        return Timeline(found[0], transitions, actions, notes)
 
     async def history(
         self,

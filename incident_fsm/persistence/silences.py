@@ -65,9 +65,9 @@ class SilenceRepository(StoreCore):
                                                ).order_by(table.c.ends_at, table.c.id)
             if target is not None:
                 query = query.where(table.c.target == target)
-            return await self._run(self._models, Silence, query.limit(limit))
+            return await self._select(Silence, query.limit(limit))
         # What the agent reads every few seconds: built once.
-        return await self._run(self._models, Silence, _IN_FORCE, {"now": now, "limit": limit})
+        return await self._select(Silence, _IN_FORCE, {"now": now, "limit": limit})
 
     async def expire_silence(self, silence_id: int, *, actor: str, at: datetime) -> Silence:
         """End a silence now. An unknown or already ended one is refused, nothing changed."""

@@ -10,15 +10,18 @@ history. On SQLite they run one after another in one transaction (a snapshot
 there too).
 
 Each read is a `Read`: a model and a statement selecting its table's
-columns, with named bind parameters. The statements are compiled once per
-dialect; the rows become models as the ORM builds them (`models.from_row`):
-building them through `__init__` cost more than the round trips saved.
+columns, with named bind parameters. The statements are compiled once
+(`direct.prepare`); the rows become models as the ORM builds them
+(`models.from_row`): building them through `__init__` cost more than the
+round trips saved. The store reads a snapshot on the event loop
+(`read_snapshot_direct`) on Postgres; `read_snapshot` is the same read in a
+worker thread, and SQLite's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -26,6 +29,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlmodel import SQLModel
 
 from incident_fsm.models import from_row
+from incident_fsm.persistence import direct
 
 M = TypeVar("M", bound=SQLModel)
 
@@ -33,42 +37,20 @@ M = TypeVar("M", bound=SQLModel)
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Read(Generic[M]):
     """One statement of a snapshot and the model its rows become."""
 
     model: type[M]
     statement: sa.Select[Any]
-    _compiled: dict[str, _Compiled] = field(default_factory=dict, repr=False)
 
-    def compiled(self, dialect: Dialect) -> _Compiled:
-        found = self._compiled.get(dialect.name)
-        if found is None:
-            # Compiled once: SQLAlchemy caches compilation only for what it executes itself.
-            compiled = self.statement.compile(dialect=dialect)
-            columns = list(self.statement.selected_columns)
-            found = _Compiled(str(compiled), tuple(compiled.params),
-                              tuple(str(c.key) for c in columns),
-                              tuple(c.type.result_processor(dialect, None) for c in columns))
-            self._compiled[dialect.name] = found
-        return found
+    def prepared(self, dialect: Dialect) -> direct.Prepared:
+        prepared = direct.prepare(self.statement, dialect)
+        assert prepared is not None, "a snapshot's statements are complete as built"
+        return prepared
 
-    def models(self, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[M]:
-        return [from_row(self.model, dict(zip(names, row, strict=True))) for row in rows]
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    sql: str
-    parameters: tuple[str, ...]
-    names: tuple[str, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
-
-    def process(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        if not any(self.processors):
-            return [tuple(r) for r in rows]
-        return [tuple(v if p is None else p(v) for p, v in zip(self.processors, r, strict=True))
-                for r in rows]
+    def models(self, rows: Iterable[Mapping[Any, Any]]) -> list[M]:
+        return [from_row(self.model, row) for row in rows]
 
 
 def read_snapshot(engine: Engine, reads: Sequence[Read[Any]],
@@ -77,14 +59,25 @@ def read_snapshot(engine: Engine, reads: Sequence[Read[Any]],
     with engine.connect() as conn:
         if engine.dialect.name != "postgresql":
             with conn.begin():
-                return [read.models(read.statement.selected_columns.keys(),
-                                    conn.execute(read.statement, dict(params)).all())
+                return [read.models(row._mapping for row in
+                                    conn.execute(read.statement, dict(params)))
                         for read in reads]
-        compiled = [read.compiled(engine.dialect) for read in reads]
-        rows = _pipelined(conn, [(c.sql, {k: params[k] for k in c.parameters})
-                                 for c in compiled])
-        return [read.models(c.names, c.process(r))
-                for read, c, r in zip(reads, compiled, rows, strict=True)]
+        prepared = [read.prepared(engine.dialect) for read in reads]
+        rows = _pipelined(conn, [(p.sql, p.params(params)) for p in prepared])
+        return [read.models(p.rows(r)) for read, p, r in zip(reads, prepared, rows, strict=True)]
+
+
+async def read_snapshot_direct(conn: direct.Connection, reads: Sequence[Read[Any]],
+                               dialect: Dialect, params: Mapping[str, Any]) -> list[list[Any]]:
+    """`read_snapshot` on a connection of `direct`'s (Postgres, on the event loop). A
+    statement that fails leaves the connection in its snapshot: the pool closes it."""
+    prepared = [read.prepared(dialect) for read in reads]
+    async with conn.pipeline():
+        await conn.execute(BEGIN_SNAPSHOT)
+        cursors = [await conn.execute(p.sql, p.params(params)) for p in prepared]
+        await conn.execute("COMMIT")
+    return [read.models(p.rows(await cursor.fetchall()))
+            for read, p, cursor in zip(reads, prepared, cursors, strict=True)]
 
 
 def _pipelined(conn: sa.Connection, statements: Sequence[tuple[str, dict[str, Any]]]

@@ -2,11 +2,12 @@
 
 Every public method is a coroutine that runs one short synchronous
 SQLAlchemy unit of work in a worker thread (`anyio.to_thread.run_sync`,
-bounded by a capacity limiter). We chose worker threads over an async
-engine because one code path then serves Postgres (psycopg 3) and SQLite
-alike, Alembic and the CLI share the same engine setup, and each unit of
-work is a few statements long -- the thread hop costs microseconds while
-the event loop never waits on the database.
+bounded by a capacity limiter). Worker threads let one code path serve
+Postgres (psycopg 3) and SQLite alike, and Alembic and the CLI share the
+same engine setup. On Postgres the calls made most (a step without an
+attempt, an opening, `show`'s snapshot, the reads of one table) run on the
+event loop instead, over psycopg's async connections (`direct`): there the
+hop to a thread cost as much as the statement.
 
 Invariants the store keeps:
 - one transition = one transaction: the version-checked update of the

@@ -24,10 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import event
 
 from incident_fsm import IncidentId, Store
-from incident_fsm.persistence import snapshot
 
 from .common import Row, knob, libpq, throwaway_postgres
 
@@ -96,25 +94,29 @@ def load(url: str, *, incidents: int, per: int, checks: int) -> float:
 
 
 class Capture:
-    """The SQL statements (with parameters) a store call sends: through SQLAlchemy, and
-    through the snapshot reads' pipeline, which talks to psycopg directly."""
+    """The SQL statements (with parameters) a store call sends, in a worker thread or on
+    the event loop (`persistence.direct`): what psycopg's cursors execute, but for the
+    snapshot's BEGIN and COMMIT."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self) -> None:
         self.statements: list[tuple[str, Any]] = []
         self.on = False
-        event.listen(store.engine, "before_cursor_execute", self._seen)
-        pipelined = snapshot._pipelined
+        real, real_async = psycopg.Cursor.execute, psycopg.AsyncCursor.execute
 
-        def seen(conn: Any, statements: Any) -> Any:
-            if self.on:
-                self.statements += statements
-            return pipelined(conn, statements)
-        snapshot._pipelined = seen  # type: ignore[assignment]
+        def execute(cursor: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            self._seen(query, params)
+            return real(cursor, query, params, **kwargs)
 
-    def _seen(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
-              executemany: bool) -> None:
-        if self.on:
-            self.statements.append((statement, parameters))
+        async def execute_async(cursor: Any, query: Any, params: Any = None,
+                                **kwargs: Any) -> Any:
+            self._seen(query, params)
+            return await real_async(cursor, query, params, **kwargs)
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+        psycopg.AsyncCursor.execute = execute_async  # type: ignore[method-assign]
+
+    def _seen(self, query: Any, params: Any) -> None:
+        if self.on and not str(query).startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            self.statements.append((str(query), params))
 
 
 def explain(url: str, statements: list[tuple[str, Any]]) -> tuple[str, float]:
@@ -154,7 +156,7 @@ async def run() -> list[Row]:
         now = datetime.now(UTC)
         some = IncidentId(incidents // 2 + 7)
         async with Store(url) as store:
-            capture = Capture(store)
+            capture = Capture()
             # (name, call, absolute budget in ms, budget as a ratio to the server's time)
             calls: list[tuple[str, Callable[[], Awaitable[Any]], float | None,
                               float | None]] = [

@@ -1,0 +1,127 @@
+"""Calls on the event loop (`persistence.direct`): prepared statements, the connection
+pool's reuse and limits, deadlines, and errors named as a worker thread's are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from incident_fsm.errors import SchemaNotReady, StoreUnavailable
+from incident_fsm.models import Incident
+from incident_fsm.persistence import database as db
+from incident_fsm.persistence import direct
+from incident_fsm.persistence.effects import _table
+from incident_fsm.persistence.store import Store
+
+from .conftest import create_database, drop_database
+
+pytestmark = pytest.mark.anyio
+
+INCIDENT = _table(Incident)
+
+
+async def _pid(conn: Any) -> int:
+    return int(conn.info.backend_pid)
+
+
+def _alive(postgres_url: str, pids: set[int]) -> set[int]:
+    """Which of `pids` are still server processes."""
+    admin = db.create_engine(postgres_url)
+    try:
+        with admin.connect() as conn:
+            rows = conn.execute(sa.text("SELECT pid FROM pg_stat_activity")).scalars()
+            return pids & set(rows)
+    finally:
+        admin.dispose()
+
+
+def test_a_statement_is_prepared_once_with_its_own_literals_and_readers() -> None:
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    statement = sa.select(INCIDENT).where(INCIDENT.c.fingerprint == sa.bindparam("fp"),
+                                          INCIDENT.c.state != "resolved")
+    prepared = direct.prepare(statement, dialect)
+    assert prepared is not None and direct.prepare(statement, dialect) is prepared
+    params = prepared.params({"fp": "api:disk_high"})
+    # the literal SQLAlchemy made a parameter keeps its value; ours is bound as given
+    assert sorted(params.values(), key=str) == ["api:disk_high", "resolved"]
+    assert prepared.names[:3] == ("id", "fingerprint", "target")
+
+
+def test_a_statement_sqlalchemy_must_finish_per_call_is_not_prepared() -> None:
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    expanding = sa.select(INCIDENT).where(
+        INCIDENT.c.state.in_(sa.bindparam("states", expanding=True)))
+    assert direct.prepare(expanding, dialect) is None
+
+
+async def test_calls_reuse_one_connection_and_never_open_more_than_the_lane_allows(
+    postgres_url: str
+) -> None:
+    async with Store(postgres_url, max_threads=2) as store:
+        first = await store._run(_pid)
+        assert await store._run(_pid) == first  # kept, not opened again
+        seen: set[int] = set()
+        running = 0
+        most = 0
+
+        async def call() -> None:
+            async def hold(conn: Any) -> None:
+                nonlocal running, most
+                running += 1
+                most = max(most, running)
+                seen.add(int(conn.info.backend_pid))
+                await conn.execute("SELECT pg_sleep(0.02)")
+                running -= 1
+            await store._run(hold)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(call)
+        assert most == 2 and len(seen) == 2  # the shared lane's two
+    assert not _alive(postgres_url, seen | {first})  # closing the store closed them
+
+
+async def test_a_call_past_its_deadline_is_unavailable_and_its_connection_closed(
+    postgres_url: str
+) -> None:
+    used: list[Any] = []
+
+    async def slow(conn: Any) -> None:
+        used.append(conn)
+        await conn.execute("SELECT pg_sleep(3)")
+
+    async with Store(postgres_url) as store:
+        mine = await store._run(_pid)
+        store.call_timeout = 0.3
+        with anyio.fail_after(2.5):  # the call's own deadline ends it, not the statement
+            with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.3s"):
+                await store._run(slow)
+        store.call_timeout = 30
+        # Closed, not kept: the next call gets a connection of its own.
+        assert used[0].closed and await store._run(_pid) != mine
+
+
+async def test_an_unreachable_database_is_unavailable_without_secrets() -> None:
+    url = "postgresql+psycopg://ops:s3cr3t-pw@127.0.0.1:9/incidents"
+    async with Store(url) as store:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.find_open("api:disk_high")  # a call on the event loop
+    assert "s3cr3t" not in str(info.value) and "nothing was written" in str(info.value)
+    assert "connection refused" in str(info.value)
+
+
+async def test_missing_tables_are_schema_not_ready() -> None:
+    url = create_database()  # no migrations
+    try:
+        async with Store(url) as store:
+            with pytest.raises(SchemaNotReady, match="incident-fsm db upgrade"):
+                await store.find_open("api:disk_high")
+    finally:
+        drop_database(url)
