@@ -3,6 +3,7 @@ pool's reuse and limits, deadlines, and errors named as a worker thread's are.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from incident_fsm.errors import SchemaNotReady, StoreUnavailable
-from incident_fsm.models import Incident
+from incident_fsm.models import HealthRow, Incident
 from incident_fsm.persistence import database as db
 from incident_fsm.persistence import direct
 from incident_fsm.persistence.effects import _table
@@ -125,3 +126,17 @@ async def test_missing_tables_are_schema_not_ready() -> None:
                 await store.find_open("api:disk_high")
     finally:
         drop_database(url)
+
+
+async def test_a_flush_of_health_rows_is_all_or_nothing(postgres_url: str) -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    good = HealthRow(target="flush-a", at=at, source="/health", ok=True, latency_ms=3.0)
+    # NOT NULL: the second insert fails
+    broken = HealthRow(target="flush-a", at=at, source="/health", ok=None,  # type: ignore[arg-type]
+                       latency_ms=3.0)
+    async with Store(postgres_url) as store:
+        with pytest.raises(sa.exc.IntegrityError):
+            await store.record_health_check(good, broken)
+        assert await store.health_checks(target="flush-a") == []  # the first went too
+        await store.record_health_check(good, good)  # and the connection is usable
+        assert len(await store.health_checks(target="flush-a")) == 2

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -78,11 +80,19 @@ async def test_agents_lists_the_living_and_the_crashed_with_leader_version_and_s
 
 
 async def test_a_lease_renewal_writes_its_holders_heartbeat_in_the_same_statement(
-    store: Store, clock: ManualClock
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # What the store sends through SQLAlchemy (worker threads) and on the event loop
+    # (psycopg's async cursors, see persistence.direct).
     statements: list[str] = []
     sa.event.listen(store.engine, "before_cursor_execute",
                     lambda *args: statements.append(args[2]))
+    real = psycopg.AsyncCursor.execute
+
+    async def execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return await real(cursor, query, *args, **kwargs)
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute)
     t0 = clock.now()
     lease = await store.acquire_lease("agent-leader", "host-a:1", now=t0, ttl=15, beat_ttl=30,
                                       version="1.2.3")

@@ -273,8 +273,9 @@ class StoreCore:
             return await self._run(self._models, model, query, params, _lane=lane)
         return await self._run(_direct_models, model, prepared, params or {}, _lane=lane)
 
-    def _prepared(self, statement: sa.Select[Any]) -> direct.Prepared:
+    def _prepared(self, statement: sa.Executable) -> direct.Prepared:
         """`statement` prepared for a call on the event loop (`direct`)."""
+        assert isinstance(statement, sa.ClauseElement)
         prepared = direct.prepare(statement, self.engine.dialect)
         assert prepared is not None, "a statement run on the event loop is complete as built"
         return prepared

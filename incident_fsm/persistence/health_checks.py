@@ -15,22 +15,34 @@ from incident_fsm.models import (
     HealthCheck,
     HealthRow,
 )
+from incident_fsm.persistence import direct
 from incident_fsm.persistence.core import (
     StoreCore,
 )
+from incident_fsm.persistence.effects import _table
 
 #: Rows one pruning statement deletes at most: short statements, short locks.
 PRUNE_BATCH = 5000
 
+_COLUMNS = ("target", "at", "source", "ok", "latency_ms", "memory_pct", "disk_pct", "cpu_pct",
+            "error", "cause")
+#: One row's insert, for the rows of a flush on the event loop (Postgres, see `direct`).
+_INSERT = sa.insert(_table(HealthCheck)).values({c: sa.bindparam(c) for c in _COLUMNS})
+
 
 def _values(check: HealthRow | HealthCheck) -> dict[str, Any]:
     """The row's columns, its texts clipped to fit (reasons come from remote answers)."""
-    return {
-        "target": check.target[:200], "at": check.at, "source": check.source[:200],
-        "ok": check.ok, "latency_ms": check.latency_ms, "memory_pct": check.memory_pct,
-        "disk_pct": check.disk_pct, "cpu_pct": check.cpu_pct, "error": check.error[:1000],
-        "cause": check.cause,
-    }
+    return dict(zip(_COLUMNS, (
+        check.target[:200], check.at, check.source[:200], check.ok, check.latency_ms,
+        check.memory_pct, check.disk_pct, check.cpu_pct, check.error[:1000], check.cause),
+        strict=True))
+
+
+async def _insert_rows(conn: direct.Connection, insert: direct.Prepared,
+                       rows: list[dict[str, Any]]) -> None:
+    # All or none, in one round trip: BEGIN, the inserts and COMMIT pipelined.
+    async with conn.pipeline(), conn.transaction():
+        await conn.cursor().executemany(insert.sql, [insert.params(row) for row in rows])
 
 
 class HealthCheckRepository(StoreCore):
@@ -42,6 +54,9 @@ class HealthCheckRepository(StoreCore):
         """Insert rows (of one poll, or of many) in one statement and one transaction."""
         rows = [_values(check) for check in checks]
         if not rows:
+            return
+        if self._direct is not None:
+            await self._run(_insert_rows, self._prepared(_INSERT), rows)
             return
 
         def work() -> None:

@@ -17,6 +17,7 @@ from incident_fsm.errors import (
     InvalidInput,
 )
 from incident_fsm.models import Lease, from_row
+from incident_fsm.persistence import direct
 from incident_fsm.persistence.core import (
     MAX_ACTOR,
     StoreCore,
@@ -52,6 +53,7 @@ def _heartbeat_name(replica: str) -> str:
 
 
 _LEASE: sa.Table = Lease.__table__  # type: ignore[attr-defined]
+_BY_NAME = sa.select(_LEASE).where(_LEASE.c.name == sa.bindparam("name"))
 @functools.cache
 def _upsert(dialect: str, *, contested: bool, beat: bool = False) -> sa.Executable:
     """The upsert per dialect and whether the row is contested, built when first used:
@@ -91,6 +93,15 @@ def _upsert_of(dialect: str, *, contested: bool, prefix: str) -> Any:
     return stmt if prefix else stmt.returning(*c)
 
 
+async def _acquire(conn: direct.Connection, upsert: direct.Prepared, by_name: direct.Prepared,
+                   params: dict[str, Any]) -> Lease:
+    """`acquire_lease`'s statement on a connection of `direct`'s."""
+    rows = await direct.fetch(conn, upsert, params)
+    if not rows:  # the condition kept it from us: as it stands, someone else's
+        rows = await direct.fetch(conn, by_name, {"name": params["name"]})
+    return from_row(Lease, rows[0])
+
+
 class LeaseRepository(StoreCore):
     """Named leases with a holder and an expiry; heartbeats are the rows `heartbeat:<replica>`."""
 
@@ -114,6 +125,14 @@ class LeaseRepository(StoreCore):
             beat = {"beat_name": _heartbeat_name(holder),
                     "beat_expires": now + timedelta(seconds=beat_ttl),
                     "beat_version": None if version is None else version[:40]}
+
+        if self._direct is not None:  # one statement, on the event loop (see `direct`)
+            params = {"name": name, "holder": holder, "now": now, "expires": expires,
+                      "version": None, **(beat or {})}
+            return await self._run(
+                _acquire, self._prepared(_upsert("postgresql", contested=True,
+                                                 beat=beat is not None)),
+                self._prepared(_BY_NAME), params, _lane=self._urgent)
 
         def work() -> Lease:
             lease = self._upsert_lease(name, holder, now=now, expires=expires, contested=True,
@@ -145,7 +164,7 @@ class LeaseRepository(StoreCore):
             row = conn.execute(statement, {**params, **(beat or {})} if together else params
                                ).first()
             if row is None:  # the condition kept it from us: as it stands, someone else's
-                row = conn.execute(sa.select(_LEASE).where(_LEASE.c.name == name)).first()
+                row = conn.execute(_BY_NAME, {"name": name}).first()
         return None if row is None else from_row(Lease, row._mapping)
 
     async def release_lease(self, name: str, holder: str) -> None:
