@@ -28,21 +28,32 @@ async def _pid(conn: Any) -> int:
     return int(conn.info.backend_pid)
 
 
-def _alive(postgres_url: str, pids: set[int]) -> set[int]:
-    """Which of `pids` are still server processes."""
+async def _gone(postgres_url: str, pids: set[int]) -> bool:
+    """Whether all of `pids` stop being server processes within 5 s (a backend exits a
+    moment after its client said goodbye)."""
     admin = db.create_engine(postgres_url)
     try:
-        with admin.connect() as conn:
-            rows = conn.execute(sa.text("SELECT pid FROM pg_stat_activity")).scalars()
-            return pids & set(rows)
+        with anyio.move_on_after(5):
+            while True:
+                with admin.connect() as conn:
+                    alive = set(conn.execute(sa.text("SELECT pid FROM pg_stat_activity"))
+                                .scalars())
+                if not pids & alive:
+                    return True
+                await anyio.sleep(0.05)
+        return False
     finally:
         admin.dispose()
 
 
-def test_a_statement_is_prepared_once_with_its_own_literals_and_readers() -> None:
-    from sqlalchemy.dialects import postgresql
+def _psycopg_dialect() -> Any:
+    from sqlalchemy.dialects.postgresql import psycopg as dialects
 
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return dialects.dialect()
+
+
+def test_a_statement_is_prepared_once_with_its_own_literals_and_readers() -> None:
+    dialect = _psycopg_dialect()
     statement = sa.select(INCIDENT).where(INCIDENT.c.fingerprint == sa.bindparam("fp"),
                                           INCIDENT.c.state != "resolved")
     prepared = direct.prepare(statement, dialect)
@@ -51,12 +62,12 @@ def test_a_statement_is_prepared_once_with_its_own_literals_and_readers() -> Non
     # the literal SQLAlchemy made a parameter keeps its value; ours is bound as given
     assert sorted(params.values(), key=str) == ["api:disk_high", "resolved"]
     assert prepared.names[:3] == ("id", "fingerprint", "target")
+    with pytest.raises(sa.exc.ArgumentError, match="'fp'"):  # never NULL in its place
+        prepared.params({})
 
 
 def test_a_statement_sqlalchemy_must_finish_per_call_is_not_prepared() -> None:
-    from sqlalchemy.dialects import postgresql
-
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    dialect = _psycopg_dialect()
     expanding = sa.select(INCIDENT).where(
         INCIDENT.c.state.in_(sa.bindparam("states", expanding=True)))
     assert direct.prepare(expanding, dialect) is None
@@ -86,7 +97,7 @@ async def test_calls_reuse_one_connection_and_never_open_more_than_the_lane_allo
             for _ in range(10):
                 tg.start_soon(call)
         assert most == 2 and len(seen) == 2  # the shared lane's two
-    assert not _alive(postgres_url, seen | {first})  # closing the store closed them
+    assert await _gone(postgres_url, seen | {first})  # closing the store closed them
 
 
 async def test_a_call_past_its_deadline_is_unavailable_and_its_connection_closed(
@@ -107,6 +118,23 @@ async def test_a_call_past_its_deadline_is_unavailable_and_its_connection_closed
         store.call_timeout = 30
         # Closed, not kept: the next call gets a connection of its own.
         assert used[0].closed and await store._run(_pid) != mine
+
+
+async def test_a_connection_left_in_a_transaction_is_not_reused(postgres_url: str) -> None:
+    async def begin(conn: Any) -> int:
+        await conn.execute("BEGIN")
+        return int(conn.info.backend_pid)
+
+    async def status(conn: Any) -> Any:
+        return conn.info.transaction_status
+
+    from psycopg.pq import TransactionStatus
+
+    async with Store(postgres_url) as store:
+        left_open = await store._run(begin)
+        assert await store._run(_pid) != left_open
+        assert await store._run(status) == TransactionStatus.IDLE
+    assert await _gone(postgres_url, {left_open})  # closed, not merely set aside
 
 
 async def test_an_unreachable_database_is_unavailable_without_secrets() -> None:

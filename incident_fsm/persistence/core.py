@@ -86,9 +86,11 @@ class StoreCore:
         resolved = database.resolve_url(url)
         # The password lives only inside the engine (which needs it and never prints
         # it); what the store shows of where it writes is this redacted text.
-        # A connection for every thread of every lane (shared, detecting, urgent).
+        # A connection for every thread of every lane (shared, detecting, urgent); on
+        # Postgres only the shared lane's are kept while idle: the calls made most run
+        # on `_direct`'s connections instead.
         self.engine: Engine = database.create_engine(
-            resolved, connections=max_threads + DETECTING_THREADS + 1)
+            resolved, connections=max_threads + DETECTING_THREADS + 1, kept=max_threads)
         # Reads and single statements on Postgres go without BEGIN and COMMIT: two round
         # trips of three. A read loses nothing by it (under READ COMMITTED each statement
         # sees its own snapshot inside a transaction too), and one statement is atomic on
@@ -188,20 +190,13 @@ class StoreCore:
             self._in_flight -= 1
 
     async def _direct_call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        import psycopg
-
         assert self._direct is not None, "calls on the event loop are for Postgres only"
         try:
             return await self._direct.call(lambda conn: fn(conn, *args, **kwargs))
-        except psycopg.Error as exc:
-            # Wrapped as SQLAlchemy wraps what it runs (the same subclasses: an
-            # IntegrityError stays one), then named as a call in a thread is.
-            wrapped = DBAPIError.instance(
-                None, None, exc, psycopg.Error, hide_parameters=True,
-                connection_invalidated=isinstance(exc, psycopg.OperationalError))
-            if isinstance(wrapped, DBAPIError):
-                self._raise_translated(wrapped)
-            raise wrapped from None
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            self._raise_translated(exc)
 
     def _guarded(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         with self._threads_lock:
@@ -222,8 +217,6 @@ class StoreCore:
     def _raise_translated(self, exc: DBAPIError) -> NoReturn:
         """`exc` in our words: the driver's text can carry SQL and parameters, so only
         our words for its cause."""
-        if isinstance(exc, IntegrityError):
-            raise exc from exc.orig
         cause = database.describe_failure(exc)
         if _is_missing_table(exc):
             raise SchemaNotReady(f"database {self.url}: {cause}; "

@@ -80,14 +80,16 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, connections: int = 5) -> Engine:
+def create_engine(url: str, *, connections: int = 5, kept: int | None = None) -> Engine:
     """An engine with timeouts everywhere and SQLite set up for safe concurrent writers.
 
     `connections`: how many calls may use a Postgres connection at once (a store's
-    worker threads, all lanes). The pool keeps that many and allows as many again:
-    a call abandoned on a silent network (see `Store.call_timeout`) holds its
-    connection until the socket gives up, and the calls after it need their own.
+    worker threads, all lanes). The pool allows twice that many, and keeps `kept`
+    of them (default: `connections`) open while idle: a call abandoned on a silent
+    network (see `Store.call_timeout`) holds its connection until the socket gives
+    up, and the calls after it need their own.
     """
+    kept = connections if kept is None else kept
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(
@@ -98,8 +100,8 @@ def create_engine(url: str, *, connections: int = 5) -> Engine:
         return engine
     engine = sa.create_engine(
         parsed,
-        pool_size=connections,
-        max_overflow=connections,
+        pool_size=kept,
+        max_overflow=2 * connections - kept,
         pool_timeout=STATEMENT_TIMEOUT,
         connect_args=_POSTGRES_CONNECT_ARGS,
     )

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -43,13 +44,17 @@ T = TypeVar("T")
 Connection = Any
 
 
+#: Stands for the value of a parameter the caller must give.
+_REQUIRED: Any = object()
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One statement compiled for psycopg: its SQL, how values bind, how columns read."""
 
     sql: str
     #: each parameter's name, how its value binds, and the value the statement holds
-    #: for it (a literal SQLAlchemy made a parameter)
+    #: for it (a literal SQLAlchemy made a parameter; `_REQUIRED` if the caller gives it)
     binds: tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]
     names: tuple[str, ...]
     processors: tuple[Callable[[Any], Any] | None, ...]
@@ -59,6 +64,9 @@ class Prepared:
         params = {}
         for name, bind, own in self.binds:
             value = values.get(name, own)
+            if value is _REQUIRED:
+                # As SQLAlchemy refuses it, rather than binding NULL in its place.
+                raise sa.exc.ArgumentError(f"a value is required for parameter {name!r}")
             params[name] = value if bind is None or value is None else bind(value)
         return params
 
@@ -83,7 +91,7 @@ def prepare(statement: ClauseElement, dialect: Dialect) -> Prepared | None:
     """`statement` compiled once for `dialect` (psycopg), or None if SQLAlchemy must
     finish it per call (expanding, literal or computed parameters): run that one
     through it."""
-    key = (id(statement), dialect.name)
+    key = (id(statement), f"{dialect.name}+{dialect.driver}")
     found = _PREPARED.get(key)
     if found is not None:
         return found[1]
@@ -95,7 +103,7 @@ def prepare(statement: ClauseElement, dialect: Dialect) -> Prepared | None:
         # Each parameter once, by the name it has in the SQL (`binds` also holds
         # anonymous ones under their internal keys).
         binds = tuple((name, param.type.dialect_impl(dialect).bind_processor(dialect),
-                       param.value)
+                       _REQUIRED if param.required else param.value)
                       for param, name in compiled.bind_names.items())
         # A select's columns, or what an insert or update returns (nothing: no rows).
         columns = list(getattr(statement, "exported_columns", ()))
@@ -125,34 +133,52 @@ class DirectPool:
         self._closed = False
 
     async def call(self, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """`work` on a connection of the pool. psycopg's errors pass through as they
-        are; the caller names them (`StoreCore._run`)."""
+        """`work` on a connection of the pool. psycopg's errors come out wrapped as
+        SQLAlchemy wraps what it runs (`DBAPIError`, the same subclasses), so the caller
+        names them as it names a worker thread's (`StoreCore._run`)."""
+        import psycopg
         from psycopg.pq import TransactionStatus
 
-        conn = await self._checkout()
-        reusable = False
+        try:
+            conn = await self._checkout()
+        except psycopg.Error as exc:  # no connection to be had
+            raise sa.exc.DBAPIError.instance(None, None, exc, psycopg.Error,
+                                             hide_parameters=True,
+                                             connection_invalidated=True) from exc
+        ended = False
         try:
             result = await work(conn)
-            reusable = True
+            ended = True
             return result
-        except Exception:
+        except psycopg.Error as exc:
             # A failed statement in autocommit leaves the connection idle and usable.
-            reusable = not conn.closed and not conn.broken
-            raise
+            ended = not conn.closed and not conn.broken
+            raise sa.exc.DBAPIError.instance(
+                None, None, exc, psycopg.Error, hide_parameters=True,
+                connection_invalidated=not ended) from exc
         finally:
-            # Anything else (a cancelled call, a pipeline that did not finish) leaves it
-            # in a state no next call should inherit.
-            if (reusable and not self._closed and len(self._idle) < self._keep
+            # Anything else (a cancelled call, a transaction or pipeline left open) leaves
+            # it in a state no next call should inherit.
+            if (ended and not self._closed and len(self._idle) < self._keep
                     and conn.info.transaction_status == TransactionStatus.IDLE):
                 self._idle.append((conn, time.monotonic()))
             else:
+                if conn.closed or conn.broken:
+                    # What killed it (a server restart, a failover, a network change)
+                    # most likely killed the idle ones too, unseen if no goodbye reached
+                    # them: let them all go, as SQLAlchemy's pool does, rather than fail
+                    # one call after another on them.
+                    await self._discard_idle()
                 await conn.close()
+
+    async def _discard_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await conn.close()  # it awaits nothing: safe in a cancelled call's cleanup
 
     async def _checkout(self) -> Connection:
         import psycopg
 
-        if self._closed:
-            raise RuntimeError("the store is closed")
         while self._idle:
             conn, used_at = self._idle.pop()
             if conn.closed or conn.broken or database._readable(conn):
@@ -165,12 +191,12 @@ class DirectPool:
                     await conn.close()
                     continue
             return conn
+        # After `close` a call still gets a connection (closed when it ends), as a
+        # worker thread's call gets one from a disposed SQLAlchemy pool.
         return await psycopg.AsyncConnection.connect(**self._args, autocommit=True)
 
     async def close(self) -> None:
         """Close the idle connections; one still in a call is closed when it ends."""
         self._closed = True
-        idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            await conn.close()
+        await self._discard_idle()
 

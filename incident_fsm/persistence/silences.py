@@ -7,7 +7,9 @@ silence kept the agent's hands off an incident, and until when.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -21,6 +23,24 @@ _SILENCE = _table(Silence)
 _IN_FORCE = (sa.select(_SILENCE)
              .where(_SILENCE.c.ends_at > sa.bindparam("now"), _SILENCE.c.expired_at.is_(None))
              .order_by(_SILENCE.c.ends_at, _SILENCE.c.id).limit(sa.bindparam("limit")))
+
+
+@functools.cache
+def _silences_query(include_ended: bool, of_target: bool) -> sa.Select[Any]:
+    """`silences`' statement for one combination of its options, built once: what the
+    agent reads every few seconds is `_IN_FORCE`, the first of them."""
+    if not include_ended and not of_target:
+        return _IN_FORCE
+    if include_ended:
+        query = sa.select(_SILENCE).order_by(_SILENCE.c.ends_at.desc(), _SILENCE.c.id.desc())
+    else:
+        query = (sa.select(_SILENCE)
+                 .where(_SILENCE.c.ends_at > sa.bindparam("now"),
+                        _SILENCE.c.expired_at.is_(None))
+                 .order_by(_SILENCE.c.ends_at, _SILENCE.c.id))
+    if of_target:
+        query = query.where(_SILENCE.c.target == sa.bindparam("target"))
+    return query.limit(sa.bindparam("limit"))
 
 
 class SilenceRepository(StoreCore):
@@ -55,19 +75,8 @@ class SilenceRepository(StoreCore):
                        target: str | None = None, limit: int = 200) -> list[Silence]:
         """Silences in force or yet to start at `now`, the soonest to end first; with
         `include_ended`, every one, the latest to end first. `target`: only its own."""
-        if include_ended or target is not None:
-            table = _table(Silence)
-            if include_ended:
-                query = sa.select(table).order_by(table.c.ends_at.desc(), table.c.id.desc())
-            else:
-                query = sa.select(table).where(table.c.ends_at > now,
-                                               table.c.expired_at.is_(None)
-                                               ).order_by(table.c.ends_at, table.c.id)
-            if target is not None:
-                query = query.where(table.c.target == target)
-            return await self._select(Silence, query.limit(limit))
-        # What the agent reads every few seconds: built once.
-        return await self._select(Silence, _IN_FORCE, {"now": now, "limit": limit})
+        return await self._select(Silence, _silences_query(include_ended, target is not None),
+                                  {"now": now, "target": target, "limit": limit})
 
     async def expire_silence(self, silence_id: int, *, actor: str, at: datetime) -> Silence:
         """End a silence now. An unknown or already ended one is refused, nothing changed."""

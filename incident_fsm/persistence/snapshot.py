@@ -13,9 +13,8 @@ Each read is a `Read`: a model and a statement selecting its table's
 columns, with named bind parameters. The statements are compiled once
 (`direct.prepare`); the rows become models as the ORM builds them
 (`models.from_row`): building them through `__init__` cost more than the
-round trips saved. The store reads a snapshot on the event loop
-(`read_snapshot_direct`) on Postgres; `read_snapshot` is the same read in a
-worker thread, and SQLite's.
+round trips saved. On Postgres the store reads a snapshot on the event loop
+(`read_snapshot_direct`); `read_snapshot` is SQLite's, in a worker thread.
 """
 
 from __future__ import annotations
@@ -55,16 +54,12 @@ class Read(Generic[M]):
 
 def read_snapshot(engine: Engine, reads: Sequence[Read[Any]],
                   params: Mapping[str, Any]) -> list[list[Any]]:
-    """The models each of `reads` selects with `params`, in order, from one snapshot."""
-    with engine.connect() as conn:
-        if engine.dialect.name != "postgresql":
-            with conn.begin():
-                return [read.models(row._mapping for row in
-                                    conn.execute(read.statement, dict(params)))
-                        for read in reads]
-        prepared = [read.prepared(engine.dialect) for read in reads]
-        rows = _pipelined(conn, [(p.sql, p.params(params)) for p in prepared])
-        return [read.models(p.rows(r)) for read, p, r in zip(reads, prepared, rows, strict=True)]
+    """The models each of `reads` selects with `params`, in order, from one snapshot:
+    one transaction on SQLite (a worker-thread call; Postgres reads a snapshot on the
+    event loop, `read_snapshot_direct`)."""
+    with engine.connect() as conn, conn.begin():
+        return [read.models(row._mapping for row in conn.execute(read.statement, dict(params)))
+                for read in reads]
 
 
 async def read_snapshot_direct(conn: direct.Connection, reads: Sequence[Read[Any]],
@@ -79,35 +74,3 @@ async def read_snapshot_direct(conn: direct.Connection, reads: Sequence[Read[Any
     return [read.models(p.rows(await cursor.fetchall()))
             for read, p, cursor in zip(reads, prepared, cursors, strict=True)]
 
-
-def _pipelined(conn: sa.Connection, statements: Sequence[tuple[str, dict[str, Any]]]
-               ) -> list[list[tuple[Any, ...]]]:
-    import psycopg  # the Postgres driver: only a Postgres store gets here
-    from psycopg.pq import TransactionStatus
-
-    raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
-    sent = ";\n".join(sql for sql, _ in statements)  # which one failed, psycopg does not say
-    try:
-        if raw.info.transaction_status != TransactionStatus.IDLE:
-            raw.rollback()  # left open by whoever used it last: start clean
-        # Autocommit only so that psycopg adds no BEGIN of its own: ours names the snapshot.
-        raw.autocommit = True
-        try:
-            with raw.pipeline():
-                raw.execute(BEGIN_SNAPSHOT)
-                cursors = [raw.execute(sql, parameters) for sql, parameters in statements]
-                raw.execute("COMMIT")
-            return [cursor.fetchall() for cursor in cursors]
-        finally:
-            if not raw.broken and not raw.closed:
-                if raw.info.transaction_status != TransactionStatus.IDLE:
-                    raw.execute("ROLLBACK")  # a statement failed: COMMIT never ran
-                raw.autocommit = False
-    except psycopg.Error as exc:
-        # Wrapped as SQLAlchemy wraps what it runs, so the store names the cause the
-        # same way (and a dead connection leaves the pool, as it would there).
-        dead = raw.broken or raw.closed
-        if dead:
-            conn.invalidate()
-        raise sa.exc.DBAPIError(sent, None, exc, hide_parameters=True,
-                                connection_invalidated=dead) from exc
