@@ -765,7 +765,9 @@ async def test_an_opening_is_one_statement_on_postgres(
         sent = _record_sent(monkeypatch)
         at = clock.now()
         opened = await store.open_incident(
-            target="api", kind="memory_high", severity="critical", at=at, deadline_at=None,
+            # The run's Postgres database is shared: a target no other test opens.
+            target="one-statement-opening", kind="memory_high", severity="critical", at=at,
+            deadline_at=None,
             reason="memory 90% > 80%", details={"memory_pct": 90.0},
             notifications=[OutboxMessage("pam", {"text": "alert"}),
                            OutboxMessage("webhook", {"event": "opened"})])
@@ -773,7 +775,8 @@ async def test_an_opening_is_one_statement_on_postgres(
         assert [auto for _, auto in sent] == [True]  # one round trip: no BEGIN, no COMMIT
         sent.clear()
         again = await store.open_incident(
-            target="api", kind="memory_high", severity="critical", at=clock.advance(5),
+            target="one-statement-opening", kind="memory_high", severity="critical",
+            at=clock.advance(5),
             deadline_at=None, reason="still high",
             notifications=[OutboxMessage("pam", {"text": "again"})])
         assert not again.created and again.incident.id == opened.incident.id

@@ -6,7 +6,8 @@ statement, more than the statement. Measured on this machine (2 cores,
 Postgres on loopback), a step cost 0.96-1.02 ms of the agent's CPU through a
 thread and 0.43-0.53 ms here; `show`'s snapshot 0.48 ms and 0.26 ms. So on
 Postgres the calls the agent and the operator make most go here: a step
-without an attempt, an opening, `show`'s snapshot and the reads of one table.
+without an attempt, an opening, a lease renewal, a flush of health rows,
+`show`'s snapshot and the reads of one table.
 Everything else, and everything on SQLite, stays on the worker threads.
 
 Statements are still SQLAlchemy's, built once by the repositories; `prepare`

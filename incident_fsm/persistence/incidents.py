@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 
@@ -81,13 +80,12 @@ def _list_query(states: bool, kind: bool, target: bool, since: bool, until: bool
     return query.order_by(c.opened_at.desc(), c.id.desc()).limit(sa.bindparam("limit"))
 
 
-@functools.cache
-def _open_insert(dialect: str) -> sa.Executable:
-    """`open_incident`'s insert, per dialect: nothing when one of its fingerprint is open."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (insert(_INCIDENT).on_conflict_do_nothing(index_elements=[_INCIDENT.c.fingerprint],
-                                                     index_where=OPEN_PREDICATE)
-            .returning(*_INCIDENT.c))
+#: `open_incident`'s insert on SQLite: nothing when one of its fingerprint is open (on
+#: Postgres an opening is one statement, `effects.open_in_one_statement`).
+_OPEN_INSERT = (sqlite_insert(_INCIDENT)
+                .on_conflict_do_nothing(index_elements=[_INCIDENT.c.fingerprint],
+                                        index_where=OPEN_PREDICATE)
+                .returning(*_INCIDENT.c))
 
 
 #: What the monitor and the drivers ask of every breach and step, built once.
@@ -210,7 +208,7 @@ class IncidentRepository(StoreCore):
 
     def _open_incident(self, values: dict[str, Any], history: dict[str, Any],
                        notifications: tuple[OutboxMessage, ...]) -> Opened:
-        insert = _open_insert(self.engine.dialect.name)
+        insert = _OPEN_INSERT
         fingerprint = values["fingerprint"]
         for _ in range(OPEN_RETRIES):
             # One transaction, SQLAlchemy Core: the insert yields to an open incident of

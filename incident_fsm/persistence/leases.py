@@ -149,20 +149,18 @@ class LeaseRepository(StoreCore):
         `acquired_at` is kept while the holder stays the same. A `contested` row
         (a lease) is taken over only once it has expired; a heartbeat's row is
         always written. `beat`: the parameters of the holder's heartbeat row, written
-        in the same statement on Postgres, in the same transaction elsewhere.
+        in the same transaction (SQLite; on Postgres `acquire_lease` writes both in one
+        statement on the event loop, see `_acquire`).
         """
         dialect = self.engine.dialect.name
         params = {"name": name, "holder": holder, "now": now, "expires": expires,
                   "version": version}
-        together = beat is not None and dialect == "postgresql"
         with self._one_statement() as conn:
-            if beat is not None and not together:
+            if beat is not None:
                 conn.execute(_upsert(dialect, contested=False),
                              {"name": beat["beat_name"], "holder": holder, "now": now,
                               "expires": beat["beat_expires"], "version": beat["beat_version"]})
-            statement = _upsert(dialect, contested=contested, beat=together)
-            row = conn.execute(statement, {**params, **(beat or {})} if together else params
-                               ).first()
+            row = conn.execute(_upsert(dialect, contested=contested), params).first()
             if row is None:  # the condition kept it from us: as it stands, someone else's
                 row = conn.execute(_BY_NAME, {"name": name}).first()
         return None if row is None else from_row(Lease, row._mapping)
