@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import anyio
-import httpx
+
+from incident_fsm.lazy import HttpClient, httpx
 
 #: The encodings `read_capped` inflates: what a request read with it may accept.
 ACCEPT_ENCODING: Final = "gzip, deflate, identity"
@@ -69,7 +70,7 @@ async def drain_capped(response: httpx.Response, *, limit: int) -> int:
 
 
 async def exchange(
-    http: httpx.AsyncClient, *, method: str, url: str, headers: Mapping[str, str] | None,
+    http: HttpClient, *, method: str, url: str, headers: Mapping[str, str] | None,
     json: Any, content: bytes | None, time_limit: float, max_body: int,
 ) -> tuple[httpx.Response, bytes]:
     """One request and its body, bounded in time by `time_limit` and in size by `max_body`."""

@@ -34,7 +34,7 @@ TEST_ONLY = "testing"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0 foundation: names, settings, time and small helpers every layer shares
     ("errors", "text", "vocabulary", "settings", "config", "clock", "timebox", "retry_after",
-     "backoff", "extras", "models", "logfail", "http_body", "about"),
+     "backoff", "extras", "models", "logfail", "http_body", "about", "lazy"),
     # 1 the state graph and the engine that fires it
     ("fsm",),
     # 2 the database

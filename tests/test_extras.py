@@ -164,3 +164,60 @@ def test_the_agent_loads_no_optional_library_its_configuration_does_not_use() ->
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+#: What an agent loads only when it sends a request through httpx or is scraped.
+_ON_FIRST_USE = ("httpx", "httpcore", "certifi", "prometheus_client")
+
+_POLLS_ONLY = """
+import sys
+import anyio
+from incident_fsm import Agent
+from incident_fsm.config import load_settings
+agent = Agent(load_settings(sys.argv[1]), environ={"RENDER_API_KEY": "rnd_unused"})
+watched = %r
+
+async def main() -> None:
+    async with agent:
+        # Three failed polls of the target, each at least 0.1 s apart.
+        for _ in range(3):
+            seen = agent.status().targets[0].last_poll_at
+            while agent.status().targets[0].last_poll_at == seen:
+                await anyio.sleep(0.02)
+        assert agent.status().targets[0].last_ok is False
+        print("polled:" + ",".join(m for m in watched if m in sys.modules))
+        text = await agent.metrics.exposition(agent.status(), agent.store, agent.clock.now())
+        assert b"incident_fsm_health_checks_total" in text, text
+        print("scraped:" + ",".join(m for m in watched if m in sys.modules))
+
+anyio.run(main)
+"""
+
+
+def test_an_agent_that_only_polls_loads_httpx_and_prometheus_client_only_when_used(
+        tmp_path: Path) -> None:
+    # The target is read with the lean client and nobody answers on port 9: its polls
+    # fail, and a render_restart waits in the catalog with its (unbuilt) httpx client.
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[agent]
+database_url = "sqlite:///{tmp_path / 'agent.db'}"
+poll_interval = 0.1
+fast_poll_interval = 0.1
+
+[[targets]]
+name = "api"
+base_url = "http://127.0.0.1:9"
+render_service_id = "srv-api"
+fallback_local = false
+
+[policy]
+memory_high = ["render_restart"]
+""", encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    done = subprocess.run([sys.executable, "-c", _POLLS_ONLY % (_ON_FIRST_USE,), str(config)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2:] == ["polled:", "scraped:prometheus_client"], done.stdout

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import anyio
-import httpx
 
 from incident_fsm.detection.probe import FetchFailed, describe_error, fetch, ms_since
+from incident_fsm.lazy import HttpClient
 from incident_fsm.settings import DependencyCheck, TargetSettings
 
 DependencyState = Literal["up", "down", "unknown"]
@@ -185,7 +185,7 @@ class HttpDependencyCheck:
 
     requests_per_check = 1
 
-    def __init__(self, *, name: str, base_url: str, path: str, client: httpx.AsyncClient,
+    def __init__(self, *, name: str, base_url: str, path: str, client: HttpClient,
                  timeout: float = 5.0) -> None:
         self.name = name
         self.url = base_url.rstrip("/") + path
@@ -218,7 +218,7 @@ class HttpDependencyCheck:
 
 
 def dependency_checks(target: TargetSettings, *,
-                      client: httpx.AsyncClient) -> list[DependencyProbe]:
+                      client: HttpClient) -> list[DependencyProbe]:
     """The checks configured for `target`, plus its `ready_endpoint` if it has one."""
     checks: list[DependencyProbe] = [
         _build(dep, target=target, client=client) for dep in target.dependencies
@@ -233,7 +233,7 @@ def dependency_checks(target: TargetSettings, *,
 
 
 def _build(dep: DependencyCheck, *, target: TargetSettings,
-           client: httpx.AsyncClient) -> DependencyProbe:
+           client: HttpClient) -> DependencyProbe:
     if dep.kind in ("redis", "celery"):
         if not dep.url_env:
             raise ValueError(f"dependency {dep.name!r} ({dep.kind}) needs url_env")

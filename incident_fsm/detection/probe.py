@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import anyio
-import httpx
 from loguru import logger
 
 from incident_fsm.detection.http1 import Http1Client, TransportFailed
@@ -48,6 +47,7 @@ from incident_fsm.detection.payload import (
     parse_health,
 )
 from incident_fsm.http_body import ACCEPT_ENCODING, BodyRefused, BodyTooLarge, read_capped
+from incident_fsm.lazy import HttpClient, httpx
 from incident_fsm.retry_after import retry_after_seconds
 
 #: The most body bytes read from one health endpoint (decoded); more is a failure.
@@ -71,7 +71,7 @@ class HttpProbe:
         *,
         base_url: str,
         endpoints: Sequence[str],
-        client: httpx.AsyncClient | Http1Client,
+        client: HttpClient | Http1Client,
         timeout: float = 5.0,
         max_body: int = MAX_BODY,
         read_all: bool = False,
@@ -209,7 +209,7 @@ class FetchFailed(Exception):
         self.cause = cause
 
 
-async def fetch(client: httpx.AsyncClient | Http1Client, url: str, *, time_limit: float,
+async def fetch(client: HttpClient | Http1Client, url: str, *, time_limit: float,
                 max_body: int = MAX_BODY) -> Fetched:
     """GET `url`, the whole exchange bounded by `time_limit` s and the body by `max_body` bytes.
 
@@ -231,8 +231,6 @@ async def fetch(client: httpx.AsyncClient | Http1Client, url: str, *, time_limit
                                                         max_body=max_body)
     except TimeoutError:
         raise FetchFailed(f"timed out after {time_limit:g}s", ms_since(started)) from None
-    except httpx.HTTPError as exc:
-        raise FetchFailed(describe_error(exc), ms_since(started)) from None
     except TransportFailed as exc:
         raise FetchFailed(str(exc), ms_since(started)) from None
     except BodyTooLarge as exc:
@@ -241,11 +239,14 @@ async def fetch(client: httpx.AsyncClient | Http1Client, url: str, *, time_limit
                           cause=UNUSABLE) from None
     except BodyRefused as exc:
         raise FetchFailed(str(exc), ms_since(started), cause=UNUSABLE) from None
+    # Last: naming httpx imports it (see lazy), and Http1Client's failures are caught above.
+    except httpx.HTTPError as exc:
+        raise FetchFailed(describe_error(exc), ms_since(started)) from None
     return Fetched(status, body, ms_since(started),
                    retry_after_seconds(retry_after, datetime.now(UTC), cap=MAX_RETRY_AFTER))
 
 
-async def _read(client: httpx.AsyncClient, url: str, *, io_limit: float,
+async def _read(client: HttpClient, url: str, *, io_limit: float,
                 max_body: int) -> tuple[int, bytes, str | None]:
     headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
     async with client.stream("GET", url, headers=headers, timeout=io_limit) as response:

@@ -7,13 +7,13 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
-
-import httpx
+from urllib.parse import urlsplit
 
 from incident_fsm.about import VERSION
 from incident_fsm.detection import http1
 from incident_fsm.detection.dependencies import DependencyProbe, dependency_checks
 from incident_fsm.detection.probe import HttpProbe, LocalProbe, Probe
+from incident_fsm.lazy import HttpClient, LazyClient, httpx
 from incident_fsm.settings import AgentSettings, TargetSettings
 
 #: Connections one target's client opens at most: its endpoints read together
@@ -32,8 +32,8 @@ class TargetProbes:
     requests_per_poll: int = 1
 
 
-def default_probes(target: TargetSettings, *, client: httpx.AsyncClient,
-                   health_client: httpx.AsyncClient | http1.Http1Client | None = None
+def default_probes(target: TargetSettings, *, client: HttpClient,
+                   health_client: HttpClient | http1.Http1Client | None = None
                    ) -> TargetProbes:
     """The probes a target's settings describe: its health read with `health_client`
     (default `client`), its HTTP dependency checks with `client`."""
@@ -83,42 +83,48 @@ class TargetClients:
     one pool keeping a connection per target costs each poll time in the
     number of targets (a thousand targets: most of a poll's CPU). A pool per
     target keeps its own connection alive from one poll to the next and checks
-    only that. The TLS context (the CA bundle) is loaded once, not per target.
-    A target's health endpoints are read with `health`: the lean
-    `http1.Http1Client` where it reads them as httpx would (no proxy in the
-    environment, no credentials in the URL), else the target's httpx client.
+    only that. The TLS context (the CA bundle) is loaded once, not per target,
+    and only when an https target or an httpx client needs it; a target's
+    httpx client is built at its first request (see `lazy`). A target's
+    health endpoints are read with `health`: the lean `http1.Http1Client`
+    where it reads them as httpx would (no proxy in the environment, no
+    credentials in the URL), else the target's httpx client.
     """
 
     def __init__(self, agent: AgentSettings) -> None:
         slowest = max(agent.poll_interval, agent.fast_poll_interval)
         # A connection idle longer than the slowest interval is not reused anyway.
-        self._limits = httpx.Limits(max_connections=PER_TARGET_CONNECTIONS,
-                                    max_keepalive_connections=1, keepalive_expiry=slowest + 5.0)
-        self._tls: ssl.SSLContext | None = None
-        self._clients: list[httpx.AsyncClient | http1.Http1Client] = []
         self._keepalive = slowest + 5.0
+        self._tls: ssl.SSLContext | None = None
+        self._clients: list[HttpClient | http1.Http1Client] = []
 
-    def new(self) -> httpx.AsyncClient:
-        """A client for one target's probes and HTTP dependency checks."""
-        client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False,
-                                   verify=self._context(), limits=self._limits)
+    def new(self) -> HttpClient:
+        """A client for one target's probes and HTTP dependency checks, built on first use."""
+        client = LazyClient(self._build)
         self._clients.append(client)
         return client
 
-    def health(self, base_url: str, *, fallback: httpx.AsyncClient,
+    def health(self, base_url: str, *, fallback: HttpClient,
                environ: Mapping[str, str] = os.environ
-               ) -> httpx.AsyncClient | http1.Http1Client:
+               ) -> HttpClient | http1.Http1Client:
         """The client a target's health endpoints are read with (see the class)."""
         if not http1.suits(base_url, environ):
             return fallback
-        client = http1.Http1Client(base_url, ssl_context=self._context(),
-                                   keepalive_expiry=self._keepalive,
+        tls = self._context() if urlsplit(base_url).scheme == "https" else None
+        client = http1.Http1Client(base_url, ssl_context=tls, keepalive_expiry=self._keepalive,
                                    max_connections=PER_TARGET_CONNECTIONS,
                                    user_agent=f"incident-fsm/{VERSION}")
         self._clients.append(client)
         return client
 
+    def _build(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=PER_TARGET_CONNECTIONS,
+                              max_keepalive_connections=1, keepalive_expiry=self._keepalive)
+        return httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False,
+                                 verify=self._context(), limits=limits)
+
     def _context(self) -> ssl.SSLContext:
+        # Loaded once, when the first https target or httpx client needs it.
         if self._tls is None:
             self._tls = httpx.create_ssl_context()
         return self._tls

@@ -45,12 +45,12 @@ from datetime import datetime, timedelta
 from typing import Final, Protocol
 
 import anyio
-import httpx
 from loguru import logger
 
 from incident_fsm.backoff import Backoff, keep_running
 from incident_fsm.clock import Clock, sleep_or_wake
 from incident_fsm.errors import StoreError
+from incident_fsm.lazy import HttpClient
 from incident_fsm.models import IncidentId, Notification
 from incident_fsm.notify.channels.base import Channel, Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
@@ -289,7 +289,7 @@ class Dispatcher:
 
 
 def dispatcher_from_settings(store: OutboxQueue, settings: Settings, *, clock: Clock,
-                             http: httpx.AsyncClient,
+                             http: HttpClient,
                              environ: Mapping[str, str] | None = None,
                              pam_manager: ConnectionManager | None = None,
                              on_delivery: Callable[[str, str], None] | None = None,

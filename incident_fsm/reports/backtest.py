@@ -25,10 +25,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 import anyio
-import httpx
 
 from incident_fsm.detection.replay import GAP_FACTOR, Gap, Replayed, WouldBe, polls, replay
 from incident_fsm.detection.targets import cadences, default_probes
+from incident_fsm.lazy import httpx
 from incident_fsm.persistence.recorded import CheckRow, LiveEpisode
 from incident_fsm.remediation.actions.catalog import offline_catalog, policy_tiers
 from incident_fsm.reports.format import clock, reading_pct, table

@@ -38,7 +38,7 @@ from incident_fsm.models import Incident, IncidentId, Silence, Timeline, Transit
 from incident_fsm.persistence.statistics import OpenIncident
 from incident_fsm.reports.figures import AgentStatus, TargetStatus
 from incident_fsm.reports.format import to_json
-from incident_fsm.reports.metrics import CONTENT_TYPE, AgentMetrics
+from incident_fsm.reports.metrics import AgentMetrics
 from incident_fsm.reports.page import CSP, incident_page, overview_page
 
 __all__ = ["ASGIApp", "AgentStatus", "ReadModel", "StatusSource", "TargetStatus", "status_app",
@@ -146,7 +146,7 @@ def status_app(source: StatusSource, store: ReadModel, *, clock: Clock,
                 await _send(send, 200, to_json(payload).encode(), "application/json")
             elif path == "/metrics":
                 exposition = await scrape.exposition(source.status(), store, clock.now())
-                await _send(send, 200, exposition, CONTENT_TYPE)
+                await _send(send, 200, exposition, scrape.content_type)
             else:
                 await _send(send, 404, b'{"detail": "not found"}', "application/json")
         except StoreError as exc:

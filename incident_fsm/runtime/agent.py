@@ -40,7 +40,6 @@ from datetime import datetime
 from pathlib import Path
 
 import anyio
-import httpx
 from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 from sqlalchemy.engine import make_url
@@ -55,6 +54,7 @@ from incident_fsm.detection.verification import judge
 from incident_fsm.errors import InvalidInput, SchemaNotReady, StoreError, StoreUnavailable
 from incident_fsm.fsm.engine import IncidentEngine
 from incident_fsm.fsm.steps import MachinePolicy
+from incident_fsm.lazy import HttpClient, LazyClient, httpx
 from incident_fsm.models import Incident
 from incident_fsm.notify.channels.pam_inprocess import ConnectionManager
 from incident_fsm.notify.dispatcher import Dispatcher, dispatcher_from_settings
@@ -109,7 +109,7 @@ class Agent:
         *,
         clock: Clock | None = None,
         store: Store | JournalingStore | None = None,
-        http: httpx.AsyncClient | None = None,
+        http: HttpClient | None = None,
         probes: Mapping[str, TargetProbes] | None = None,
         journal_path: str | Path | None = None,
         environ: Mapping[str, str] | None = None,
@@ -127,8 +127,9 @@ class Agent:
         self.clock: Clock = clock or SystemClock()
         url = database.resolve_url(settings.agent.database_url)
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0),
-                                              follow_redirects=False)
+        # Built when an action, a channel or a check first sends a request (see lazy).
+        self.http = http or LazyClient(lambda: httpx.AsyncClient(timeout=httpx.Timeout(10.0),
+                                                                  follow_redirects=False))
         # Targets get a client each (see TargetClients) unless one client is given.
         self._target_clients = TargetClients(settings.agent)
         self.store = store or JournalingStore(

@@ -23,7 +23,6 @@ from typing import Final
 
 import anyio
 import anyio.to_thread
-import httpx
 
 from incident_fsm.detection.dependencies import dependency_checks
 from incident_fsm.detection.payload import THROTTLED, HealthSnapshot
@@ -31,6 +30,7 @@ from incident_fsm.detection.probe import HttpProbe
 from incident_fsm.errors import InvalidInput, StoreUnavailable
 from incident_fsm.extras import install_line, installed
 from incident_fsm.http_body import BodyRefused, exchange
+from incident_fsm.lazy import HttpClient, httpx
 from incident_fsm.persistence import database
 from incident_fsm.remediation.actions.http_retry import MAX_BODY
 from incident_fsm.settings import Settings
@@ -253,7 +253,7 @@ def database_check(url: str) -> Check:
                              f"--database-url {database.redact(url)}`")
 
 
-async def target_checks(settings: Settings, http: httpx.AsyncClient) -> list[Check]:
+async def target_checks(settings: Settings, http: HttpClient) -> list[Check]:
     """Each endpoint of each target answers and parses (readings shown); dependencies answer."""
     checks: list[Check] = []
     for target in settings.targets:
@@ -291,7 +291,7 @@ def _readings(snapshot: HealthSnapshot) -> str:
             f"cpu {snapshot.cpu_pct:.1f}%")
 
 
-async def render_checks(settings: Settings, http: httpx.AsyncClient,
+async def render_checks(settings: Settings, http: HttpClient,
                         environ: Mapping[str, str]) -> list[Check]:
     """Each Render service id is readable with the key: a GET, never a POST."""
     from incident_fsm.remediation.actions.render import service_facts
@@ -352,7 +352,7 @@ async def render_checks(settings: Settings, http: httpx.AsyncClient,
     return checks
 
 
-async def channel_checks(settings: Settings, http: httpx.AsyncClient,
+async def channel_checks(settings: Settings, http: HttpClient,
                          environ: Mapping[str, str]) -> list[Check]:
     """Each channel's peer is reachable and takes its credentials; nothing reaches a person."""
     from incident_fsm.notify.channels.pam_relay import check_relay
@@ -443,7 +443,7 @@ def _closed(name: str, code: int | None, auth: int, blocked: int) -> Check:
 
 
 async def run_checks(settings: Settings, *, environ: Mapping[str, str] | None = None,
-                     http: httpx.AsyncClient | None = None) -> list[Check]:
+                     http: HttpClient | None = None) -> list[Check]:
     """Every check, in the order the report shows them (the configuration was loaded)."""
     env = os.environ if environ is None else environ
     url = database.resolve_url(settings.agent.database_url, environ=env)

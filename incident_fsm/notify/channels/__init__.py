@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from incident_fsm.clock import Clock
 from incident_fsm.config import ConfigError
+from incident_fsm.lazy import HttpClient
 from incident_fsm.notify.channels.base import Channel, Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.log import LogChannel
 from incident_fsm.notify.channels.pam_inprocess import (
@@ -55,7 +54,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def channels_from_settings(settings: ChannelsSettings, *, clock: Clock, http: httpx.AsyncClient,
+def channels_from_settings(settings: ChannelsSettings, *, clock: Clock, http: HttpClient,
                            environ: Mapping[str, str] | None = None,
                            pam_manager: ConnectionManager | None = None) -> list[Channel]:
     """The log channel, plus the PAM channels and the webhook where configured.

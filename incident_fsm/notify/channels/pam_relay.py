@@ -35,12 +35,12 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-import httpx
 from loguru import logger
 
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock, SystemClock
 from incident_fsm.http_body import BodyRefused, exchange
+from incident_fsm.lazy import HttpClient, httpx
 from incident_fsm.notify.channels.base import Delivery, DeliveryStatus, Outgoing
 from incident_fsm.notify.channels.pam_inprocess import proactive_alert
 from incident_fsm.notify.channels.webhook import safe_url
@@ -74,7 +74,7 @@ class RelayPamChannel:
 
     name = "pam_relay"
 
-    def __init__(self, settings: PamRelaySettings, *, client: httpx.AsyncClient, clock: Clock,
+    def __init__(self, settings: PamRelaySettings, *, client: HttpClient, clock: Clock,
                  environ: Mapping[str, str] | None = None) -> None:
         self._settings = settings
         self._client = client
@@ -163,7 +163,7 @@ class RelayPamChannel:
         return Delivery.unavailable(why, retry_after=CONFIG_RETRY)
 
 
-async def check_relay(settings: PamRelaySettings, *, http: httpx.AsyncClient,
+async def check_relay(settings: PamRelaySettings, *, http: HttpClient,
                       environ: Mapping[str, str],
                       clock: Clock | None = None) -> tuple[bool | None, str]:
     """Reach the relay with a signed check request: reachable, secret accepted, who listens.

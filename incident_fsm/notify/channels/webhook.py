@@ -30,11 +30,11 @@ from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 from loguru import logger
 
 from incident_fsm.clock import Clock
 from incident_fsm.http_body import BodyTooLarge, drain_capped
+from incident_fsm.lazy import HttpClient, httpx
 from incident_fsm.notify.channels.base import Delivery, DeliveryStatus, Outgoing
 from incident_fsm.retry_after import retry_after_seconds
 from incident_fsm.settings import WebhookSettings
@@ -74,7 +74,7 @@ def safe_url(url: str) -> str:
 class WebhookChannel:
     name = "webhook"
 
-    def __init__(self, settings: WebhookSettings, *, client: httpx.AsyncClient, clock: Clock,
+    def __init__(self, settings: WebhookSettings, *, client: HttpClient, clock: Clock,
                  environ: Mapping[str, str] | None = None) -> None:
         self._settings = settings
         self._client = client

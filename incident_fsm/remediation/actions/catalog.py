@@ -16,8 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from types import MappingProxyType
 
-import httpx
-
+from incident_fsm.lazy import HttpClient, httpx
 from incident_fsm.remediation.actions.base import Action
 from incident_fsm.remediation.actions.command import CommandAction
 from incident_fsm.remediation.actions.disk_cleanup import DiskCleanup
@@ -37,7 +36,7 @@ class Catalog:
         return self._by_target.get(target, MappingProxyType({}))
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, http: httpx.AsyncClient,
+    def from_settings(cls, settings: Settings, *, http: HttpClient,
                       environ: Mapping[str, str] | None = None) -> Catalog:
         env = os.environ if environ is None else environ
         return cls({
@@ -80,7 +79,7 @@ def secret_names(settings: Settings) -> tuple[str, ...]:
     return tuple(n for n in names if n)
 
 
-def target_actions(settings: Settings, target: TargetSettings, *, http: httpx.AsyncClient,
+def target_actions(settings: Settings, target: TargetSettings, *, http: HttpClient,
                    environ: Mapping[str, str]) -> dict[str, Action]:
     """The actions `target` has under `settings` (see the module docstring)."""
     names = secret_names(settings)

@@ -18,9 +18,8 @@ import shlex
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 
-import httpx
-
 from incident_fsm.errors import InvalidInput
+from incident_fsm.lazy import HttpClient, httpx
 from incident_fsm.remediation.actions.base import ActionContext, Outcome, Tier, parse_tier
 from incident_fsm.remediation.actions.command import checked_argv, run_argv
 from incident_fsm.remediation.actions.http_retry import send_with_retry
@@ -33,7 +32,7 @@ SIGNATURE_HEADER = "X-Incident-FSM-Signature"
 class Failover:
     name = "failover"
 
-    def __init__(self, settings: FailoverSettings, *, http: httpx.AsyncClient,
+    def __init__(self, settings: FailoverSettings, *, http: HttpClient,
                  environ: Mapping[str, str],
                  secrets: Callable[[], Iterable[str]] = tuple) -> None:
         if (settings.url is None) == (settings.argv is None):

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import httpx
 from loguru import logger
 
 from incident_fsm.backoff import Backoff
 from incident_fsm.clock import Clock
 from incident_fsm.http_body import BodyRefused, exchange
+from incident_fsm.lazy import HttpClient, httpx
 from incident_fsm.remediation.actions.base import OutcomeStatus
 from incident_fsm.remediation.actions.redaction import excerpt
 from incident_fsm.retry_after import retry_after_seconds
@@ -153,7 +153,7 @@ class RateGate:
 
 
 async def send_with_retry(
-    http: httpx.AsyncClient,
+    http: HttpClient,
     *,
     method: str,
     url: str,

@@ -35,9 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
-
 from incident_fsm.errors import InvalidInput
+from incident_fsm.lazy import HttpClient
 from incident_fsm.remediation.actions.base import ActionContext, Outcome, OutcomeStatus, Tier
 from incident_fsm.remediation.actions.http_retry import HttpReply, RateGate, send_with_retry
 from incident_fsm.settings import RenderSettings
@@ -69,11 +68,11 @@ class RateGates:
 
 #: One `RateGates` per HTTP client: the agent shares one client across all its
 #: targets, so every action using a key sees the same quota.
-_BY_CLIENT: weakref.WeakKeyDictionary[httpx.AsyncClient, RateGates] = (
+_BY_CLIENT: weakref.WeakKeyDictionary[HttpClient, RateGates] = (
     weakref.WeakKeyDictionary())
 
 
-def shared_gates(http: httpx.AsyncClient) -> RateGates:
+def shared_gates(http: HttpClient) -> RateGates:
     """The rate gates every `RenderApi` on `http` shares."""
     gates = _BY_CLIENT.get(http)
     if gates is None:
@@ -84,7 +83,7 @@ def shared_gates(http: httpx.AsyncClient) -> RateGates:
 class RenderApi:
     """Authenticated calls to the Render API with the shared retry and rate-limit rules."""
 
-    def __init__(self, settings: RenderSettings, *, http: httpx.AsyncClient,
+    def __init__(self, settings: RenderSettings, *, http: HttpClient,
                  environ: Mapping[str, str], gates: RateGates | None = None) -> None:
         if not settings.api_url.startswith(("https://", "http://")):
             raise InvalidInput("actions.render.api_url must be an http(s) URL")
