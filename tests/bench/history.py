@@ -112,8 +112,8 @@ class Capture:
                                 **kwargs: Any) -> Any:
             self._seen(query, params)
             return await real_async(cursor, query, params, **kwargs)
-        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
-        psycopg.AsyncCursor.execute = execute_async  # type: ignore[method-assign]
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign,assignment]
+        psycopg.AsyncCursor.execute = execute_async  # type: ignore[method-assign,assignment]
 
     def _seen(self, query: Any, params: Any) -> None:
         if self.on and not str(query).startswith(("BEGIN", "COMMIT", "ROLLBACK")):
@@ -197,8 +197,39 @@ async def run() -> list[Row]:
                     rows.append(Row("history", f"{name.split(' (')[0]} / server time",
                                     median / server, "x", target=f"<= {ratio:g}",
                                     ok=median / server <= ratio))
+                if name.startswith("show"):
+                    rows += await driver_floor(url, capture.statements, server, reps)
     rows += await scrape_rows(incidents, per, reps)
     return rows
+
+
+async def driver_floor(url: str, statements: list[tuple[str, Any]], server: float,
+                       reps: int) -> list[Row]:
+    """What `show`'s reads cost through psycopg alone, on one connection of its own: the
+    same statements in the same snapshot and pipeline, their rows left as tuples (no
+    models, no pool, no lane), and an empty round trip (`SELECT 1`). What no code of
+    ours can go below."""
+    async with await psycopg.AsyncConnection.connect(libpq(url), autocommit=True) as conn:
+        async def pipeline() -> None:
+            async with conn.pipeline():
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cursors = [await conn.execute(q, p) for q, p in statements]
+                await conn.execute("COMMIT")
+            for cursor in cursors:
+                await cursor.fetchall()
+
+        async def round_trip() -> None:
+            await (await conn.execute("SELECT 1")).fetchall()
+
+        alone = (await timed(pipeline, 5 * reps))[0]
+        empty = (await timed(round_trip, 5 * reps))[0]
+    return [
+        Row("history", "show ID's statements through psycopg alone (rows as tuples) / server "
+            "time", alone / server, "x", note=f"{alone:.3f} ms against {server:.3f} ms; "
+            f"median of {5 * reps}"),
+        Row("history", "an empty round trip (SELECT 1) through psycopg / show ID's server time",
+            empty / server, "x", note=f"{empty:.3f} ms; median of {5 * reps}"),
+    ]
 
 
 async def scrape_rows(incidents: int, per: int, reps: int) -> list[Row]:
