@@ -76,14 +76,24 @@ print("loaded:" + ",".join(m for m in %r if m in sys.modules))
 """
 
 
+def _run_agent(code: str, tmp_path: Path, config: str) -> list[str]:
+    """The lines `code` prints, run with a config of `config` after the SQLite database."""
+    path_ = tmp_path / "agent.toml"
+    path_.write_text(f'[agent]\ndatabase_url = "sqlite:///{tmp_path / "agent.db"}"\n{config}',
+                     encoding="utf-8")
+    # This checkout first on the path, whatever else is installed.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    done = subprocess.run([sys.executable, "-c", code, str(path_)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()
+
+
 def test_an_agent_without_redis_or_celery_checks_imports_no_optional_package(
         tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
     # Port 9 (discard) on loopback: nobody answers, the probes fail fast and stay local.
-    config.write_text(f"""
-[agent]
-database_url = "sqlite:///{tmp_path / 'agent.db'}"
-
+    lines = _run_agent(_PROBE % (OPTIONAL,), tmp_path, """
 [[targets]]
 name = "api"
 base_url = "http://127.0.0.1:9"
@@ -93,14 +103,8 @@ fallback_local = false
 name = "workers"
 kind = "http"
 path = "/health/workers"
-""", encoding="utf-8")
-    # This checkout first on the path, whatever else is installed.
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    done = subprocess.run([sys.executable, "-c", _PROBE % (OPTIONAL,), str(config)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": path})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "loaded:", done.stdout
+""")
+    assert lines[-1] == "loaded:", lines
 
 
 def _with_checks(*kinds: str) -> Settings:
@@ -198,10 +202,8 @@ def test_an_agent_that_only_polls_loads_httpx_and_prometheus_client_only_when_us
         tmp_path: Path) -> None:
     # The target is read with the lean client and nobody answers on port 9: its polls
     # fail, and a render_restart waits in the catalog with its (unbuilt) httpx client.
-    config = tmp_path / "agent.toml"
-    config.write_text(f"""
-[agent]
-database_url = "sqlite:///{tmp_path / 'agent.db'}"
+    # No incident opens in the test's time, so no action or notification sends a request.
+    lines = _run_agent(_POLLS_ONLY % (_ON_FIRST_USE,), tmp_path, """
 poll_interval = 0.1
 fast_poll_interval = 0.1
 
@@ -210,14 +212,9 @@ name = "api"
 base_url = "http://127.0.0.1:9"
 render_service_id = "srv-api"
 fallback_local = false
+failures_before_down = 1000
 
 [policy]
 memory_high = ["render_restart"]
-""", encoding="utf-8")
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    done = subprocess.run([sys.executable, "-c", _POLLS_ONLY % (_ON_FIRST_USE,), str(config)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": path})
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
-    assert lines[-2:] == ["polled:", "scraped:prometheus_client"], done.stdout
+""")
+    assert lines[-2:] == ["polled:", "scraped:prometheus_client"], lines
