@@ -57,22 +57,18 @@ class LazyClient:
     """
 
     def __init__(self, build: Callable[[], httpx.AsyncClient]) -> None:
+        #: None once the client is built, or closed unbuilt
         self._build: Callable[[], httpx.AsyncClient] | None = build
         self._client: httpx.AsyncClient | None = None
-        self._closed = False
 
     @property
     def client(self) -> httpx.AsyncClient:
         """The client, built on the first call."""
         if self._client is None:
-            if self._closed or self._build is None:
+            if self._build is None:
                 raise RuntimeError("this HTTP client was closed")
             self._client, self._build = self._build(), None
         return self._client
-
-    @property
-    def built(self) -> bool:
-        return self._client is not None
 
     def __getattr__(self, attribute: str) -> Any:
         if attribute.startswith("_"):  # not httpx's API: and no recursion before __init__ ran
@@ -80,7 +76,6 @@ class LazyClient:
         return getattr(self.client, attribute)
 
     async def aclose(self) -> None:
-        self._closed = True
         self._build = None
         if self._client is not None:
             await self._client.aclose()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -26,7 +29,7 @@ async def test_the_client_is_built_at_the_first_request_and_only_once() -> None:
     lazy = _answering(built)
     # Sharing the client (the Render gates are keyed by it) builds nothing.
     assert shared_gates(lazy) is shared_gates(lazy)
-    assert built == [] and not lazy.built
+    assert built == []
 
     first = await lazy.get("http://svc.test/a")
     async with lazy.stream("GET", "http://svc.test/b") as response:
@@ -48,10 +51,15 @@ async def test_closing_an_unbuilt_client_builds_nothing_and_later_use_is_refused
     assert built == []
 
 
-def test_a_lazy_module_imports_at_the_first_read_and_keeps_what_it_read() -> None:
-    module = LazyModule("json")
-    assert "dumps" not in vars(module)
-    assert module.dumps([1]) == "[1]"
-    assert "dumps" in vars(module)
+def test_a_lazy_module_imports_at_the_first_read_and_keeps_what_it_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lazy_probe_module.py").write_text("ANSWER = 42\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lazy_probe_module", raising=False)
+    module = LazyModule("lazy_probe_module")
+    assert "lazy_probe_module" not in sys.modules
+
+    assert module.ANSWER == 42
+    assert "lazy_probe_module" in sys.modules and vars(module)["ANSWER"] == 42
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018 - the read is what is tested

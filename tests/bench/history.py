@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from incident_fsm import IncidentId, Store
+from incident_fsm.persistence.snapshot import BEGIN_SNAPSHOT
 
 from .common import Row, knob, libpq, throwaway_postgres
 
@@ -212,7 +213,7 @@ async def driver_floor(url: str, statements: list[tuple[str, Any]], server: floa
     async with await psycopg.AsyncConnection.connect(libpq(url), autocommit=True) as conn:
         async def pipeline() -> None:
             async with conn.pipeline():
-                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                await conn.execute(BEGIN_SNAPSHOT)
                 cursors = [await conn.execute(q, p) for q, p in statements]
                 await conn.execute("COMMIT")
             for cursor in cursors:
