@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 import subprocess
+import threading
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -20,7 +23,7 @@ import httpx
 import pytest
 
 from incident_fsm.demo.simulator import ServiceState, Simulator
-from incident_fsm.detection.http1 import Http1Client, TransportFailed, suits
+from incident_fsm.detection.http1 import RECEIVE_SIZE, Http1Client, TransportFailed, suits
 from incident_fsm.detection.payload import HealthSnapshot, ProbeFailure, ProbeResult
 from incident_fsm.detection.probe import FetchFailed, HttpProbe, fetch
 from incident_fsm.detection.targets import TargetClients
@@ -312,6 +315,65 @@ async def test_tls_is_verified_with_the_context_given(tmp_path: Path) -> None:
         assert await get(Http1Client(https, ssl_context=trusting)) == JSON
         with pytest.raises(TransportFailed, match="CERTIFICATE_VERIFY_FAILED"):
             await get(Http1Client(https, ssl_context=ssl.create_default_context()))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_answers_larger_than_one_read_to_two_clients_at_once_arrive_whole(
+        tmp_path: Path, tls: bool) -> None:
+    # Every connection reads into one shared buffer: interleaved reads must not mix.
+    bodies = [bytes([ord("a") + i]) * (3 * RECEIVE_SIZE + 17) for i in range(2)]
+    contexts: tuple[ssl.SSLContext | None, ssl.SSLContext | None] = (None, None)
+    if tls:
+        cert, key = self_signed(tmp_path)
+        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_tls.load_cert_chain(cert, key)
+        contexts = (server_tls, ssl.create_default_context(cafile=str(cert)))
+    async with serving(Scripted(*(answer(b) for b in bodies * 3)), tls=contexts[0]) as first, \
+            serving(Scripted(*(answer(b) for b in bodies[::-1] * 3)), tls=contexts[0]) as second:
+        scheme = "https" if tls else "http"
+        clients = [Http1Client(f"{scheme}://127.0.0.1:{s.port}", ssl_context=contexts[1])
+                   for s in (first, second)]
+        for _ in range(3):
+            got = await asyncio.gather(*(get(c, limit=4 * RECEIVE_SIZE) for c in clients))
+            assert [len(b) for b in got] == [len(bodies[0])] * 2
+            assert set(got[0]) != set(got[1]) and all(len(set(b)) == 1 for b in got)
+        for client in clients:
+            await client.aclose()
+
+
+async def test_a_poll_allocates_no_buffer_per_read() -> None:
+    # asyncio's plain protocols allocate 256 KiB for every socket read; at ten
+    # targets polled twenty times a second that churn raised the heap's high-water
+    # mark by steps of 0.4 MB at unforeseeable times. A thread serves the answers
+    # here, from one buffer, so that only the client's allocations are counted.
+    wire = answer()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        buffer = bytearray(4096)
+        with conn:
+            while conn.recv_into(buffer):
+                conn.sendall(wire)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = Http1Client(f"http://127.0.0.1:{port}")
+    try:
+        assert await get(client) == JSON  # connected, and the receive buffer made
+        tracemalloc.start()
+        try:
+            for _ in range(20):
+                assert await get(client) == JSON
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 1024, f"{peak} bytes at the peak of twenty polls"
+    finally:
+        await client.aclose()
+        listener.close()
+        server.join(5)
 
 
 def without_latency(result: ProbeResult) -> ProbeResult:

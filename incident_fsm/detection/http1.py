@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import threading
 import time
 from collections.abc import Mapping
 from typing import Final, NamedTuple
@@ -222,7 +223,27 @@ def _content_length(value: str) -> int:
     return int(text)
 
 
-class _Connection(asyncio.Protocol):
+#: How many bytes one socket read may bring (a health answer is far smaller).
+RECEIVE_SIZE: Final = 64 * 1024
+
+
+class _ReceiveBuffer(threading.local):
+    """The buffer every connection of a thread's event loop reads its socket into.
+
+    With `asyncio.Protocol` the loop allocates 256 KiB for each read and shrinks it
+    to what came: at ten targets polled twenty times a second that churn moved the
+    process's heap high-water mark up by steps of 0.4 MB at unforeseeable times. One
+    buffer serves every connection: the loop runs one read at a time, and
+    `buffer_updated` copies out what it got before the next."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(RECEIVE_SIZE))
+
+
+_receive = _ReceiveBuffer()
+
+
+class _Connection(asyncio.BufferedProtocol):
     """One TCP (or TLS) connection; reads the answer to the one request in flight."""
 
     def __init__(self) -> None:
@@ -237,13 +258,16 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _receive.view
+
+    def buffer_updated(self, nbytes: int) -> None:
         reading = self._reading
         if reading is None:
             self.close()  # bytes nobody asked for: out of step
             return
         reading.received = True
-        self._buf += data
+        self._buf += _receive.view[:nbytes]
         try:
             reading.advance(self._buf)
         except Exception as exc:  # the answer is refused; the future says why
