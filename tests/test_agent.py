@@ -84,9 +84,12 @@ async def test_pam_down_the_agent_works_on_and_delivers_later(db_url: str,
         async with Agent(settings, environ=ENV, journal_path=tmp_path / "j") as agent:
             await until(lambda: _resolved(agent.store, "api:memory_high"))
             assert pam.received == []
+            (incident,) = await agent.store.list_incidents(kind="memory_high")
             async with pam:
                 await until(lambda: _delivered(pam, 4))
-            (incident,) = await agent.store.list_incidents(kind="memory_high")
+                # PAM has a frame before the agent has its reply and marks the row
+                # delivered: a read right after the fourth frame can see one still sent.
+                await until(lambda: _all_delivered(agent.store, incident.incident_id))
             timeline = await agent.store.timeline(incident.incident_id)
     texts = [m["message"] for m in pam.system_messages]
     assert [t.split(" ", 1)[0] for t in texts] == ["⚠️", "🔧", "🔧", "✅"]
@@ -99,6 +102,11 @@ async def test_pam_down_the_agent_works_on_and_delivers_later(db_url: str,
 
 async def _delivered(pam: FakePam, count: int) -> bool:
     return len(pam.system_messages) >= count
+
+
+async def _all_delivered(store: Store, incident_id: IncidentId) -> bool:
+    timeline = await store.timeline(incident_id)
+    return all(n.status == "delivered" for n in timeline.notifications if n.channel == "pam")
 
 
 async def test_a_failing_part_is_restarted_and_the_rest_keeps_working(
