@@ -106,7 +106,8 @@ async def _delivered(pam: FakePam, count: int) -> bool:
 
 async def _all_delivered(store: Store, incident_id: IncidentId) -> bool:
     timeline = await store.timeline(incident_id)
-    return all(n.status == "delivered" for n in timeline.notifications if n.channel == "pam")
+    pam = [n for n in timeline.notifications if n.channel == "pam"]
+    return len(pam) == 4 and all(n.status == "delivered" for n in pam)
 
 
 async def test_a_failing_part_is_restarted_and_the_rest_keeps_working(

@@ -231,9 +231,8 @@ class _ReceiveBuffer(threading.local):
     """The buffer every connection of a thread's event loop reads its socket into.
 
     With `asyncio.Protocol` the loop allocates 256 KiB for each read and shrinks it
-    to what came: at ten targets polled twenty times a second that churn moved the
-    process's heap high-water mark up by steps of 0.4 MB at unforeseeable times. One
-    buffer serves every connection: the loop runs one read at a time, and
+    to what came, for every poll of every target. One buffer serves every
+    connection: the loop runs one read at a time (TLS's included), and
     `buffer_updated` copies out what it got before the next."""
 
     def __init__(self) -> None:
@@ -264,7 +263,9 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         reading = self._reading
         if reading is None:
-            self.close()  # bytes nobody asked for: out of step
+            # Bytes nobody asked for: out of step. Closing a TLS connection reads
+            # again into the shared buffer, so nothing here may touch it after this.
+            self.close()
             return
         reading.received = True
         self._buf += _receive.view[:nbytes]
