@@ -88,7 +88,7 @@ async def test_pam_down_the_agent_works_on_and_delivers_later(db_url: str,
             async with pam:
                 await until(lambda: _delivered(pam, 4))
                 # PAM has a frame before the agent has its reply and marks the row
-                # delivered: a read right after the fourth frame can see one still sent.
+                # delivered: a read right after the fourth frame can see one still pending.
                 await until(lambda: _all_delivered(agent.store, incident.incident_id))
             timeline = await agent.store.timeline(incident.incident_id)
     texts = [m["message"] for m in pam.system_messages]
